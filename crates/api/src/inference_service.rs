@@ -1,0 +1,547 @@
+//! `InferenceService` (`infsvc`): which ModelVersion should serve, on how many pods, with which
+//! runtime settings, resources and rollout safety rules — and, in status, what actually serves.
+// clippy reads the repeated `type_ = ...` keys of kube's `printcolumn(...)` entries as duplicated
+// attributes; they belong to different columns.
+#![allow(clippy::duplicated_attributes)]
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::Condition};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::duration::Duration;
+
+/// A low-latency ONNX inference service. Changing `modelVersion` starts a canary-first, in-pod
+/// rollout; a regression rolls back by itself.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "kinfer.dev",
+    version = "v1alpha1",
+    kind = "InferenceService",
+    plural = "inferenceservices",
+    singular = "inferenceservice",
+    shortname = "infsvc",
+    category = "kinfer",
+    namespaced,
+    status = "InferenceServiceStatus",
+    doc = "An ONNX model served over the Open Inference Protocol v2, rolled out canary-first.",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(
+        name = "Serving",
+        type_ = "string",
+        json_path = ".status.servingVersion"
+    ),
+    printcolumn(name = "Target", type_ = "string", json_path = ".spec.modelVersion"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.rollout.phase"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.ready"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new("!has(self.rollout) || !has(self.rollout.canary) || !has(self.replicas) || self.replicas == 0 || self.rollout.canary.replicas <= self.replicas").message("rollout.canary.replicas must be <= replicas (or replicas must be 0)"))]
+#[x_kube(validation = Rule::new("!has(self.autoscaling) || !has(self.rollout) || !has(self.rollout.canary) || self.rollout.canary.replicas <= self.autoscaling.minReplicas").message("rollout.canary.replicas must be <= autoscaling.minReplicas"))]
+#[serde(rename_all = "camelCase")]
+pub struct InferenceServiceSpec {
+    /// Name of the ModelVersion (same namespace) that should serve. This is the one line a
+    /// GitOps promotion edits.
+    #[x_kube(validation = Rule::new("self.size() > 0").message("modelVersion must name a ModelVersion"))]
+    pub model_version: String,
+    /// Number of pods. Ignored while `autoscaling` is set.
+    #[serde(default = "default_replicas")]
+    #[x_kube(validation = Rule::new("self >= 0").message("replicas must be >= 0"))]
+    pub replicas: i32,
+    /// Scale between bounds with a HorizontalPodAutoscaler instead of a fixed replica count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
+    /// The inference server in each pod.
+    #[serde(default)]
+    pub runtime: RuntimeSpec,
+    /// CPU, memory, GPUs and CPU pinning for each pod.
+    #[serde(default)]
+    pub resources: ResourcesSpec,
+    /// How a new version is rolled out and when it is rolled back.
+    #[serde(default)]
+    pub rollout: RolloutSpec,
+    /// Optional decision policy: thresholds on one output mapped to labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<DecisionPolicy>,
+    /// Where to send alerts when a version is rolled back or refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<Alerts>,
+}
+
+/// Replica bounds for a HorizontalPodAutoscaler.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("autoscaling.minReplicas must be <= maxReplicas"))]
+#[serde(rename_all = "camelCase")]
+pub struct Autoscaling {
+    /// Fewest pods.
+    #[x_kube(validation = Rule::new("self >= 1").message("autoscaling.minReplicas must be >= 1"))]
+    pub min_replicas: i32,
+    /// Most pods.
+    pub max_replicas: i32,
+    /// What to scale on.
+    #[serde(default)]
+    pub metric: ScaleMetric,
+    /// Target value: CPU utilisation percent (`cpu`), queued requests per pod (`queueDepth`), or
+    /// milliseconds (`p99`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<i32>,
+}
+
+/// The autoscaling signal.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum ScaleMetric {
+    /// Average CPU utilisation (needs only metrics-server).
+    #[default]
+    Cpu,
+    /// `kinfer_queue_depth` per pod (needs a custom-metrics adapter such as prometheus-adapter).
+    QueueDepth,
+    /// p99 request latency per pod (needs a custom-metrics adapter).
+    P99,
+}
+
+/// The inference server in each pod.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeSpec {
+    /// Runtime image; the operator's default when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// ONNX Runtime execution provider.
+    #[serde(default)]
+    pub execution_provider: ExecutionProvider,
+    /// Threads for one operator (ORT intra-op). Defaults to the CPUs of the pod; with
+    /// `resources.cpuPinning` it is always the number of pinned CPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1").message("runtime.intraOpThreads must be >= 1"))]
+    pub intra_op_threads: Option<i32>,
+    /// Threads across independent operators (ORT inter-op); 1 when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1").message("runtime.interOpThreads must be >= 1"))]
+    pub inter_op_threads: Option<i32>,
+    /// Number of session instances (workers) per loaded version; 1 when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1").message("runtime.instances must be >= 1"))]
+    pub instances: Option<i32>,
+    /// Dynamic batching. Without it every request runs alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batching: Option<Batching>,
+    /// Deadline for one request, queueing included (`100ms`); clients may ask for less.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_timeout: Option<Duration>,
+}
+
+/// ONNX Runtime execution providers kinfer can request.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutionProvider {
+    /// CPU (default).
+    #[default]
+    Cpu,
+    /// NVIDIA CUDA; needs `resources.gpu`.
+    Cuda,
+    /// NVIDIA TensorRT; needs `resources.gpu`.
+    Tensorrt,
+}
+
+/// Dynamic batching: requests wait up to `maxQueueDelay` to be run together.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Batching {
+    /// Largest batch (sum of the requests' batch dimensions) for one `session.run`.
+    #[serde(default = "default_max_batch")]
+    #[x_kube(validation = Rule::new("self >= 1").message("batching.maxBatchSize must be >= 1"))]
+    pub max_batch_size: i32,
+    /// Longest time the first request of a batch waits for others (`2ms`).
+    #[serde(default = "default_queue_delay")]
+    pub max_queue_delay: Duration,
+    /// Requests that may wait; one more is refused at once with 503 / RESOURCE_EXHAUSTED.
+    #[serde(default = "default_queue_capacity")]
+    #[x_kube(validation = Rule::new("self >= 1").message("batching.queueCapacity must be >= 1"))]
+    pub queue_capacity: i32,
+}
+
+/// Resources of each pod.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourcesSpec {
+    /// CPU for the runtime container (request = limit when `cpuPinning`), e.g. `2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Quantity>,
+    /// Memory for the runtime container, e.g. `1Gi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Quantity>,
+    /// GPUs for the runtime container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<GpuSpec>,
+    /// Pin the pod to whole CPUs: Guaranteed QoS (integer CPU, requests = limits on every
+    /// container), CPU load balancing and CFS quota disabled for the pod (CRI-O /
+    /// performance-profile annotations), and the runtime started with `--cpu-affinity auto` so
+    /// ONNX Runtime's threads follow the pod's cpuset. Needs the kubelet's static CPU manager
+    /// policy to take effect; requires `cpu` to be a whole number and `memory` to be set.
+    #[serde(default)]
+    pub cpu_pinning: bool,
+}
+
+/// GPUs for the runtime container.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuSpec {
+    /// Number of GPUs.
+    #[x_kube(validation = Rule::new("self > 0").message("gpu.count must be > 0 when a gpu block is given"))]
+    pub count: i32,
+    /// Extended resource name of the device plugin.
+    #[serde(default = "default_gpu_resource")]
+    pub resource_name: String,
+    /// GPU product to select (value of the `nvidia.com/gpu.product` node label), e.g.
+    /// `NVIDIA-H100-80GB-HBM3`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product: Option<String>,
+}
+
+/// Rollout and rollback rules.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutSpec {
+    /// The pods that take a new version first.
+    #[serde(default)]
+    pub canary: CanarySpec,
+    /// The analysis window after each pod's swap.
+    #[serde(default)]
+    pub analysis: AnalysisSpec,
+    /// Mirror live traffic to the new version before it serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowSpec>,
+    /// Swap back by itself on a regression. When false, a regression is reported and the rollout
+    /// stops, but the new version keeps serving on the canaries.
+    #[serde(default = "default_true")]
+    pub auto_rollback: bool,
+}
+
+impl Default for RolloutSpec {
+    fn default() -> Self {
+        Self {
+            canary: CanarySpec::default(),
+            analysis: AnalysisSpec::default(),
+            shadow: None,
+            auto_rollback: true,
+        }
+    }
+}
+
+/// Canary pods.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CanarySpec {
+    /// How many pods take the new version first.
+    #[serde(default = "default_canary_replicas")]
+    #[x_kube(validation = Rule::new("self >= 0").message("rollout.canary.replicas must be >= 0"))]
+    pub replicas: i32,
+}
+
+impl Default for CanarySpec {
+    fn default() -> Self {
+        Self {
+            replicas: default_canary_replicas(),
+        }
+    }
+}
+
+/// What "no regression" means after a swap.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisSpec {
+    /// How long the new version is watched before the verdict.
+    #[serde(default = "default_window")]
+    pub window: Duration,
+    /// Requests needed before any verdict; a window with fewer extends until it has them.
+    #[serde(default = "default_min_requests")]
+    #[x_kube(validation = Rule::new("self >= 0").message("analysis.minRequests must be >= 0"))]
+    pub min_requests: i64,
+    /// Largest allowed ratio of the new p99 to the previous version's p99 measured just before
+    /// the swap.
+    #[serde(default = "default_max_p99_ratio")]
+    #[x_kube(validation = Rule::new("self >= 1.0").message("analysis.maxP99Ratio must be >= 1"))]
+    pub max_p99_ratio: f64,
+    /// Absolute p99 budget (`20ms`), checked as well as the ratio.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_p99: Option<Duration>,
+    /// Largest allowed fraction of failed requests.
+    #[serde(default = "default_max_error_rate")]
+    #[x_kube(validation = Rule::new("self >= 0.0 && self <= 1.0").message("analysis.maxErrorRate must be between 0 and 1"))]
+    pub max_error_rate: f64,
+    /// Output drift against the previous version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<DriftSpec>,
+}
+
+impl Default for AnalysisSpec {
+    fn default() -> Self {
+        Self {
+            window: default_window(),
+            min_requests: default_min_requests(),
+            max_p99_ratio: default_max_p99_ratio(),
+            max_p99: None,
+            max_error_rate: default_max_error_rate(),
+            drift: None,
+        }
+    }
+}
+
+/// Output drift rule.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DriftSpec {
+    /// Drift statistic.
+    #[serde(default)]
+    pub metric: DriftMetric,
+    /// Largest allowed score. For PSI: < 0.1 no shift, 0.1–0.25 moderate, > 0.25 major.
+    #[serde(default = "default_max_drift")]
+    #[x_kube(validation = Rule::new("self >= 0.0").message("drift.maxScore must be >= 0"))]
+    pub max_score: f64,
+}
+
+/// Drift statistics.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DriftMetric {
+    /// Population Stability Index of the output distribution.
+    #[default]
+    Psi,
+}
+
+/// Shadow traffic before promotion.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ShadowSpec {
+    /// Fraction of live requests mirrored to the new version, from 0 to 1.
+    #[x_kube(validation = Rule::new("self > 0.0 && self <= 1.0").message("shadow.sampleRate must be in (0, 1]"))]
+    pub sample_rate: f64,
+    /// How long to mirror.
+    pub duration: Duration,
+    /// Fraction of mirrored requests whose decision must equal the serving version's.
+    #[serde(default = "default_min_agreement")]
+    #[x_kube(validation = Rule::new("self >= 0.0 && self <= 1.0").message("shadow.minAgreement must be between 0 and 1"))]
+    pub min_agreement: f64,
+}
+
+/// Threshold classification of one output, returned as an extra `decision` output.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DecisionPolicy {
+    /// The model output (a score per batch row) the thresholds apply to.
+    pub output: String,
+    /// Checked from the highest `min` down; the first with `score >= min` gives the label.
+    #[x_kube(validation = Rule::new("self.size() > 0").message("policy.thresholds must not be empty"))]
+    pub thresholds: Vec<Threshold>,
+    /// Label when no threshold matches.
+    #[serde(default = "default_label")]
+    pub default: String,
+}
+
+/// One threshold of a decision policy.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Threshold {
+    /// Scores at or above this get `label`.
+    pub min: f64,
+    /// The label, e.g. `block`.
+    pub label: String,
+}
+
+/// Alert destinations.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Alerts {
+    /// Webhooks called on rollback and refusal.
+    #[serde(default)]
+    pub webhooks: Vec<Webhook>,
+}
+
+/// One alert webhook.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Webhook {
+    /// URL to POST to.
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("webhook url must start with http:// or https://"))]
+    pub url: String,
+    /// Payload shape.
+    #[serde(default)]
+    pub format: WebhookFormat,
+    /// Secret key holding a bearer token sent as `Authorization: Bearer <token>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret: Option<SecretKeyRef>,
+}
+
+/// Alert payload shapes.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    /// Alertmanager-compatible JSON (a list of alerts with labels and annotations).
+    #[default]
+    Alertmanager,
+    /// Slack-compatible JSON with a `text` field.
+    Slack,
+}
+
+/// A key of a Secret in the same namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Secret name.
+    pub name: String,
+    /// Key within the Secret.
+    pub key: String,
+}
+
+/// What serves, and how the last rollout went.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct InferenceServiceStatus {
+    /// The ModelVersion every ready pod serves; new pods load this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving_version: Option<String>,
+    /// The version served before `servingVersion`, kept warm for rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_version: Option<String>,
+    /// The version being rolled out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_version: Option<String>,
+    /// A version rolled back automatically; not retried until the spec or the ModelVersion
+    /// changes or the `kinfer.dev/retry` annotation is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected_version: Option<String>,
+    /// The rollout in progress or the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
+    /// Pods.
+    #[serde(default)]
+    pub replicas: i32,
+    /// Pods ready with a verified model serving.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// `ready/replicas`, for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<String>,
+    /// Label selector of the pods (for the scale subresource and HPAs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// In-cluster URLs: `http://<svc>.<ns>.svc:8080` and the gRPC one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub endpoints: BTreeMap<String, String>,
+    /// `Ready`, `Progressing`, `RolledBack`, kstatus style.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// Rollout progress.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// Where the rollout stands.
+    pub phase: RolloutPhase,
+    /// Pods chosen as canaries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub canary_pods: Vec<String>,
+    /// The figures behind the last verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisFigures>,
+    /// What is happening or why it stopped, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Rollout phases.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RolloutPhase {
+    /// Nothing to do.
+    #[default]
+    Idle,
+    /// Waiting for the ModelVersion's verification.
+    Verifying,
+    /// Canary pods are taking the new version.
+    Canary,
+    /// The remaining pods are taking it.
+    Promoting,
+    /// Pods are swapping back.
+    RollingBack,
+    /// The rollout was undone; see the message and `rejectedVersion`.
+    RolledBack,
+}
+
+/// Figures from an analysis window.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisFigures {
+    /// p99 of the new version, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99: Option<f64>,
+    /// p99 of the previous version just before the swap, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_p99: Option<f64>,
+    /// Fraction of failed requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_rate: Option<f64>,
+    /// Drift score (PSI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<f64>,
+    /// Requests seen in the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<i64>,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_replicas() -> i32 {
+    1
+}
+fn default_canary_replicas() -> i32 {
+    1
+}
+fn default_max_batch() -> i32 {
+    32
+}
+fn default_queue_delay() -> Duration {
+    "2ms".parse().expect("valid literal")
+}
+fn default_queue_capacity() -> i32 {
+    1024
+}
+fn default_window() -> Duration {
+    "60s".parse().expect("valid literal")
+}
+fn default_min_requests() -> i64 {
+    100
+}
+fn default_max_p99_ratio() -> f64 {
+    1.5
+}
+fn default_max_error_rate() -> f64 {
+    0.01
+}
+fn default_max_drift() -> f64 {
+    0.2
+}
+fn default_min_agreement() -> f64 {
+    0.99
+}
+fn default_gpu_resource() -> String {
+    "nvidia.com/gpu".into()
+}
+fn default_label() -> String {
+    "allow".into()
+}

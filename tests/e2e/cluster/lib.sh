@@ -1,0 +1,45 @@
+# Shared settings for the local-cluster scripts (sourced, not run).
+# shellcheck shell=bash
+CLUSTER_SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=versions.env
+source "$CLUSTER_SRC/versions.env"
+
+command -v go >/dev/null || PATH="$PATH:/usr/local/go/bin"   # where the Go toolchain lives here
+
+KINFER_CACHE="${KINFER_CACHE:-$HOME/.cache/kinfer}"
+KINFER_BIN_ROOT="${KINFER_BIN_ROOT:-$KINFER_CACHE/bin}"
+# Everything the running cluster owns (certs, kubeconfig, data, logs, pids) lives here;
+# cluster-down removes it.
+KINFER_CLUSTER_DIR="${KINFER_CLUSTER_DIR:-$KINFER_CACHE/cluster}"
+
+K8S_BIN="$KINFER_BIN_ROOT/kubernetes-$K8S_VERSION"
+ETCD_BIN="$KINFER_BIN_ROOT/etcd-$ETCD_VERSION"
+HELM_BIN="$KINFER_BIN_ROOT/helm-$HELM_VERSION"
+S3_BIN="$KINFER_BIN_ROOT/seaweedfs-$SEAWEEDFS_VERSION/bin"
+
+# Network layout (all inside this machine).
+NODE_NAME="${KINFER_NODE_NAME:-kinfer-node}"
+NODE_IP=10.250.0.1                # on the kinfer0 link made by up.sh: apiserver, kubelet, S3 listen here
+POD_CIDR=10.244.0.0/24            # CNI bridge cni0, pods get 10.244.0.x
+POD_GW=10.244.0.1                 # cni0 address; pods reach host services (S3) through it
+SERVICE_CIDR=10.96.0.0/16
+KUBERNETES_SVC_IP=10.96.0.1
+CLUSTER_DNS_IP=10.96.0.10         # no DNS server is run; pods use IPs and env vars
+APISERVER_PORT=6443
+ETCD_CLIENT_PORT=23790            # non-default ports so a stray etcd elsewhere does not clash
+ETCD_PEER_PORT=23800
+S3_PORT=8333
+S3_BUCKET=kinfer
+
+KUBECONFIG_PATH="$KINFER_CLUSTER_DIR/kubeconfig"
+S3_CREDS_PATH="$KINFER_CLUSTER_DIR/s3.env"
+CONTAINERD_SOCK="$KINFER_CLUSTER_DIR/run/containerd/containerd.sock"
+
+# Host paths that containerd/kubelet/CNI use whatever they are configured with. up.sh records
+# those that did not exist before it ran; down.sh removes exactly those.
+HOST_PATHS=(/var/lib/kubelet /var/lib/cni /var/log/pods /var/log/containers /run/containerd /run/netns)
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+kc() { "$K8S_BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
