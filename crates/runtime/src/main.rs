@@ -1,2 +1,193 @@
-//! `kinfer-runtime`: placeholder replaced by the runtime of issue 4.
-fn main() {}
+//! `kinfer-runtime`: serves one ONNX model over OIP v2 HTTP and gRPC, with metrics and the
+//! admin socket. Standalone: `kinfer-runtime --model model.onnx`.
+
+use std::{
+    net::SocketAddr,
+    os::unix::fs::PermissionsExt,
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use kinfer_runtime::{
+    admin::{self, Admin},
+    config::{Args, allowed_cpus},
+    metrics,
+    models::{
+        registry::Registry,
+        session::{LoadedVersion, SessionOptions, init_ort},
+    },
+    protocol::{grpc::GrpcService, http, infer::Server},
+};
+use tokio::net::{TcpListener, UnixListener};
+
+fn parse_duration(flag: &str, v: &str) -> anyhow::Result<Duration> {
+    kinfer_api::duration::parse(v).with_context(|| format!("--{flag} {v:?}"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,ort=warn".into());
+    if args.log_format == "json" {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    let started = Instant::now();
+    init_ort(args.ort_lib.as_deref())?;
+
+    let cpus = allowed_cpus();
+    let affinity = match args.cpu_affinity.as_deref() {
+        None | Some("") | Some("none") => None,
+        Some("auto") => Some(cpus.clone()),
+        Some(other) => bail!(
+            "--cpu-affinity {other:?}: use `auto` (pin to this process's CPUs) or leave it unset"
+        ),
+    };
+    let fallback_cpu = match args.ep_fallback.as_deref() {
+        None | Some("") | Some("none") => false,
+        Some("cpu") => true,
+        Some(other) => bail!("--ep-fallback {other:?}: the only fallback is `cpu`"),
+    };
+    let options = SessionOptions {
+        provider: args.execution_provider,
+        fallback_cpu,
+        optimization_level: args.optimization_level,
+        intra_threads: args.intra_op_threads.unwrap_or(cpus.len().max(1)),
+        inter_threads: args.inter_op_threads,
+        instances: args.instances.max(1),
+        affinity,
+        max_batch: args.max_batch_size.max(1),
+        max_request_rows: args.max_request_rows.max(1),
+        max_delay: parse_duration("max-queue-delay", &args.max_queue_delay)?,
+        queue_capacity: args.queue_capacity,
+        warmup_runs: args.warmup_runs,
+    };
+    let request_timeout = args
+        .request_timeout
+        .as_deref()
+        .map(|v| parse_duration("request-timeout", v))
+        .transpose()?;
+    let drain = parse_duration("drain-timeout", &args.drain_timeout)?;
+
+    let name = match (&args.model_name, &args.model) {
+        (Some(n), _) => n.clone(),
+        (None, Some(p)) => p
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into()),
+        (None, None) => bail!("--model-name is required when no --model is given"),
+    };
+    let registry = Arc::new(Registry::new(name.clone()));
+    if let Some(path) = &args.model {
+        let v = LoadedVersion::load(&name, &args.model_version, path, &options)?;
+        registry.stage(v)?;
+        registry.promote(&args.model_version)?;
+    }
+    let server = Arc::new(Server::new(
+        registry.clone(),
+        request_timeout,
+        args.max_body_bytes,
+    ));
+
+    let http_addr = SocketAddr::new(args.listen, args.http_port);
+    let grpc_addr = SocketAddr::new(args.listen, args.grpc_port);
+    let metrics_addr = SocketAddr::new(args.listen, args.metrics_port);
+    let http_listener = TcpListener::bind(http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {http_addr} (--http-port)"))?;
+    let grpc_listener = TcpListener::bind(grpc_addr)
+        .await
+        .with_context(|| format!("cannot listen on {grpc_addr} (--grpc-port)"))?;
+    let metrics_listener = TcpListener::bind(metrics_addr)
+        .await
+        .with_context(|| format!("cannot listen on {metrics_addr} (--metrics-port)"))?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let http_task = tokio::spawn({
+        let app = http::router(server.clone());
+        axum::serve(http_listener, app)
+            .with_graceful_shutdown(stopped(stop_rx.clone()))
+            .into_future()
+    });
+    let grpc_task = tokio::spawn({
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+        tonic::transport::Server::builder()
+            .add_service(GrpcService::new(server.clone()))
+            .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()))
+    });
+    let metrics_app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get({
+                let s = server.clone();
+                move || {
+                    let s = s.clone();
+                    async move {
+                        (
+                            [(
+                                axum::http::header::CONTENT_TYPE,
+                                "text/plain; version=0.0.4",
+                            )],
+                            metrics::render(&s),
+                        )
+                    }
+                }
+            }),
+        )
+        .route("/v2/health/live", axum::routing::get(|| async { "ok" }));
+    tokio::spawn(axum::serve(metrics_listener, metrics_app).into_future());
+
+    if let Some(sock) = &args.admin_socket {
+        let _ = std::fs::remove_file(sock);
+        let listener = UnixListener::bind(sock)
+            .with_context(|| format!("cannot bind admin socket {}", sock.display()))?;
+        std::fs::set_permissions(sock, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot chmod 0600 {}", sock.display()))?;
+        let app = admin::router(Arc::new(Admin {
+            registry: registry.clone(),
+            options: options.clone(),
+        }));
+        tokio::spawn(axum::serve(listener, app).into_future());
+    }
+    tracing::info!(
+        model = %name,
+        serving = ?registry.serving().map(|v| v.info.version.clone()),
+        %http_addr, %grpc_addr, %metrics_addr,
+        admin_socket = ?args.admin_socket,
+        startup_ms = started.elapsed().as_millis() as u64,
+        "kinfer-runtime ready"
+    );
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!(drain_timeout = ?drain, "shutting down: readiness false, draining in-flight requests");
+    registry.draining.store(true, Ordering::SeqCst);
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(drain, async {
+        let _ = http_task.await;
+        let _ = grpc_task.await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("drain timeout reached; exiting with requests still in flight");
+    }
+    if let Some(sock) = &args.admin_socket {
+        let _ = std::fs::remove_file(sock);
+    }
+    Ok(())
+}

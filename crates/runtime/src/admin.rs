@@ -1,0 +1,250 @@
+//! The admin API for the model-watcher: HTTP/1.1 + JSON on a Unix socket (mode 0600), so only
+//! the pod's own containers reach it and `curl --unix-socket` works.
+//!
+//! `POST /admin/stage {"version","path"}` load and warm, not serving ·
+//! `POST /admin/evaluate {"version","golden","atol","rtol"}` run a golden set ·
+//! `POST /admin/promote {"version"}` atomic swap · `POST /admin/rollback` swap back ·
+//! `POST /admin/unload {"version"}` · `GET /admin/stats`.
+
+use std::{path::PathBuf, sync::Arc, time::Instant};
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::{
+    golden,
+    models::{
+        registry::{Registry, RegistryError},
+        session::{LoadedVersion, SessionOptions},
+    },
+};
+
+/// State of the admin API.
+pub struct Admin {
+    /// The model's versions.
+    pub registry: Arc<Registry>,
+    /// How new versions are loaded.
+    pub options: SessionOptions,
+}
+
+fn err(status: StatusCode, msg: impl std::fmt::Display) -> Response {
+    (status, Json(json!({"error": msg.to_string()}))).into_response()
+}
+
+impl IntoResponse for RegistryError {
+    fn into_response(self) -> Response {
+        let status = match self {
+            RegistryError::NotLoaded(_) => StatusCode::NOT_FOUND,
+            RegistryError::AlreadyLoaded(_)
+            | RegistryError::Serving(_)
+            | RegistryError::NoPrevious => StatusCode::CONFLICT,
+        };
+        err(status, self)
+    }
+}
+
+/// The admin router.
+pub fn router(admin: Arc<Admin>) -> Router {
+    Router::new()
+        .route("/admin/stage", post(stage))
+        .route("/admin/evaluate", post(evaluate))
+        .route("/admin/promote", post(promote))
+        .route("/admin/rollback", post(rollback))
+        .route("/admin/unload", post(unload))
+        .route("/admin/stats", get(stats))
+        .with_state(admin)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StageReq {
+    version: String,
+    path: PathBuf,
+}
+
+async fn stage(
+    State(a): State<Arc<Admin>>,
+    body: Result<Json<StageReq>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return err(
+                StatusCode::BAD_REQUEST,
+                format!("stage expects {{\"version\", \"path\"}}: {e}"),
+            );
+        }
+    };
+    if req.version.is_empty() {
+        return err(StatusCode::BAD_REQUEST, "version must not be empty");
+    }
+    if a.registry.get(&req.version).is_some() {
+        return RegistryError::AlreadyLoaded(req.version).into_response();
+    }
+    let started = Instant::now();
+    let (name, opts, version, path) = (
+        a.registry.name.clone(),
+        a.options.clone(),
+        req.version.clone(),
+        req.path.clone(),
+    );
+    let loaded =
+        tokio::task::spawn_blocking(move || LoadedVersion::load(&name, &version, &path, &opts))
+            .await;
+    match loaded {
+        Ok(Ok(v)) => {
+            let info = v.info.clone();
+            if let Err(e) = a.registry.stage(v) {
+                return e.into_response();
+            }
+            tracing::info!(version = %req.version, path = %req.path.display(), ms = started.elapsed().as_millis() as u64, "staged");
+            Json(json!({"version": info.version, "loadMs": started.elapsed().as_millis() as u64,
+                        "inputs": info.inputs.iter().map(|s| json!({"name": s.name, "datatype": s.dtype.as_oip(), "shape": s.shape})).collect::<Vec<_>>(),
+                        "outputs": info.outputs.iter().map(|s| json!({"name": s.name, "datatype": s.dtype.as_oip(), "shape": s.shape})).collect::<Vec<_>>()}))
+            .into_response()
+        }
+        Ok(Err(e)) => err(StatusCode::UNPROCESSABLE_ENTITY, e),
+        Err(e) => err(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("loader panicked: {e}"),
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VersionReq {
+    version: String,
+}
+
+async fn promote(
+    State(a): State<Arc<Admin>>,
+    body: Result<Json<VersionReq>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return err(
+                StatusCode::BAD_REQUEST,
+                format!("promote expects {{\"version\"}}: {e}"),
+            );
+        }
+    };
+    match a.registry.promote(&req.version) {
+        Ok(previous) => {
+            tracing::info!(version = %req.version, previous = ?previous, "promoted");
+            Json(json!({"serving": req.version, "previous": previous})).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn rollback(State(a): State<Arc<Admin>>) -> Response {
+    match a.registry.rollback() {
+        Ok((serving, rolled_back)) => {
+            tracing::warn!(serving = %serving, rolled_back = %rolled_back, "rolled back");
+            Json(json!({"serving": serving, "previous": rolled_back})).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn unload(
+    State(a): State<Arc<Admin>>,
+    body: Result<Json<VersionReq>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return err(
+                StatusCode::BAD_REQUEST,
+                format!("unload expects {{\"version\"}}: {e}"),
+            );
+        }
+    };
+    match a.registry.unload(&req.version) {
+        Ok(()) => Json(json!({"unloaded": req.version})).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn stats(State(a): State<Arc<Admin>>) -> Response {
+    let r = &a.registry;
+    let versions: serde_json::Map<String, serde_json::Value> = r
+        .all()
+        .iter()
+        .map(|v| {
+            (
+                v.info.version.clone(),
+                json!({"queueDepth": v.queue_depth(), "stats": v.stats.snapshot()}),
+            )
+        })
+        .collect();
+    Json(json!({
+        "model": r.name,
+        "serving": r.serving().map(|v| v.info.version.clone()),
+        "previous": r.previous().map(|v| v.info.version.clone()),
+        "ready": r.ready(),
+        "swaps": r.swaps.load(std::sync::atomic::Ordering::Relaxed),
+        "rollbacks": r.rollbacks.load(std::sync::atomic::Ordering::Relaxed),
+        "versions": versions,
+    }))
+    .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EvaluateReq {
+    version: String,
+    golden: PathBuf,
+    #[serde(default = "default_atol")]
+    atol: f64,
+    #[serde(default = "default_rtol")]
+    rtol: f64,
+}
+
+fn default_atol() -> f64 {
+    1e-5
+}
+fn default_rtol() -> f64 {
+    1e-4
+}
+
+async fn evaluate(
+    State(a): State<Arc<Admin>>,
+    body: Result<Json<EvaluateReq>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return err(
+                StatusCode::BAD_REQUEST,
+                format!("evaluate expects {{\"version\", \"golden\"}}: {e}"),
+            );
+        }
+    };
+    let Some(v) = a.registry.get(&req.version) else {
+        return RegistryError::NotLoaded(req.version).into_response();
+    };
+    let set = match tokio::task::spawn_blocking({
+        let p = req.golden.clone();
+        move || golden::GoldenSet::read(&p)
+    })
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return err(StatusCode::BAD_REQUEST, e),
+        Err(e) => return err(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    match golden::evaluate(&v, &set, req.atol, req.rtol).await {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => err(StatusCode::UNPROCESSABLE_ENTITY, e),
+    }
+}

@@ -1,0 +1,386 @@
+//! Golden sets: `.npz` files (numpy's zip of `.npy` arrays) holding `input.<name>` arrays for
+//! every model input and `output.<name>` reference outputs, all with the samples along dimension
+//! 0 — what `numpy.savez` writes from the training framework. [`evaluate`] runs a loaded version
+//! on the inputs and compares with numpy's `allclose` rule: `|a - e| <= atol + rtol * |e|`.
+
+use std::{collections::BTreeMap, io::Read, path::Path};
+
+use serde::Serialize;
+
+use crate::{
+    models::session::LoadedVersion,
+    protocol::tensor::{DataType, Tensor},
+};
+
+/// The arrays of a golden set by name.
+pub struct GoldenSet {
+    /// `input.<name>` arrays.
+    pub inputs: BTreeMap<String, Tensor>,
+    /// `output.<name>` arrays.
+    pub outputs: BTreeMap<String, Tensor>,
+}
+
+fn npy_dtype(descr: &str) -> Option<DataType> {
+    Some(match descr.trim_start_matches(['<', '|', '=']) {
+        "b1" => DataType::Bool,
+        "u1" => DataType::Uint8,
+        "u2" => DataType::Uint16,
+        "u4" => DataType::Uint32,
+        "u8" => DataType::Uint64,
+        "i1" => DataType::Int8,
+        "i2" => DataType::Int16,
+        "i4" => DataType::Int32,
+        "i8" => DataType::Int64,
+        "f2" => DataType::Fp16,
+        "f4" => DataType::Fp32,
+        "f8" => DataType::Fp64,
+        _ => return None,
+    })
+}
+
+/// Parses one `.npy` file (format 1.0–3.0, little-endian, C order).
+pub fn parse_npy(name: &str, bytes: &[u8]) -> Result<Tensor, String> {
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err(format!("{name}: not a .npy array"));
+    }
+    let (hlen, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes(bytes[8..12].try_into().expect("4")) as usize,
+            12,
+        ),
+        v => return Err(format!("{name}: unsupported .npy version {v}")),
+    };
+    let header = bytes
+        .get(start..start + hlen)
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .ok_or_else(|| format!("{name}: truncated .npy header"))?;
+    let field = |key: &str| -> Option<&str> {
+        let i = header.find(&format!("'{key}'"))? + key.len() + 2;
+        let rest = header[i..].trim_start().strip_prefix(':')?.trim_start();
+        Some(rest)
+    };
+    let descr = field("descr")
+        .and_then(|r| r.strip_prefix('\''))
+        .and_then(|r| r.split('\'').next())
+        .ok_or_else(|| format!("{name}: .npy header has no descr"))?;
+    if descr.starts_with('>') {
+        return Err(format!(
+            "{name}: big-endian arrays are not supported; save with '<' byte order"
+        ));
+    }
+    let dtype = npy_dtype(descr).ok_or_else(|| format!("{name}: unsupported dtype {descr}"))?;
+    if field("fortran_order").is_some_and(|r| r.starts_with("True")) {
+        return Err(format!(
+            "{name}: Fortran-order arrays are not supported; save with numpy.ascontiguousarray"
+        ));
+    }
+    let shape_txt = field("shape")
+        .and_then(|r| r.strip_prefix('('))
+        .and_then(|r| r.split(')').next())
+        .ok_or_else(|| format!("{name}: .npy header has no shape"))?;
+    let shape: Vec<i64> = shape_txt
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse()
+                .map_err(|_| format!("{name}: bad shape {shape_txt}"))
+        })
+        .collect::<Result<_, _>>()?;
+    let data = bytes[start + hlen..].to_vec();
+    let want = crate::protocol::tensor::element_count(&shape).unwrap_or(usize::MAX)
+        * dtype.size().unwrap_or(1);
+    if data.len() != want {
+        return Err(format!(
+            "{name}: shape {shape:?} needs {want} bytes, file has {}",
+            data.len()
+        ));
+    }
+    Ok(Tensor {
+        name: name.to_owned(),
+        dtype,
+        shape,
+        data,
+    })
+}
+
+impl GoldenSet {
+    /// Reads a `.npz` golden set.
+    pub fn read(path: &Path) -> Result<Self, String> {
+        let file = std::fs::File::open(path)
+            .map_err(|e| format!("cannot open golden set {}: {e}", path.display()))?;
+        let mut zip = zip::ZipArchive::new(file)
+            .map_err(|e| format!("golden set {} is not an .npz: {e}", path.display()))?;
+        let mut set = GoldenSet {
+            inputs: BTreeMap::new(),
+            outputs: BTreeMap::new(),
+        };
+        for i in 0..zip.len() {
+            let mut entry = zip
+                .by_index(i)
+                .map_err(|e| format!("golden set {}: {e}", path.display()))?;
+            let Some(stem) = entry.name().strip_suffix(".npy").map(str::to_owned) else {
+                continue;
+            };
+            let mut bytes = Vec::with_capacity(entry.size() as usize);
+            entry
+                .read_to_end(&mut bytes)
+                .map_err(|e| format!("golden set {}: {e}", path.display()))?;
+            if let Some(n) = stem.strip_prefix("input.") {
+                set.inputs.insert(n.to_owned(), parse_npy(n, &bytes)?);
+            } else if let Some(n) = stem.strip_prefix("output.") {
+                set.outputs.insert(n.to_owned(), parse_npy(n, &bytes)?);
+            }
+        }
+        if set.inputs.is_empty() || set.outputs.is_empty() {
+            return Err(format!(
+                "golden set {} needs arrays named input.<name> and output.<name>; found none of one kind",
+                path.display()
+            ));
+        }
+        Ok(set)
+    }
+}
+
+/// What an evaluation found.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EvaluateReport {
+    /// Version evaluated.
+    pub version: String,
+    /// Samples (dimension 0).
+    pub samples: usize,
+    /// Largest |actual - expected|.
+    pub max_abs_error: f64,
+    /// Largest |actual - expected| / |expected| (where expected != 0).
+    pub max_rel_error: f64,
+    /// Elements outside `atol + rtol * |expected|`.
+    pub mismatched_elements: usize,
+    /// Fraction of samples whose decision (arg-max of the first output's row, or score >= 0.5
+    /// for one value per row) equals the reference's.
+    pub agreement: f64,
+    /// No element outside the tolerance.
+    pub within_tolerance: bool,
+    /// Tolerances used.
+    pub atol: f64,
+    /// Tolerances used.
+    pub rtol: f64,
+}
+
+fn as_f64(t: &Tensor) -> Vec<f64> {
+    macro_rules! m {
+        ($ty:ty, $n:expr) => {
+            t.data
+                .chunks_exact($n)
+                .map(|c| <$ty>::from_le_bytes(c.try_into().expect("size")) as f64)
+                .collect()
+        };
+    }
+    match t.dtype {
+        DataType::Fp32 => m!(f32, 4),
+        DataType::Fp64 => m!(f64, 8),
+        DataType::Fp16 => t
+            .data
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64())
+            .collect(),
+        DataType::Int64 => m!(i64, 8),
+        DataType::Int32 => m!(i32, 4),
+        DataType::Int16 => m!(i16, 2),
+        DataType::Int8 => m!(i8, 1),
+        DataType::Uint8 => m!(u8, 1),
+        DataType::Uint16 => m!(u16, 2),
+        DataType::Uint32 => m!(u32, 4),
+        DataType::Uint64 => m!(u64, 8),
+        DataType::Bool => t.data.iter().map(|&b| f64::from(b)).collect(),
+        DataType::Bytes => Vec::new(),
+    }
+}
+
+fn decisions(values: &[f64], samples: usize) -> Vec<usize> {
+    let per = values.len() / samples.max(1);
+    values
+        .chunks_exact(per.max(1))
+        .map(|row| {
+            if per == 1 {
+                usize::from(row[0] >= 0.5)
+            } else {
+                row.iter()
+                    .enumerate()
+                    .fold((0, f64::NEG_INFINITY), |(bi, bv), (i, &v)| {
+                        if v > bv { (i, v) } else { (bi, bv) }
+                    })
+                    .0
+            }
+        })
+        .collect()
+}
+
+fn rows(t: &Tensor, from: usize, n: usize, total: usize) -> Tensor {
+    let row = t.data.len() / total.max(1);
+    let mut shape = t.shape.clone();
+    shape[0] = n as i64;
+    Tensor {
+        name: t.name.clone(),
+        dtype: t.dtype,
+        shape,
+        data: t.data[from * row..(from + n) * row].to_vec(),
+    }
+}
+
+/// Runs the golden inputs through `v` and compares with the references.
+pub async fn evaluate(
+    v: &LoadedVersion,
+    set: &GoldenSet,
+    atol: f64,
+    rtol: f64,
+) -> Result<EvaluateReport, String> {
+    let mut inputs = Vec::new();
+    for spec in &v.info.inputs {
+        let t = set.inputs.get(&spec.name).ok_or_else(|| {
+            format!(
+                "golden set has no input.{} for model input '{}'",
+                spec.name, spec.name
+            )
+        })?;
+        if t.dtype != spec.dtype {
+            return Err(format!(
+                "golden input.{} is {} but the model takes {}",
+                spec.name,
+                t.dtype.as_oip(),
+                spec.dtype.as_oip()
+            ));
+        }
+        inputs.push(t.clone());
+    }
+    let samples = inputs[0].shape.first().copied().unwrap_or(1).max(0) as usize;
+    let chunk = v.max_batch().unwrap_or(samples.max(1)).max(1);
+    let mut got: Vec<Vec<Tensor>> = Vec::new();
+    let mut from = 0;
+    while from < samples.max(1) {
+        let n = chunk.min(samples.max(1) - from);
+        let part: Vec<Tensor> = if v.max_batch().is_some() {
+            inputs.iter().map(|t| rows(t, from, n, samples)).collect()
+        } else {
+            inputs.clone()
+        };
+        let rows_n = if v.max_batch().is_some() { n } else { 1 };
+        crate::protocol::tensor::validate_inputs(
+            &v.info.name,
+            &v.info.inputs,
+            &part,
+            v.max_batch(),
+        )
+        .map_err(|e| format!("golden inputs do not fit the model: {e}"))?;
+        let out = v
+            .infer(part, rows_n, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        got.push(out.outputs);
+        from += n;
+        if v.max_batch().is_none() {
+            break;
+        }
+    }
+    let mut report = EvaluateReport {
+        version: v.info.version.clone(),
+        samples,
+        max_abs_error: 0.0,
+        max_rel_error: 0.0,
+        mismatched_elements: 0,
+        agreement: 1.0,
+        within_tolerance: true,
+        atol,
+        rtol,
+    };
+    let mut compared = 0;
+    for (oi, spec) in v.info.outputs.iter().enumerate() {
+        let Some(expected) = set.outputs.get(&spec.name) else {
+            continue;
+        };
+        compared += 1;
+        let actual: Vec<f64> = got.iter().flat_map(|outs| as_f64(&outs[oi])).collect();
+        let expected = as_f64(expected);
+        if actual.len() != expected.len() {
+            return Err(format!(
+                "output '{}': the model produced {} values but the golden set has {}",
+                spec.name,
+                actual.len(),
+                expected.len()
+            ));
+        }
+        for (&a, &e) in actual.iter().zip(&expected) {
+            let abs = (a - e).abs();
+            let abs = if abs.is_nan() { f64::INFINITY } else { abs };
+            report.max_abs_error = report.max_abs_error.max(abs);
+            if e != 0.0 {
+                report.max_rel_error = report.max_rel_error.max(abs / e.abs());
+            }
+            if abs > atol + rtol * e.abs() {
+                report.mismatched_elements += 1;
+            }
+        }
+        if oi == 0 || compared == 1 {
+            let (da, de) = (decisions(&actual, samples), decisions(&expected, samples));
+            let same = da.iter().zip(&de).filter(|(a, b)| a == b).count();
+            report.agreement = same as f64 / de.len().max(1) as f64;
+        }
+    }
+    if compared == 0 {
+        return Err("golden set has no output.<name> matching any model output".into());
+    }
+    report.within_tolerance = report.mismatched_elements == 0;
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn npy(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
+        let mut h = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+        while (10 + h.len() + 1) % 64 != 0 {
+            h.push(' ');
+        }
+        h.push('\n');
+        let mut out = b"\x93NUMPY\x01\x00".to_vec();
+        out.extend_from_slice(&(h.len() as u16).to_le_bytes());
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(data);
+        out
+    }
+
+    #[test]
+    fn parses_npy_headers() {
+        let data: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0]
+            .iter()
+            .flat_map(|f| f.to_le_bytes())
+            .collect();
+        let t = parse_npy("x", &npy("<f4", "(2, 2)", &data)).unwrap();
+        assert_eq!((t.dtype, t.shape.clone()), (DataType::Fp32, vec![2, 2]));
+        let t = parse_npy("s", &npy("<i8", "(3,)", &[0; 24])).unwrap();
+        assert_eq!(t.shape, vec![3]);
+        assert!(
+            parse_npy("x", &npy("<f4", "(2, 2)", &data[..8]))
+                .unwrap_err()
+                .contains("needs 16 bytes")
+        );
+        assert!(
+            parse_npy("x", &npy(">f4", "(1,)", &data[..4]))
+                .unwrap_err()
+                .contains("big-endian")
+        );
+        assert!(
+            parse_npy("x", b"hello world")
+                .unwrap_err()
+                .contains("not a .npy")
+        );
+    }
+
+    #[test]
+    fn decisions_use_argmax_or_threshold() {
+        assert_eq!(decisions(&[0.1, 0.9, 0.8, 0.2], 2), vec![1, 0]);
+        assert_eq!(decisions(&[0.7, 0.2], 2), vec![1, 0]);
+    }
+}

@@ -1,0 +1,142 @@
+//! Prometheus text exposition (`GET /metrics` on `--metrics-port`) of the names in DESIGN.md §5,
+//! rendered on scrape from the lock-free per-version statistics.
+
+use std::{fmt::Write, sync::atomic::Ordering::Relaxed};
+
+use crate::{
+    models::stats::{Histogram, prometheus_buckets},
+    protocol::infer::{CODES, Protocol, Server},
+};
+
+const BOUNDS: [f64; 16] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 10.0,
+];
+
+fn histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
+    let counts = h.snapshot();
+    for (le, c) in BOUNDS.iter().zip(prometheus_buckets(&counts, &BOUNDS)) {
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {c}");
+    }
+    let (count, sum_us) = h.count_sum();
+    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", sum_us as f64 / 1e6);
+    let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+}
+
+/// Renders every metric.
+pub fn render(s: &Server) -> String {
+    let r = &s.registry;
+    let mut out = String::with_capacity(16 * 1024);
+    let model = &r.name;
+    out.push_str("# HELP kinfer_request_duration_seconds End-to-end inference latency.\n# TYPE kinfer_request_duration_seconds histogram\n");
+    for v in r.all() {
+        for p in [Protocol::Http, Protocol::Grpc] {
+            let labels = format!(
+                "model=\"{model}\",version=\"{}\",protocol=\"{}\"",
+                v.info.version,
+                p.label()
+            );
+            histogram(
+                &mut out,
+                "kinfer_request_duration_seconds",
+                &labels,
+                &v.stats.protocol[p as usize],
+            );
+        }
+    }
+    out.push_str("# HELP kinfer_queue_duration_seconds Time requests wait in the batching queue.\n# TYPE kinfer_queue_duration_seconds histogram\n");
+    for v in r.all() {
+        let labels = format!("model=\"{model}\",version=\"{}\"", v.info.version);
+        histogram(
+            &mut out,
+            "kinfer_queue_duration_seconds",
+            &labels,
+            &v.stats.queue.total,
+        );
+    }
+    out.push_str("# HELP kinfer_compute_duration_seconds Time in session.run per batch.\n# TYPE kinfer_compute_duration_seconds histogram\n");
+    for v in r.all() {
+        let labels = format!("model=\"{model}\",version=\"{}\"", v.info.version);
+        histogram(
+            &mut out,
+            "kinfer_compute_duration_seconds",
+            &labels,
+            &v.stats.compute.total,
+        );
+    }
+    out.push_str(
+        "# HELP kinfer_batch_size Rows per session.run.\n# TYPE kinfer_batch_size histogram\n",
+    );
+    for v in r.all() {
+        let labels = format!("model=\"{model}\",version=\"{}\"", v.info.version);
+        let mut cum = 0;
+        for (i, b) in v.stats.batch_sizes.iter().enumerate() {
+            cum += b.load(Relaxed);
+            let le = if i == 9 {
+                "+Inf".to_string()
+            } else {
+                (1u64 << i).to_string()
+            };
+            let _ = writeln!(
+                out,
+                "kinfer_batch_size_bucket{{{labels},le=\"{le}\"}} {cum}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "kinfer_batch_size_sum{{{labels}}} {}",
+            v.stats.batch_rows.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "kinfer_batch_size_count{{{labels}}} {}",
+            v.stats.batches.load(Relaxed)
+        );
+    }
+    out.push_str("# HELP kinfer_queue_depth Requests waiting per version.\n# TYPE kinfer_queue_depth gauge\n");
+    for v in r.all() {
+        let _ = writeln!(
+            out,
+            "kinfer_queue_depth{{model=\"{model}\",version=\"{}\"}} {}",
+            v.info.version,
+            v.queue_depth()
+        );
+    }
+    out.push_str("# HELP kinfer_requests_total Inference requests by protocol and status code.\n# TYPE kinfer_requests_total counter\n");
+    for p in [Protocol::Http, Protocol::Grpc] {
+        for (i, code) in CODES.iter().enumerate() {
+            let n = s.requests[p as usize][i].load(Relaxed);
+            let _ = writeln!(
+                out,
+                "kinfer_requests_total{{model=\"{model}\",protocol=\"{}\",code=\"{code}\"}} {n}",
+                p.label()
+            );
+        }
+    }
+    out.push_str("# HELP kinfer_model_swaps_total Promotions and rollbacks.\n# TYPE kinfer_model_swaps_total counter\n");
+    let _ = writeln!(
+        out,
+        "kinfer_model_swaps_total{{model=\"{model}\"}} {}",
+        r.swaps.load(Relaxed)
+    );
+    out.push_str("# HELP kinfer_rollbacks_total Rollbacks to the previous version.\n# TYPE kinfer_rollbacks_total counter\n");
+    let _ = writeln!(
+        out,
+        "kinfer_rollbacks_total{{model=\"{model}\"}} {}",
+        r.rollbacks.load(Relaxed)
+    );
+    out.push_str(
+        "# HELP kinfer_serving Whether a version serves (1) or not.\n# TYPE kinfer_serving gauge\n",
+    );
+    let serving = r.serving().map(|v| v.info.version.clone());
+    for v in r.all() {
+        let on = u8::from(serving.as_deref() == Some(v.info.version.as_str()));
+        let _ = writeln!(
+            out,
+            "kinfer_serving{{model=\"{model}\",version=\"{}\"}} {on}",
+            v.info.version
+        );
+    }
+    out
+}

@@ -1,0 +1,109 @@
+"""ONNX models for the runtime tests, generated with the `onnx` package (no downloads)."""
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = [helper.make_opsetid("", 17)]
+
+
+def _save(graph, path):
+    model = helper.make_model(graph, opset_imports=OPSET, producer_name="kinfer-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def mlp(path, seed=0, features=4, classes=3, hidden=16, extra_layers=0):
+    """x[-1,features] FP32 -> probs[-1,classes] (softmax) and score[-1,1] (sigmoid).
+    `extra_layers` adds hidden->hidden layers whose output is multiplied by 0 and added back:
+    the same outputs for more compute (a slower version)."""
+    rng = np.random.default_rng(seed)
+    w1 = rng.normal(size=(features, hidden)).astype(np.float32)
+    b1 = rng.normal(size=(hidden,)).astype(np.float32)
+    w2 = rng.normal(size=(hidden, classes)).astype(np.float32)
+    ws = rng.normal(size=(hidden, 1)).astype(np.float32)
+    inits = [numpy_helper.from_array(a, n) for a, n in [(w1, "w1"), (b1, "b1"), (w2, "w2"), (ws, "ws")]]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h0"]),
+        helper.make_node("Add", ["h0", "b1"], ["h1"]),
+        helper.make_node("Relu", ["h1"], ["h"]),
+    ]
+    last = "h"
+    if extra_layers:
+        wx = rng.normal(size=(hidden, hidden)).astype(np.float32) * 0.1
+        inits += [numpy_helper.from_array(wx, "wx"), numpy_helper.from_array(np.zeros((1,), np.float32), "zero")]
+        cur = "h"
+        for i in range(extra_layers):
+            nodes += [helper.make_node("MatMul", [cur, "wx"], [f"e{i}"]), helper.make_node("Tanh", [f"e{i}"], [f"t{i}"])]
+            cur = f"t{i}"
+        nodes += [helper.make_node("Mul", [cur, "zero"], ["ez"]), helper.make_node("Add", ["h", "ez"], ["hx"])]
+        last = "hx"
+    nodes += [
+        helper.make_node("MatMul", [last, "w2"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=-1),
+        helper.make_node("MatMul", [last, "ws"], ["s0"]),
+        helper.make_node("Sigmoid", ["s0"], ["score"]),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", features])],
+        [
+            helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", classes]),
+            helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", 1]),
+        ],
+        inits,
+    )
+    return _save(g, path)
+
+
+def two_inputs(path):
+    """a, b [-1,2] FP32 -> sum = a + b, prod = a * b."""
+    g = helper.make_graph(
+        [helper.make_node("Add", ["a", "b"], ["sum"]), helper.make_node("Mul", ["a", "b"], ["prod"])],
+        "two",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 2]) for n in ("a", "b")],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 2]) for n in ("sum", "prod")],
+    )
+    return _save(g, path)
+
+
+DTYPES = {
+    "BOOL": (TensorProto.BOOL, np.bool_),
+    "UINT8": (TensorProto.UINT8, np.uint8),
+    "INT8": (TensorProto.INT8, np.int8),
+    "INT16": (TensorProto.INT16, np.int16),
+    "INT32": (TensorProto.INT32, np.int32),
+    "INT64": (TensorProto.INT64, np.int64),
+    "FP16": (TensorProto.FLOAT16, np.float16),
+    "FP32": (TensorProto.FLOAT, np.float32),
+    "FP64": (TensorProto.DOUBLE, np.float64),
+}
+
+
+def identity(path, oip_dtype):
+    """x[-1,3] of the datatype -> y = Identity(x); a fixed-shape input too: k[2] -> kk."""
+    t, _ = DTYPES[oip_dtype]
+    g = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"]), helper.make_node("Identity", ["k"], ["kk"])],
+        "identity",
+        [helper.make_tensor_value_info("x", t, ["batch", 3]), helper.make_tensor_value_info("k", t, [2])],
+        [helper.make_tensor_value_info("y", t, ["batch", 3]), helper.make_tensor_value_info("kk", t, [2])],
+    )
+    return _save(g, path)
+
+
+def golden(path, model_path, n=32, seed=1, perturb=0.0):
+    """Writes a golden set for a single-input model: input.<name> and output.<name> arrays."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    x = np.random.default_rng(seed).normal(size=(n, inp.shape[1])).astype(np.float32)
+    outs = sess.run(None, {inp.name: x})
+    arrays = {f"input.{inp.name}": x}
+    for o, v in zip(sess.get_outputs(), outs):
+        arrays[f"output.{o.name}"] = v + perturb
+    np.savez(str(path), **arrays)
+    return path
