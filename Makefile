@@ -12,7 +12,7 @@ CARGO ?= cargo
 
 include tests/e2e/cluster/cluster.mk
 
-.PHONY: help deps ort venv build crds fmt-check clippy docs unit test test-rust test-cluster demo bench
+.PHONY: help deps ort venv build crds fmt-check clippy docs unit test test-rust test-runtime test-cluster demo bench
 
 help:
 	@echo "make test      - everything CI runs: fmt, clippy, docs, Rust tests (real ONNX Runtime), cluster tier"
@@ -46,11 +46,16 @@ docs:
 test-rust: deps
 	PATH="$(KINFER_VENV)/bin:$$PATH" $(CARGO) test --workspace
 
+# Runtime tier: real kinfer-runtime processes, real ONNX Runtime, real tritonclient (HTTP + gRPC).
+test-runtime: deps
+	$(CARGO) build -p kinfer-runtime
+	$(KINFER_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/runtime
+
 # The cluster tier needs root (containerd, kubelet, iptables); CI runs as root.
 test-cluster: cluster-build
 	$(MAKE) cluster-test
 
-test: fmt-check clippy docs test-rust test-cluster
+test: fmt-check clippy docs test-rust test-runtime test-cluster
 
 demo:
 	@echo "make demo arrives with issue 7 (helm chart, images, end-to-end story)."

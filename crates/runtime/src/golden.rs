@@ -206,12 +206,7 @@ fn decisions(values: &[f64], samples: usize) -> Vec<usize> {
             if per == 1 {
                 usize::from(row[0] >= 0.5)
             } else {
-                row.iter()
-                    .enumerate()
-                    .fold((0, f64::NEG_INFINITY), |(bi, bv), (i, &v)| {
-                        if v > bv { (i, v) } else { (bi, bv) }
-                    })
-                    .0
+                crate::models::stats::argmax(row)
             }
         })
         .collect()

@@ -251,6 +251,17 @@ pub struct VersionStats {
     pub output_kind: &'static str,
 }
 
+/// Index of the largest value (the first on ties; NaN never wins).
+pub fn argmax(row: &[f64]) -> usize {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] || row[best].is_nan() {
+            best = i;
+        }
+    }
+    best
+}
+
 /// Error-kind index in [`VersionStats::errors`] for a status code label.
 pub fn error_index(label: &str) -> usize {
     match label {
@@ -334,13 +345,7 @@ impl VersionStats {
                 }
                 ((v.clamp(0.0, 1.0) * OUTPUT_BINS as f64) as usize).min(OUTPUT_BINS - 1)
             } else {
-                let (arg, _) = row
-                    .iter()
-                    .enumerate()
-                    .fold((0, f64::NEG_INFINITY), |(bi, bv), (i, &v)| {
-                        if v > bv { (i, v) } else { (bi, bv) }
-                    });
-                arg % OUTPUT_BINS
+                argmax(row) % OUTPUT_BINS
             };
             self.output_bins[bin].fetch_add(1, Relaxed);
         }

@@ -1,0 +1,205 @@
+"""Dynamic batching, overload shedding, deadlines, hot swap under load, admin API and SIGTERM —
+each against a real kinfer-runtime process with real ONNX Runtime."""
+import concurrent.futures as cf
+import os
+import signal
+import stat
+import threading
+import time
+
+import numpy as np
+import onnxruntime as ort
+import requests
+
+import models
+
+
+def payload(x):
+    return {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+
+
+def ref(path, x):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+
+
+def test_concurrent_requests_are_batched_and_equal_their_unbatched_answers(start, mlp_v1):
+    rt = start(mlp_v1, "fraud", "--max-batch-size", "16", "--max-queue-delay", "20ms", version="v1")
+    rows = [np.random.default_rng(i).normal(size=(1 + i % 3, 4)).astype(np.float32) for i in range(48)]
+    want = [ref(mlp_v1, x) for x in rows]
+    session = requests.Session()
+
+    def one(i):
+        r = requests.post(rt.url("/v2/models/fraud/infer"), json=payload(rows[i]), timeout=30)
+        r.raise_for_status()
+        return i, r.json()
+
+    with cf.ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(one, range(len(rows))))
+    for i, resp in results:
+        outs = {o["name"]: np.array(o["data"], np.float32).reshape(o["shape"]) for o in resp["outputs"]}
+        np.testing.assert_allclose(outs["probs"], want[i][0], rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(outs["score"], want[i][1], rtol=1e-6, atol=1e-7)
+    code, stats = rt.admin("GET", "/admin/stats")
+    s = stats["versions"]["v1"]["stats"]
+    assert s["mean_batch"] > 1.5, s
+    assert sum(s["batch_sizes"][1:]) > 0, s["batch_sizes"]
+    session.close()
+
+
+def test_overload_sheds_fast_with_503_and_retry_after(start, workdir):
+    slow = models.mlp(workdir / "slow.onnx", hidden=1024, extra_layers=40)
+    rt = start(slow, "slow", "--queue-capacity", "2", version="v1")
+    x = np.ones((1, 4), np.float32)
+    statuses, retry_after, fast = [], [], []
+
+    def one(_):
+        t = time.perf_counter()
+        r = requests.post(rt.url("/v2/models/slow/infer"), json=payload(x), timeout=60)
+        if r.status_code == 503:
+            retry_after.append(r.headers.get("Retry-After"))
+            fast.append(time.perf_counter() - t)
+        statuses.append(r.status_code)
+
+    with cf.ThreadPoolExecutor(24) as pool:
+        list(pool.map(one, range(48)))
+    assert statuses.count(200) >= 3, statuses
+    assert statuses.count(503) >= 10, statuses
+    assert set(statuses) <= {200, 503}
+    assert all(r == "1" for r in retry_after)
+    assert np.median(fast) < 0.5
+
+
+def test_expired_requests_get_504_and_never_run(start, workdir):
+    slow = models.mlp(workdir / "slow2.onnx", hidden=1024, extra_layers=60)
+    rt = start(slow, "slow", version="v1")
+    x = np.ones((1, 4), np.float32)
+    codes = []
+
+    def one(i):
+        body = payload(x)
+        body["parameters"] = {"timeout": 1000}  # 1 ms, Triton's microseconds
+        r = requests.post(rt.url("/v2/models/slow/infer"), json=body, timeout=60)
+        codes.append((r.status_code, r.json().get("error", "")))
+
+    with cf.ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, range(16)))
+    timed_out = [m for c, m in codes if c == 504]
+    assert len(timed_out) >= 8, codes
+    assert all("deadline passed" in m for m in timed_out)
+    _, stats = rt.admin("GET", "/admin/stats")
+    s = stats["versions"]["v1"]["stats"]
+    # Only requests that were run count as batches: fewer batches than requests.
+    assert s["batches"] < 16 + 3, s  # warm-up is not counted; expired ones never ran
+
+
+def test_hot_swap_under_load_drops_nothing_and_labels_every_answer(start, mlp_v1, mlp_v2):
+    rt = start(mlp_v1, "fraud", "--max-batch-size", "8", "--max-queue-delay", "1ms", version="v1")
+    code, staged = rt.admin("POST", "/admin/stage", {"version": "v2", "path": str(mlp_v2)})
+    assert code == 200, staged
+    x = np.random.default_rng(0).normal(size=(1, 4)).astype(np.float32)
+    expected = {"v1": ref(mlp_v1, x)[0], "v2": ref(mlp_v2, x)[0]}
+    assert not np.allclose(expected["v1"], expected["v2"]), "versions must differ to prove labelling"
+    stop = threading.Event()
+    failures, seen = [], {"v1": 0, "v2": 0}
+
+    def client():
+        s = requests.Session()
+        while not stop.is_set():
+            r = s.post(rt.url("/v2/models/fraud/infer"), json=payload(x), timeout=30)
+            if r.status_code != 200:
+                failures.append(r.text)
+                continue
+            j = r.json()
+            probs = np.array(j["outputs"][0]["data"], np.float32).reshape(1, 3)
+            v = j["model_version"]
+            if not np.allclose(probs, expected[v], rtol=1e-5, atol=1e-6):
+                failures.append(f"answer labelled {v} does not match {v}'s outputs")
+            seen[v] += 1
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for _ in range(100):
+        assert rt.admin("POST", "/admin/promote", {"version": "v2"})[0] == 200
+        time.sleep(0.005)
+        assert rt.admin("POST", "/admin/rollback")[0] == 200
+        time.sleep(0.005)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert failures == [], failures[:5]
+    assert seen["v1"] > 50 and seen["v2"] > 10, seen
+    _, stats = rt.admin("GET", "/admin/stats")
+    assert stats["swaps"] >= 201 and stats["rollbacks"] == 100
+    assert stats["serving"] == "v1" and stats["previous"] == "v2"
+
+
+def test_admin_api(start, mlp_v1, mlp_v2, workdir):
+    rt = start(mlp_v1, "fraud", version="v1")
+    assert stat.S_IMODE(os.stat(rt.socket).st_mode) == 0o600
+    assert rt.admin("POST", "/admin/stage", {"version": "v1", "path": str(mlp_v1)})[0] == 409
+    code, body = rt.admin("POST", "/admin/stage", {"version": "v3", "path": "/nonexistent.onnx"})
+    assert code == 422 and "nonexistent.onnx" in body["error"]
+    assert rt.admin("POST", "/admin/stage", {"path": "x"})[0] == 400
+    assert rt.admin("POST", "/admin/promote", {"version": "v9"})[0] == 404
+    assert rt.admin("POST", "/admin/rollback")[0] == 409
+    assert rt.admin("POST", "/admin/unload", {"version": "v1"})[0] == 409
+    assert rt.admin("POST", "/admin/stage", {"version": "v2", "path": str(mlp_v2)})[0] == 200
+    # A staged version is reachable explicitly but does not serve.
+    x = np.ones((1, 4), np.float32)
+    r = requests.post(rt.url("/v2/models/fraud/versions/v2/infer"), json=payload(x)).json()
+    assert r["model_version"] == "v2"
+    assert requests.post(rt.url("/v2/models/fraud/infer"), json=payload(x)).json()["model_version"] == "v1"
+    # Golden sets: v2 reproduces its own references and not v1's.
+    g1 = models.golden(workdir / "g1.npz", mlp_v1)
+    g2 = models.golden(workdir / "g2.npz", mlp_v2)
+    code, rep = rt.admin("POST", "/admin/evaluate", {"version": "v2", "golden": str(g2)})
+    assert code == 200 and rep["withinTolerance"] and rep["maxAbsError"] < 1e-5 and rep["samples"] == 32, rep
+    code, rep = rt.admin("POST", "/admin/evaluate", {"version": "v2", "golden": str(g1)})
+    assert code == 200 and not rep["withinTolerance"] and rep["mismatchedElements"] > 0, rep
+    code, rep = rt.admin("POST", "/admin/evaluate", {"version": "v2", "golden": str(mlp_v1)})
+    assert code == 400 and "not an .npz" in rep["error"]
+    assert rt.admin("POST", "/admin/promote", {"version": "v2"})[1]["previous"] == "v1"
+    assert rt.admin("POST", "/admin/rollback")[1] == {"serving": "v1", "previous": "v2"}
+    assert rt.admin("POST", "/admin/unload", {"version": "v2"})[0] == 200
+    assert requests.post(rt.url("/v2/models/fraud/versions/v2/infer"), json=payload(x)).status_code == 404
+
+
+def test_runtime_without_model_is_not_ready_until_promoted(start, mlp_v1):
+    rt = start(None, "fraud")
+    assert requests.get(rt.url("/v2/health/ready")).status_code == 503
+    assert requests.post(rt.url("/v2/models/fraud/infer"), json=payload(np.ones((1, 4), np.float32))).status_code == 503
+    assert rt.admin("POST", "/admin/stage", {"version": "v1", "path": str(mlp_v1)})[0] == 200
+    assert rt.admin("POST", "/admin/promote", {"version": "v1"})[0] == 200
+    assert requests.get(rt.url("/v2/health/ready")).status_code == 200
+
+
+def test_sigterm_during_load_fails_no_accepted_request(start, workdir):
+    slow = models.mlp(workdir / "slow3.onnx", hidden=512, extra_layers=20)
+    rt = start(slow, "slow", version="v1")
+    x = np.ones((1, 4), np.float32)
+    results = []
+    stop = threading.Event()
+
+    def client():
+        while not stop.is_set():
+            try:
+                r = requests.post(rt.url("/v2/models/slow/infer"), json=payload(x), timeout=30)
+                results.append((r.status_code, r.text))
+            except requests.ConnectionError:
+                results.append(("refused", ""))
+                time.sleep(0.01)
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    rt.proc.send_signal(signal.SIGTERM)
+    assert rt.proc.wait(20) == 0
+    stop.set()
+    for t in threads:
+        t.join()
+    answered = [r for r in results if r[0] != "refused"]
+    assert sum(1 for c, _ in answered if c == 200) > 10
+    bad = [r for r in answered if r[0] != 200 and "shutting down" not in r[1]]
+    assert bad == [], bad[:3]
