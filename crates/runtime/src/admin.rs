@@ -3,6 +3,7 @@
 //!
 //! `POST /admin/stage {"version","path"}` load and warm, not serving ·
 //! `POST /admin/evaluate {"version","golden","atol","rtol"}` run a golden set ·
+//! `POST /admin/shadow {"version","sampleRate"}` mirror live traffic (0 stops) ·
 //! `POST /admin/promote {"version"}` atomic swap · `POST /admin/rollback` swap back ·
 //! `POST /admin/unload {"version"}` · `GET /admin/stats`.
 
@@ -55,6 +56,7 @@ pub fn router(admin: Arc<Admin>) -> Router {
     Router::new()
         .route("/admin/stage", post(stage))
         .route("/admin/evaluate", post(evaluate))
+        .route("/admin/shadow", post(shadow))
         .route("/admin/promote", post(promote))
         .route("/admin/rollback", post(rollback))
         .route("/admin/unload", post(unload))
@@ -194,9 +196,62 @@ async fn stats(State(a): State<Arc<Admin>>) -> Response {
         "ready": r.ready(),
         "swaps": r.swaps.load(std::sync::atomic::Ordering::Relaxed),
         "rollbacks": r.rollbacks.load(std::sync::atomic::Ordering::Relaxed),
+        "shadow": r.shadow().map(|s| s.summary()),
         "versions": versions,
     }))
     .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ShadowReq {
+    #[serde(default)]
+    version: String,
+    sample_rate: f64,
+}
+
+async fn shadow(
+    State(a): State<Arc<Admin>>,
+    body: Result<Json<ShadowReq>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return err(
+                StatusCode::BAD_REQUEST,
+                format!("shadow expects {{\"version\", \"sampleRate\"}}: {e}"),
+            );
+        }
+    };
+    if !(0.0..=1.0).contains(&req.sample_rate) {
+        return err(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "sampleRate {} must be between 0 and 1 (0 stops shadowing)",
+                req.sample_rate
+            ),
+        );
+    }
+    if req.sample_rate > 0.0
+        && a.registry
+            .serving()
+            .is_some_and(|s| s.info.version == req.version)
+    {
+        return err(
+            StatusCode::CONFLICT,
+            format!(
+                "version '{}' is serving; shadow a staged version",
+                req.version
+            ),
+        );
+    }
+    match a.registry.set_shadow(&req.version, req.sample_rate) {
+        Ok(previous) => {
+            Json(json!({"shadow": a.registry.shadow().map(|s| s.summary()), "stopped": previous}))
+                .into_response()
+        }
+        Err(e) => e.into_response(),
+    }
 }
 
 #[derive(Deserialize)]

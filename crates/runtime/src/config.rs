@@ -81,6 +81,15 @@ pub struct Args {
     /// How long in-flight requests may take to finish after SIGTERM.
     #[arg(long, env = "KINFER_DRAIN_TIMEOUT", default_value = "10s")]
     pub drain_timeout: String,
+    /// Decision policy file (YAML or JSON: output, thresholds, default): adds a `decision` output.
+    #[arg(long, env = "KINFER_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// Append sampled decisions (request id, version, latency, scores, labels) to this JSON-lines file.
+    #[arg(long, env = "KINFER_DECISION_LOG")]
+    pub decision_log: Option<PathBuf>,
+    /// Fraction of requests written to the decision log.
+    #[arg(long, env = "KINFER_DECISION_LOG_SAMPLE", default_value_t = 1.0)]
+    pub decision_log_sample: f64,
     /// Log format.
     #[arg(long, env = "KINFER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,

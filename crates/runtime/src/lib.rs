@@ -7,4 +7,5 @@ pub mod config;
 pub mod golden;
 pub mod metrics;
 pub mod models;
+pub mod policy;
 pub mod protocol;

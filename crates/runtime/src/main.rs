@@ -90,11 +90,28 @@ async fn main() -> anyhow::Result<()> {
         registry.stage(v)?;
         registry.promote(&args.model_version)?;
     }
-    let server = Arc::new(Server::new(
-        registry.clone(),
-        request_timeout,
-        args.max_body_bytes,
-    ));
+    let mut server = Server::new(registry.clone(), request_timeout, args.max_body_bytes);
+    if let Some(p) = &args.policy {
+        let policy = kinfer_runtime::policy::Policy::read(p).map_err(anyhow::Error::msg)?;
+        if let Some(v) = registry.serving()
+            && !v.info.outputs.iter().any(|o| o.name == policy.output)
+        {
+            bail!(
+                "--policy {}: output '{}' is not an output of the model",
+                p.display(),
+                policy.output
+            );
+        }
+        server.policy = Some(policy);
+    }
+    if let Some(p) = &args.decision_log {
+        server.decision_log = Some(
+            kinfer_runtime::policy::DecisionLog::open(p, args.decision_log_sample)
+                .await
+                .map_err(anyhow::Error::msg)?,
+        );
+    }
+    let server = Arc::new(server);
 
     let http_addr = SocketAddr::new(args.listen, args.http_port);
     let grpc_addr = SocketAddr::new(args.listen, args.grpc_port);

@@ -126,6 +126,27 @@ pub fn render(s: &Server) -> String {
         "kinfer_rollbacks_total{{model=\"{model}\"}} {}",
         r.rollbacks.load(Relaxed)
     );
+    if let Some(p) = &s.policy {
+        out.push_str("# HELP kinfer_decisions_total Rows per decision-policy label and version.\n# TYPE kinfer_decisions_total counter\n");
+        for v in r.all() {
+            for (i, label) in p.labels().enumerate() {
+                let n = v.stats.decisions[i].load(Relaxed);
+                let _ = writeln!(
+                    out,
+                    "kinfer_decisions_total{{model=\"{model}\",version=\"{}\",label=\"{label}\"}} {n}",
+                    v.info.version
+                );
+            }
+        }
+    }
+    if let Some(log) = &s.decision_log {
+        out.push_str("# HELP kinfer_decision_log_dropped_total Decision-log records dropped because the writer fell behind.\n# TYPE kinfer_decision_log_dropped_total counter\n");
+        let _ = writeln!(
+            out,
+            "kinfer_decision_log_dropped_total{{model=\"{model}\"}} {}",
+            log.dropped.load(Relaxed)
+        );
+    }
     out.push_str(
         "# HELP kinfer_serving Whether a version serves (1) or not.\n# TYPE kinfer_serving gauge\n",
     );

@@ -14,7 +14,7 @@ use std::{
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 
-use super::session::LoadedVersion;
+use super::{session::LoadedVersion, stats::Histogram};
 use crate::protocol::error::InferError;
 
 /// Why an admin operation was refused.
@@ -36,6 +36,48 @@ pub enum RegistryError {
     NoPrevious,
 }
 
+/// A staged version receiving a mirrored sample of live traffic, off the request path.
+pub struct Shadow {
+    /// The staged version.
+    pub version: Arc<LoadedVersion>,
+    /// Fraction of live requests mirrored.
+    pub rate: f64,
+    counter: AtomicU64,
+    /// Requests mirrored.
+    pub mirrored: AtomicU64,
+    /// Mirrored requests whose answer came back and was compared.
+    pub compared: AtomicU64,
+    /// Compared requests whose decision (arg-max / score >= 0.5 of the first output) matched.
+    pub agreed: AtomicU64,
+    /// Mirrored requests the shadow failed (queue full, error).
+    pub errors: AtomicU64,
+    /// Shadow latency.
+    pub latency: Histogram,
+}
+
+impl Shadow {
+    /// Whether the next live request is mirrored (every 1/rate-th, deterministic).
+    pub fn sample(&self) -> bool {
+        let n = self.counter.fetch_add(1, Relaxed) as f64;
+        (n * self.rate).floor() != ((n + 1.0) * self.rate).floor()
+    }
+
+    /// A JSON summary.
+    pub fn summary(&self) -> serde_json::Value {
+        let compared = self.compared.load(Relaxed);
+        serde_json::json!({
+            "version": self.version.info.version,
+            "sampleRate": self.rate,
+            "mirrored": self.mirrored.load(Relaxed),
+            "compared": compared,
+            "agreed": self.agreed.load(Relaxed),
+            "agreement": if compared == 0 { serde_json::Value::Null } else { (self.agreed.load(Relaxed) as f64 / compared as f64).into() },
+            "errors": self.errors.load(Relaxed),
+            "latency": super::stats::percentiles(&self.latency.snapshot()),
+        })
+    }
+}
+
 /// The model's versions.
 pub struct Registry {
     /// Model name served at `/v2/models/{name}`.
@@ -43,6 +85,7 @@ pub struct Registry {
     versions: ArcSwap<BTreeMap<String, Arc<LoadedVersion>>>,
     serving: ArcSwapOption<LoadedVersion>,
     previous: ArcSwapOption<LoadedVersion>,
+    shadow: ArcSwapOption<Shadow>,
     write: Mutex<()>,
     /// Promotions and rollbacks.
     pub swaps: AtomicU64,
@@ -60,6 +103,7 @@ impl Registry {
             versions: ArcSwap::from_pointee(BTreeMap::new()),
             serving: ArcSwapOption::empty(),
             previous: ArcSwapOption::empty(),
+            shadow: ArcSwapOption::empty(),
             write: Mutex::new(()),
             swaps: AtomicU64::new(0),
             rollbacks: AtomicU64::new(0),
@@ -155,6 +199,47 @@ impl Registry {
         next.remove(version);
         self.versions.store(Arc::new(next));
         Ok(())
+    }
+
+    /// Starts mirroring `rate` of live traffic to `version` (replacing any shadow); a rate of 0
+    /// stops it. Returns the previous shadow's summary.
+    pub fn set_shadow(
+        &self,
+        version: &str,
+        rate: f64,
+    ) -> Result<Option<serde_json::Value>, RegistryError> {
+        let _g = self.lock();
+        let old = self.shadow.load_full().map(|s| s.summary());
+        if rate <= 0.0 {
+            self.shadow.store(None);
+            return Ok(old);
+        }
+        let v = self
+            .get(version)
+            .ok_or_else(|| RegistryError::NotLoaded(version.into()))?;
+        self.shadow.store(Some(Arc::new(Shadow {
+            version: v,
+            rate: rate.min(1.0),
+            counter: AtomicU64::new(0),
+            mirrored: AtomicU64::new(0),
+            compared: AtomicU64::new(0),
+            agreed: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            latency: Histogram::default(),
+        })));
+        Ok(old)
+    }
+
+    /// The shadow, when this live request is to be mirrored.
+    pub fn shadow_sample(&self) -> Option<Arc<Shadow>> {
+        let guard = self.shadow.load();
+        let s = guard.as_ref()?;
+        s.sample().then(|| s.clone())
+    }
+
+    /// The current shadow.
+    pub fn shadow(&self) -> Option<Arc<Shadow>> {
+        self.shadow.load_full()
     }
 
     /// The serving version.

@@ -249,6 +249,8 @@ pub struct VersionStats {
     pub output_bins: [AtomicU64; OUTPUT_BINS],
     /// Which rule fills `output_bins`: "value" or "argmax".
     pub output_kind: &'static str,
+    /// Rows per decision-policy label (indexes of `Policy::labels`).
+    pub decisions: [AtomicU64; crate::policy::MAX_LABELS],
 }
 
 /// Index of the largest value (the first on ties; NaN never wins).
@@ -295,6 +297,7 @@ impl VersionStats {
             batch_sizes: Default::default(),
             output_bins: Default::default(),
             output_kind: if per_row > 1 { "argmax" } else { "value" },
+            decisions: Default::default(),
         }
     }
 
@@ -360,7 +363,7 @@ impl VersionStats {
         for e in &self.errors {
             e.store(0, Relaxed);
         }
-        for b in &self.output_bins {
+        for b in self.output_bins.iter().chain(&self.decisions) {
             b.store(0, Relaxed);
         }
     }
@@ -391,6 +394,7 @@ impl VersionStats {
             batch_sizes: self.batch_sizes.iter().map(|b| b.load(Relaxed)).collect(),
             output_kind: self.output_kind,
             output_distribution: self.output_bins.iter().map(|b| b.load(Relaxed)).collect(),
+            decisions: self.decisions.iter().map(|b| b.load(Relaxed)).collect(),
         }
     }
 }
@@ -422,6 +426,8 @@ pub struct StatsSnapshot {
     pub output_kind: &'static str,
     /// Counts per bin.
     pub output_distribution: Vec<u64>,
+    /// Rows per decision label, in the policy's label order (thresholds high to low, default).
+    pub decisions: Vec<u64>,
 }
 
 #[cfg(test)]

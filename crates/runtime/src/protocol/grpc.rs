@@ -263,6 +263,7 @@ impl GrpcInferenceService for GrpcService {
             let requested: Vec<String> = r.outputs.iter().map(|o| o.name.clone()).collect();
             s.infer(
                 Protocol::Grpc,
+                Some(r.id.as_str()).filter(|i| !i.is_empty()),
                 &r.model_name,
                 Some(&r.model_version),
                 inputs,

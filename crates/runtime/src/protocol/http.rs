@@ -358,6 +358,7 @@ async fn run(
         let out = s
             .infer(
                 Protocol::Http,
+                d.id.as_deref(),
                 &model,
                 version.as_deref(),
                 d.inputs,

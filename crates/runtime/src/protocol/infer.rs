@@ -13,7 +13,13 @@ use super::{
     error::InferError,
     tensor::{Tensor, validate_inputs},
 };
-use crate::models::{registry::Registry, stats::error_index};
+use crate::{
+    models::{
+        registry::{Registry, Shadow},
+        stats::{argmax, error_index},
+    },
+    policy::{DECISION_OUTPUT, DecisionLog, DecisionRecord, Policy, now_ms},
+};
 
 /// Which front end a request came through (the `protocol` metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +53,10 @@ pub struct Server {
     pub max_body: usize,
     /// Requests by protocol and code (index of [`CODES`]).
     pub requests: [[AtomicU64; 6]; 2],
+    /// Decision policy (`--policy`).
+    pub policy: Option<Policy>,
+    /// Sampled decision log (`--decision-log`).
+    pub decision_log: Option<DecisionLog>,
 }
 
 /// A successful inference.
@@ -70,6 +80,8 @@ impl Server {
             request_timeout,
             max_body,
             requests: Default::default(),
+            policy: None,
+            decision_log: None,
         }
     }
 
@@ -86,9 +98,11 @@ impl Server {
     }
 
     /// Runs one request. `requested` empty means every output.
+    #[allow(clippy::too_many_arguments)] // one call site per protocol; a struct would only rename them
     pub async fn infer(
         &self,
         proto: Protocol,
+        id: Option<&str>,
         model: &str,
         version: Option<&str>,
         mut inputs: Vec<Tensor>,
@@ -99,7 +113,8 @@ impl Server {
         let v = self.registry.resolve(model, version)?;
         let result = async {
             for r in requested {
-                if !v.info.outputs.iter().any(|o| &o.name == r) {
+                let is_decision = self.policy.is_some() && r == DECISION_OUTPUT;
+                if !is_decision && !v.info.outputs.iter().any(|o| &o.name == r) {
                     let known: Vec<&str> = v.info.outputs.iter().map(|o| o.name.as_str()).collect();
                     return Err(InferError::invalid(format!(
                         "model '{model}' has no output '{r}'; its outputs are {known:?}"
@@ -107,6 +122,9 @@ impl Server {
                 }
             }
             let rows = validate_inputs(model, &v.info.inputs, &inputs, v.max_batch())?;
+            if let Some(p) = &self.policy {
+                p.check_inputs(&inputs)?;
+            }
             // Put inputs in the model's order so batches can be stacked position by position.
             inputs.sort_by_key(|t| v.info.inputs.iter().position(|s| s.name == t.name));
             let timeout = match (self.request_timeout, client_timeout) {
@@ -114,7 +132,40 @@ impl Server {
                 (a, b) => a.or(b),
             };
             let deadline = timeout.map(|t| started + t);
-            let out = v.infer(inputs, rows, deadline).await?;
+            // Shadow only live traffic to the serving version; inputs are copied only when sampled.
+            let shadow = if version.is_none_or(str::is_empty) {
+                self.registry.shadow_sample()
+            } else {
+                None
+            };
+            let mirror = shadow.as_ref().map(|_| inputs.clone());
+            let mut out = v.infer(inputs, rows, deadline).await?;
+            if let (Some(sh), Some(inputs), Some(first)) = (shadow, mirror, out.outputs.first()) {
+                mirror_to_shadow(sh, inputs, rows, first.clone());
+            }
+            let mut labels = Vec::new();
+            if let Some(p) = &self.policy {
+                let scores = p.scores(&out.outputs)?;
+                labels = scores.iter().map(|&s| p.classify(s)).collect();
+                for &l in &labels {
+                    v.stats.decisions[l].fetch_add(1, Relaxed);
+                }
+                out.outputs.push(p.decision_tensor(&labels));
+            }
+            if let Some(log) = &self.decision_log
+                && log.sample()
+            {
+                let names: Vec<&str> = self.policy.iter().flat_map(|p| p.labels()).collect();
+                log.record(DecisionRecord {
+                    ts_ms: now_ms(),
+                    request_id: id.map(str::to_owned),
+                    model: model.to_owned(),
+                    version: v.info.version.clone(),
+                    latency_us: started.elapsed().as_micros() as u64,
+                    decisions: labels.iter().map(|&l| names[l].to_owned()).collect(),
+                    scores: out.outputs.first().map(first_per_row).unwrap_or_default(),
+                });
+            }
             v.stats.queue.record(out.queue);
             if let Some(first) = out.outputs.first() {
                 v.stats.record_output(first);
@@ -146,4 +197,81 @@ impl Server {
             }
         }
     }
+}
+
+/// First value of each row of a floating-point output (the decision log's score summary).
+fn first_per_row(t: &Tensor) -> Vec<f64> {
+    let values = row_values(t);
+    let rows = t.shape.first().copied().unwrap_or(1).max(1) as usize;
+    let per = (values.len() / rows).max(1);
+    values.chunks(per).map(|r| r[0]).collect()
+}
+
+fn row_values(t: &Tensor) -> Vec<f64> {
+    use super::tensor::DataType;
+    match t.dtype {
+        DataType::Fp32 => t
+            .data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4")) as f64)
+            .collect(),
+        DataType::Fp64 => t
+            .data
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8")))
+            .collect(),
+        DataType::Fp16 => t
+            .data
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64())
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Per-row decisions of a first output: arg-max for a vector per row, score >= 0.5 for one value.
+fn row_decisions(t: &Tensor) -> Vec<usize> {
+    let values = row_values(t);
+    let rows = t.shape.first().copied().unwrap_or(1).max(1) as usize;
+    let per = (values.len() / rows).max(1);
+    values
+        .chunks(per)
+        .map(|r| {
+            if per == 1 {
+                usize::from(r[0] >= 0.5)
+            } else {
+                argmax(r)
+            }
+        })
+        .collect()
+}
+
+/// Runs a copy of a live request on the shadow version in a separate task and records whether
+/// its decisions agree with the serving version's. The live response does not wait for it.
+fn mirror_to_shadow(sh: Arc<Shadow>, mut inputs: Vec<Tensor>, rows: usize, serving_first: Tensor) {
+    sh.mirrored.fetch_add(1, Relaxed);
+    tokio::spawn(async move {
+        let v = &sh.version;
+        if validate_inputs(&v.info.name, &v.info.inputs, &inputs, v.max_batch()).is_err() {
+            sh.errors.fetch_add(1, Relaxed);
+            return;
+        }
+        inputs.sort_by_key(|t| v.info.inputs.iter().position(|s| s.name == t.name));
+        let t = Instant::now();
+        match v.infer(inputs, rows, None).await {
+            Ok(out) => {
+                sh.latency.record(t.elapsed());
+                if let Some(first) = out.outputs.first() {
+                    let (a, b) = (row_decisions(first), row_decisions(&serving_first));
+                    sh.compared.fetch_add(1, Relaxed);
+                    if a == b {
+                        sh.agreed.fetch_add(1, Relaxed);
+                    }
+                }
+            }
+            Err(_) => {
+                sh.errors.fetch_add(1, Relaxed);
+            }
+        }
+    });
 }

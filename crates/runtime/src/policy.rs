@@ -1,0 +1,325 @@
+//! Decision policy (DESIGN.md §3 `policy`): thresholds on one output's score mapped to labels,
+//! returned as an extra `BYTES` output named `decision`, counted per label and version, and
+//! written to the sampled decision log. Pure functions; the log writer is a task fed by a
+//! bounded channel so the request path never waits on disk.
+
+use std::{path::Path, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::{
+    error::InferError,
+    tensor::{DataType, Tensor},
+};
+
+/// Name of the extra output.
+pub const DECISION_OUTPUT: &str = "decision";
+/// Most labels a policy may have (including the default), so counters stay fixed-size.
+pub const MAX_LABELS: usize = 8;
+
+/// One threshold.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct Threshold {
+    /// Scores at or above this get the label.
+    pub min: f64,
+    /// The label.
+    pub label: String,
+}
+
+/// A decision policy as in the InferenceService spec.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// The output holding one score per row.
+    pub output: String,
+    /// Thresholds; the highest `min` that the score reaches wins.
+    pub thresholds: Vec<Threshold>,
+    /// Label when no threshold is reached.
+    #[serde(default = "default_label")]
+    pub default: String,
+}
+
+fn default_label() -> String {
+    "allow".into()
+}
+
+impl Policy {
+    /// Reads a policy file (YAML or JSON) and checks it.
+    pub fn read(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read policy {}: {e}", path.display()))?;
+        let mut p: Policy = serde_yaml::from_str(&text)
+            .map_err(|e| format!("policy {} is not valid: {e}", path.display()))?;
+        p.check()
+            .map_err(|e| format!("policy {}: {e}", path.display()))?;
+        p.thresholds.sort_by(|a, b| b.min.total_cmp(&a.min));
+        Ok(p)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.thresholds.is_empty() {
+            return Err("thresholds must not be empty".into());
+        }
+        if self.thresholds.len() + 1 > MAX_LABELS {
+            return Err(format!("at most {} thresholds", MAX_LABELS - 1));
+        }
+        if let Some(t) = self.thresholds.iter().find(|t| !t.min.is_finite()) {
+            return Err(format!(
+                "threshold for '{}' must be a finite number",
+                t.label
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every label, thresholds first (highest `min` first) and the default last.
+    pub fn labels(&self) -> impl Iterator<Item = &str> {
+        self.thresholds
+            .iter()
+            .map(|t| t.label.as_str())
+            .chain([self.default.as_str()])
+    }
+
+    /// Index (into [`Policy::labels`]) of the label for one score.
+    pub fn classify(&self, score: f64) -> usize {
+        self.thresholds
+            .iter()
+            .position(|t| score >= t.min)
+            .unwrap_or(self.thresholds.len())
+    }
+
+    /// Refuses NaN in floating-point inputs: a NaN score has no label.
+    pub fn check_inputs(&self, inputs: &[Tensor]) -> Result<(), InferError> {
+        for t in inputs {
+            let nan = match t.dtype {
+                DataType::Fp32 => t
+                    .data
+                    .chunks_exact(4)
+                    .position(|c| f32::from_le_bytes(c.try_into().expect("4")).is_nan()),
+                DataType::Fp64 => t
+                    .data
+                    .chunks_exact(8)
+                    .position(|c| f64::from_le_bytes(c.try_into().expect("8")).is_nan()),
+                DataType::Fp16 => t
+                    .data
+                    .chunks_exact(2)
+                    .position(|c| half::f16::from_le_bytes([c[0], c[1]]).is_nan()),
+                _ => None,
+            };
+            if let Some(i) = nan {
+                return Err(InferError::invalid(format!(
+                    "input '{}': element {i} is NaN; the decision policy refuses NaN inputs",
+                    t.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Scores of the policy's output, one per row (the first value of each row).
+    pub fn scores(&self, outputs: &[Tensor]) -> Result<Vec<f64>, InferError> {
+        let t = outputs
+            .iter()
+            .find(|t| t.name == self.output)
+            .ok_or_else(|| {
+                InferError::Internal(format!(
+                    "policy output '{}' is not an output of the model",
+                    self.output
+                ))
+            })?;
+        let values: Vec<f64> = match t.dtype {
+            DataType::Fp32 => t
+                .data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4")) as f64)
+                .collect(),
+            DataType::Fp64 => t
+                .data
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().expect("8")))
+                .collect(),
+            DataType::Fp16 => t
+                .data
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64())
+                .collect(),
+            other => {
+                return Err(InferError::Internal(format!(
+                    "policy output '{}' is {}, not a floating-point score",
+                    self.output,
+                    other.as_oip()
+                )));
+            }
+        };
+        let rows = t.shape.first().copied().unwrap_or(1).max(1) as usize;
+        let per = (values.len() / rows).max(1);
+        Ok(values.chunks(per).map(|r| r[0]).collect())
+    }
+
+    /// The `decision` output for these scores: BYTES, one label per row.
+    pub fn decision_tensor(&self, labels: &[usize]) -> Tensor {
+        let names: Vec<&str> = self.labels().collect();
+        let mut data = Vec::new();
+        for &i in labels {
+            let l = names[i].as_bytes();
+            data.extend_from_slice(&(l.len() as u32).to_le_bytes());
+            data.extend_from_slice(l);
+        }
+        Tensor {
+            name: DECISION_OUTPUT.into(),
+            dtype: DataType::Bytes,
+            shape: vec![labels.len() as i64],
+            data,
+        }
+    }
+}
+
+/// One line of the decision log.
+#[derive(Debug, Clone, Serialize)]
+pub struct DecisionRecord {
+    /// Unix time, milliseconds.
+    pub ts_ms: u128,
+    /// The request's `id`, when it had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// Model name.
+    pub model: String,
+    /// The version that decided.
+    pub version: String,
+    /// End-to-end latency, microseconds.
+    pub latency_us: u64,
+    /// Labels per row (when a policy is set).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub decisions: Vec<String>,
+    /// First value of the first output per row.
+    pub scores: Vec<f64>,
+}
+
+/// The sampled decision log: a bounded channel to a writer task appending JSON lines.
+pub struct DecisionLog {
+    tx: tokio::sync::mpsc::Sender<DecisionRecord>,
+    rate: f64,
+    counter: std::sync::atomic::AtomicU64,
+    /// Records dropped because the writer fell behind.
+    pub dropped: std::sync::atomic::AtomicU64,
+}
+
+impl DecisionLog {
+    /// Opens (appends to) `path` and starts the writer.
+    pub async fn open(path: &Path, rate: f64) -> Result<Self, String> {
+        use tokio::io::AsyncWriteExt;
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .await
+            .map_err(|e| format!("cannot open decision log {}: {e}", path.display()))?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<DecisionRecord>(4096);
+        tokio::spawn(async move {
+            let mut buf = Vec::with_capacity(64 * 1024);
+            while let Some(r) = rx.recv().await {
+                buf.clear();
+                let _ = serde_json::to_writer(&mut buf, &r);
+                buf.push(b'\n');
+                while let Ok(r) = rx.try_recv() {
+                    let _ = serde_json::to_writer(&mut buf, &r);
+                    buf.push(b'\n');
+                }
+                if let Err(e) = file.write_all(&buf).await {
+                    tracing::warn!(error = %e, "decision log write failed");
+                }
+                let _ = file.flush().await;
+            }
+        });
+        Ok(Self {
+            tx,
+            rate: rate.clamp(0.0, 1.0),
+            counter: Default::default(),
+            dropped: Default::default(),
+        })
+    }
+
+    /// Whether the next request is sampled (deterministic: every 1/rate-th request).
+    pub fn sample(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.rate <= 0.0 {
+            return false;
+        }
+        let n = self.counter.fetch_add(1, Relaxed) as f64;
+        (n * self.rate).floor() != ((n + 1.0) * self.rate).floor()
+    }
+
+    /// Queues a record; drops it (and counts) when the writer is behind.
+    pub fn record(&self, r: DecisionRecord) {
+        if self.tx.try_send(r).is_err() {
+            self.dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Policy {
+        let mut p = Policy {
+            output: "score".into(),
+            thresholds: vec![
+                Threshold {
+                    min: 0.5,
+                    label: "review".into(),
+                },
+                Threshold {
+                    min: 0.9,
+                    label: "block".into(),
+                },
+            ],
+            default: "allow".into(),
+        };
+        p.thresholds.sort_by(|a, b| b.min.total_cmp(&a.min));
+        p
+    }
+
+    #[test]
+    fn classifies_from_the_highest_threshold_down() {
+        let p = policy();
+        let labels: Vec<&str> = p.labels().collect();
+        assert_eq!(labels[p.classify(0.95)], "block");
+        assert_eq!(labels[p.classify(0.9)], "block");
+        assert_eq!(labels[p.classify(0.6)], "review");
+        assert_eq!(labels[p.classify(0.1)], "allow");
+        assert_eq!(labels[p.classify(f64::NAN)], "allow");
+    }
+
+    #[test]
+    fn decision_tensor_is_triton_bytes() {
+        let t = policy().decision_tensor(&[0, 2]);
+        assert_eq!(t.shape, vec![2]);
+        let items: Vec<&[u8]> = crate::protocol::tensor::split_bytes(&t.data).collect();
+        assert_eq!(items, vec![&b"block"[..], &b"allow"[..]]);
+    }
+
+    #[test]
+    fn nan_inputs_are_refused_with_the_element() {
+        let t = Tensor {
+            name: "x".into(),
+            dtype: DataType::Fp32,
+            shape: vec![2],
+            data: [1.0f32, f32::NAN]
+                .iter()
+                .flat_map(|f| f.to_le_bytes())
+                .collect(),
+        };
+        let e = policy().check_inputs(&[t]).unwrap_err().to_string();
+        assert!(e.contains("input 'x': element 1 is NaN"), "{e}");
+    }
+}
