@@ -62,6 +62,7 @@ demo:
 	@echo "Today: 'make cluster-up' starts the local cluster and 'kubectl apply -f crds/ -f examples/' works against it."
 	@exit 1
 
-bench:
-	@echo "make bench arrives with issue 8."
-	@exit 1
+# BENCH=quick (one short repetition) or full (3 repetitions, medians) — see docs/benchmarks.md.
+BENCH ?= full
+bench: deps
+	bench/runtime.sh $(BENCH)

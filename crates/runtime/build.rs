@@ -4,7 +4,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/grpc_predict_v2.proto");
     let fds = protox::compile(["proto/grpc_predict_v2.proto"], ["proto"])?;
     tonic_prost_build::configure()
-        .build_client(false)
+        .build_client(true)
         .compile_fds(fds)?;
     Ok(())
 }

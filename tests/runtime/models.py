@@ -107,3 +107,21 @@ def golden(path, model_path, n=32, seed=1, perturb=0.0):
         arrays[f"output.{o.name}"] = v + perturb
     np.savez(str(path), **arrays)
     return path
+
+
+def bench_mlp(path, features=64, hidden=256, classes=2, seed=0):
+    """The DESIGN.md §7 reference model: features -> hidden -> hidden -> classes (softmax)."""
+    rng = np.random.default_rng(seed)
+    w1 = (rng.normal(size=(features, hidden)) / np.sqrt(features)).astype(np.float32)
+    w2 = (rng.normal(size=(hidden, hidden)) / np.sqrt(hidden)).astype(np.float32)
+    w3 = (rng.normal(size=(hidden, classes)) / np.sqrt(hidden)).astype(np.float32)
+    inits = [numpy_helper.from_array(a, n) for a, n in [(w1, "w1"), (w2, "w2"), (w3, "w3")]]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["a"]), helper.make_node("Relu", ["a"], ["ar"]),
+        helper.make_node("MatMul", ["ar", "w2"], ["b"]), helper.make_node("Relu", ["b"], ["br"]),
+        helper.make_node("MatMul", ["br", "w3"], ["logits"]), helper.make_node("Softmax", ["logits"], ["probs"], axis=-1),
+    ]
+    g = helper.make_graph(nodes, "bench_mlp",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", features])],
+                          [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", classes])], inits)
+    return _save(g, path)

@@ -270,6 +270,12 @@ fn build_session(path: &Path, opts: &SessionOptions) -> Result<Session, LoadErro
         .map_err(|e| fail(e.to_string()))
 }
 
+/// Builds one session exactly as a loaded version's workers do (for the raw `session.run`
+/// baseline of `kinfer-bench`).
+pub fn build_session_for_bench(path: &Path, opts: &SessionOptions) -> Result<Session, LoadError> {
+    build_session(path, opts)
+}
+
 /// A queued request.
 pub struct Job {
     /// Validated inputs, in the order of the model's inputs.

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Runtime figures for docs/benchmarks.md, all measured in one run on this machine:
+#   raw session.run (the limit) · kinfer-runtime HTTP and gRPC loopback round trip at a fixed rate
+#   (coordinated omission corrected) · saturation throughput without and with dynamic batching.
+# The server is pinned to CPU 1 and the load generator to CPU 0 (taskset), 1 intra-op thread.
+# Usage: bench/runtime.sh [quick|full]   → bench-results/runtime-<mode>.jsonl, medians printed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode="${1:-quick}"
+reps=3; secs=5; rate=2000
+[[ $mode == quick ]] && { reps=1; secs=2; }
+export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(scripts/fetch-onnxruntime.sh)}"
+scripts/setup-venv.sh
+cargo build -q --release -p kinfer-runtime
+bin=target/release
+out=bench-results; mkdir -p "$out"; res="$out/runtime-$mode.jsonl"; : > "$res"
+model="$out/mlp-64-256-256-2.onnx"
+.venv/bin/python -c "import sys; sys.path.insert(0, 'tests/runtime'); import models; models.bench_mlp('$model')"
+srv_cpu=1; cli_cpu=0
+[[ $(nproc) -lt 2 ]] && { srv_cpu=0; cli_cpu=0; }
+
+start_server() { # extra flags...
+  taskset -c $srv_cpu $bin/kinfer-runtime --model "$model" --model-name mlp --listen 127.0.0.1 \
+    --http-port 18580 --grpc-port 18581 --metrics-port 18590 --intra-op-threads 1 "$@" >"$out/server.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 100); do curl -sf localhost:18580/v2/health/ready >/dev/null && return; sleep 0.05; done
+  echo "server did not start"; cat "$out/server.log"; exit 1
+}
+stop_server() { kill "$pid"; wait "$pid" || true; }
+load() { taskset -c $cli_cpu $bin/kinfer-bench "$@" --model mlp --features 64 --seconds "$secs" | tee -a "$res"; }
+
+for rep in $(seq "$reps"); do
+  taskset -c $srv_cpu $bin/kinfer-bench raw --model "$model" --features 64 --seconds "$secs" | tee -a "$res"
+  start_server
+  load http --addr 127.0.0.1:18580 --rate $rate --connections 4 --label "http fixed ${rate}/s"
+  load grpc --addr 127.0.0.1:18581 --rate $rate --connections 4 --label "grpc fixed ${rate}/s"
+  load http --addr 127.0.0.1:18580 --rate 0 --connections 32 --label "http saturation, no batching"
+  load grpc --addr 127.0.0.1:18581 --rate 0 --connections 32 --label "grpc saturation, no batching"
+  stop_server
+  start_server --max-batch-size 32 --max-queue-delay 500us
+  load http --addr 127.0.0.1:18580 --rate 0 --connections 32 --label "http saturation, batching 32/500us"
+  load grpc --addr 127.0.0.1:18581 --rate 0 --connections 32 --label "grpc saturation, batching 32/500us"
+  stop_server
+done
+
+.venv/bin/python - "$res" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+by = {}
+for r in rows:
+    by.setdefault(r["label"], []).append(r)
+print(f"\n{'run':40} {'n':>2} {'rps':>9} {'p50 µs':>8} {'p99 µs':>8} {'p99.9 µs':>9} {'errors':>6}")
+for label, rs in by.items():
+    med = lambda k: statistics.median(x[k] for x in rs)
+    print(f"{label:40} {len(rs):>2} {med('achieved_rps'):>9.0f} {med('p50_us'):>8.0f} {med('p99_us'):>8.0f} {med('p999_us'):>9.0f} {sum(x['errors'] for x in rs):>6}")
+PY

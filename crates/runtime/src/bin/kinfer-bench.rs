@@ -1,0 +1,345 @@
+//! `kinfer-bench`: the project's load tool. Fixed-rate (open-loop) load with coordinated-omission
+//! correction — each request has an intended send time on a fixed schedule and its latency is
+//! measured from that time, so a stalled server is charged for the requests it delayed — or a
+//! closed loop (`--rate 0`) for saturation throughput. HdrHistogram percentiles. Also a raw
+//! in-process `session.run` loop, the limit every server is compared against.
+//!
+//! Prints one JSON object per run.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::{Duration, Instant},
+};
+
+use clap::{Parser, Subcommand};
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use kinfer_runtime::{
+    models::session::{Provider, SessionOptions, init_ort},
+    protocol::pb::{self, grpc_inference_service_client::GrpcInferenceServiceClient},
+};
+use tokio::sync::Mutex;
+
+/// Load generator for OIP v2 servers.
+#[derive(Parser)]
+#[command(name = "kinfer-bench", about)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+struct Load {
+    /// host:port of the server.
+    #[arg(long)]
+    addr: String,
+    /// Model name.
+    #[arg(long, default_value = "model")]
+    model: String,
+    /// Input name.
+    #[arg(long, default_value = "x")]
+    input: String,
+    /// Features per row (FP32 input of shape [rows, features]).
+    #[arg(long)]
+    features: usize,
+    /// Rows per request.
+    #[arg(long, default_value_t = 1)]
+    rows: usize,
+    /// Requests per second; 0 = closed loop (as fast as the connections go).
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Measured seconds (after warm-up).
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Warm-up seconds (not measured).
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Label for the report.
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// OIP v2 HTTP/JSON.
+    Http(Load),
+    /// OIP v2 HTTP with FastAPI-style plain JSON body {"x": [[...]]} at PATH (for non-OIP anchors).
+    Plain {
+        #[command(flatten)]
+        load: Load,
+        /// URL path.
+        #[arg(long)]
+        path: String,
+    },
+    /// OIP v2 gRPC with raw_input_contents.
+    Grpc(Load),
+    /// In-process `session.run` loop through kinfer's worker (no network).
+    Raw {
+        /// ONNX model.
+        #[arg(long)]
+        model: std::path::PathBuf,
+        /// Features per row.
+        #[arg(long)]
+        features: usize,
+        /// Rows per run.
+        #[arg(long, default_value_t = 1)]
+        rows: usize,
+        /// Seconds.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Intra-op threads.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
+}
+
+fn input_values(features: usize, rows: usize) -> Vec<f32> {
+    (0..features * rows)
+        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0)
+        .collect()
+}
+
+fn report(label: &str, mode: &str, target: f64, measured: f64, h: &Histogram<u64>, errors: u64) {
+    let out = serde_json::json!({
+        "label": label, "mode": mode, "target_rps": target,
+        "achieved_rps": h.len() as f64 / measured,
+        "requests": h.len(), "errors": errors,
+        "p50_us": h.value_at_quantile(0.50), "p90_us": h.value_at_quantile(0.90),
+        "p99_us": h.value_at_quantile(0.99), "p999_us": h.value_at_quantile(0.999),
+        "max_us": h.max(),
+    });
+    println!("{out}");
+}
+
+enum Client {
+    Http(
+        hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+        String,
+        Bytes,
+    ),
+    Grpc(
+        GrpcInferenceServiceClient<tonic::transport::Channel>,
+        pb::ModelInferRequest,
+    ),
+}
+
+impl Client {
+    async fn call(&mut self) -> bool {
+        match self {
+            Client::Http(send, uri, body) => {
+                if send.ready().await.is_err() {
+                    return false;
+                }
+                let req = hyper::Request::post(uri.as_str())
+                    .header("content-type", "application/json")
+                    .header("host", "bench")
+                    .body(Full::new(body.clone()))
+                    .expect("request");
+                match send.send_request(req).await {
+                    Ok(resp) => {
+                        let ok = resp.status().is_success();
+                        ok && resp.into_body().collect().await.is_ok()
+                    }
+                    Err(_) => false,
+                }
+            }
+            Client::Grpc(c, req) => c.model_infer(req.clone()).await.is_ok(),
+        }
+    }
+}
+
+async fn connect(kind: &str, l: &Load, path: Option<&str>) -> anyhow::Result<Client> {
+    let x = input_values(l.features, l.rows);
+    match kind {
+        "grpc" => {
+            let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", l.addr))?
+                .tcp_nodelay(true)
+                .connect()
+                .await?;
+            let req = pb::ModelInferRequest {
+                model_name: l.model.clone(),
+                inputs: vec![pb::model_infer_request::InferInputTensor {
+                    name: l.input.clone(),
+                    datatype: "FP32".into(),
+                    shape: vec![l.rows as i64, l.features as i64],
+                    ..Default::default()
+                }],
+                raw_input_contents: vec![x.iter().flat_map(|f| f.to_le_bytes()).collect()],
+                ..Default::default()
+            };
+            Ok(Client::Grpc(GrpcInferenceServiceClient::new(ch), req))
+        }
+        _ => {
+            let stream = tokio::net::TcpStream::connect(&l.addr).await?;
+            stream.set_nodelay(true)?;
+            let (send, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+            tokio::spawn(conn);
+            let rows: Vec<Vec<f32>> = x.chunks(l.features).map(<[f32]>::to_vec).collect();
+            let (uri, body) = match path {
+                Some(p) => (
+                    p.to_owned(),
+                    serde_json::to_vec(&serde_json::json!({ &l.input: rows }))?,
+                ),
+                None => (
+                    format!("/v2/models/{}/infer", l.model),
+                    serde_json::to_vec(
+                        &serde_json::json!({"inputs": [{"name": l.input, "shape": [l.rows, l.features], "datatype": "FP32", "data": x}]}),
+                    )?,
+                ),
+            };
+            Ok(Client::Http(send, uri, Bytes::from(body)))
+        }
+    }
+}
+
+async fn run_load(kind: &'static str, l: Load, path: Option<String>) -> anyhow::Result<()> {
+    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
+    let errors = Arc::new(AtomicU64::new(0));
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now() + Duration::from_millis(50);
+    let measure_from = start + Duration::from_secs_f64(l.warmup);
+    let end = measure_from + Duration::from_secs_f64(l.seconds);
+    let interval = if l.rate > 0.0 {
+        Some(Duration::from_secs_f64(1.0 / l.rate))
+    } else {
+        None
+    };
+    let mut tasks = Vec::new();
+    for _ in 0..l.connections {
+        let mut client = connect(kind, &l, path.as_deref()).await?;
+        let (hist, errors, next) = (hist.clone(), errors.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+            let mut local_errors = 0;
+            loop {
+                let intended = match interval {
+                    Some(iv) => {
+                        let k = next.fetch_add(1, Relaxed);
+                        let t = start + iv * k as u32;
+                        if t >= end {
+                            break;
+                        }
+                        // tokio's timer ticks in milliseconds: sleep to just before the
+                        // intended time, then yield until it, so the client adds no delay.
+                        if let Some(early) = t.checked_sub(Duration::from_micros(1500))
+                            && early > Instant::now()
+                        {
+                            tokio::time::sleep_until(early.into()).await;
+                        }
+                        while Instant::now() < t {
+                            tokio::task::yield_now().await;
+                        }
+                        t
+                    }
+                    None => {
+                        let t = Instant::now();
+                        if t >= end {
+                            break;
+                        }
+                        t.max(start)
+                    }
+                };
+                let ok = client.call().await;
+                let done = Instant::now();
+                if intended >= measure_from {
+                    if ok {
+                        let _ = local.record((done - intended).as_micros().max(1) as u64);
+                    } else {
+                        local_errors += 1;
+                    }
+                }
+            }
+            hist.lock().await.add(&local).expect("same bounds");
+            errors.fetch_add(local_errors, Relaxed);
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let h = hist.lock().await;
+    report(&l.label, kind, l.rate, l.seconds, &h, errors.load(Relaxed));
+    Ok(())
+}
+
+fn raw(
+    model: &std::path::Path,
+    features: usize,
+    rows: usize,
+    seconds: f64,
+    threads: usize,
+) -> anyhow::Result<()> {
+    init_ort(
+        std::env::var_os("ORT_DYLIB_PATH")
+            .map(std::path::PathBuf::from)
+            .as_deref(),
+    )?;
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let opts = SessionOptions {
+        provider: Provider::Cpu,
+        fallback_cpu: false,
+        optimization_level: 3,
+        intra_threads: threads,
+        inter_threads: 1,
+        instances: 1,
+        affinity: None,
+        max_batch: 1,
+        max_request_rows: rows,
+        max_delay: Duration::ZERO,
+        queue_capacity: 16,
+        warmup_runs: 0,
+    };
+    // The same session kinfer builds, called in a tight loop: the limit for any server.
+    let mut session = kinfer_runtime::models::session::build_session_for_bench(model, &opts)?;
+    let value = ort::value::Tensor::<f32>::from_array((
+        vec![rows as i64, features as i64],
+        input_values(features, rows),
+    ))?;
+    let name = session.inputs()[0].name().to_owned();
+    for _ in 0..100 {
+        drop(session.run(ort::inputs![name.as_str() => value.view()])?);
+    }
+    let end = Instant::now() + Duration::from_secs_f64(seconds);
+    while Instant::now() < end {
+        let t = Instant::now();
+        drop(session.run(ort::inputs![name.as_str() => value.view()])?);
+        h.record(t.elapsed().as_micros().max(1) as u64)?;
+    }
+    report("raw session.run", "raw", 0.0, seconds, &h, 0);
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    match args.cmd {
+        Cmd::Raw {
+            model,
+            features,
+            rows,
+            seconds,
+            threads,
+        } => raw(&model, features, rows, seconds, threads),
+        other => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                match other {
+                    Cmd::Http(l) => run_load("http", l, None).await,
+                    Cmd::Grpc(l) => run_load("grpc", l, None).await,
+                    Cmd::Plain { load, path } => run_load("plain", load, Some(path)).await,
+                    Cmd::Raw { .. } => unreachable!("handled above"),
+                }
+            })
+        }
+    }
+}
