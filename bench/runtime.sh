@@ -15,40 +15,54 @@ cargo build -q --release -p kinfer-runtime
 bin=target/release
 out=bench-results; mkdir -p "$out"; res="$out/runtime-$mode.jsonl"; : > "$res"
 model="$out/mlp-64-256-256-2.onnx"
-.venv/bin/python -c "import sys; sys.path.insert(0, 'tests/runtime'); import models; models.bench_mlp('$model')"
+large="$out/mlp-512-2048-2048-2.onnx"
+.venv/bin/python -c "import sys; sys.path.insert(0, 'tests/runtime'); import models; models.bench_mlp('$model'); models.bench_mlp('$large', features=512, hidden=2048)"
 srv_cpu=1; cli_cpu=0
 [[ $(nproc) -lt 2 ]] && { srv_cpu=0; cli_cpu=0; }
 
-start_server() { # extra flags...
-  taskset -c $srv_cpu $bin/kinfer-runtime --model "$model" --model-name mlp --listen 127.0.0.1 \
+start_server() { # model extra-flags...
+  local m=$1; shift
+  taskset -c $srv_cpu $bin/kinfer-runtime --model "$m" --model-name mlp --listen 127.0.0.1 \
     --http-port 18580 --grpc-port 18581 --metrics-port 18590 --intra-op-threads 1 "$@" >"$out/server.log" 2>&1 &
   pid=$!
   for _ in $(seq 100); do curl -sf localhost:18580/v2/health/ready >/dev/null && return; sleep 0.05; done
   echo "server did not start"; cat "$out/server.log"; exit 1
 }
 stop_server() { kill "$pid"; wait "$pid" || true; }
-load() { taskset -c $cli_cpu $bin/kinfer-bench "$@" --model mlp --features 64 --seconds "$secs" | tee -a "$res"; }
+load() { taskset -c $cli_cpu $bin/kinfer-bench "$@" --model mlp --seconds "$secs" | tee -a "$res"; }
 
 for rep in $(seq "$reps"); do
   taskset -c $srv_cpu $bin/kinfer-bench raw --model "$model" --features 64 --seconds "$secs" | tee -a "$res"
-  start_server
-  load http --addr 127.0.0.1:18580 --rate $rate --connections 4 --label "http fixed ${rate}/s"
-  load grpc --addr 127.0.0.1:18581 --rate $rate --connections 4 --label "grpc fixed ${rate}/s"
-  load http --addr 127.0.0.1:18580 --rate 0 --connections 32 --label "http saturation, no batching"
-  load grpc --addr 127.0.0.1:18581 --rate 0 --connections 32 --label "grpc saturation, no batching"
+  start_server "$model"
+  load http --addr 127.0.0.1:18580 --features 64 --rate $rate --connections 4 --label "http fixed ${rate}/s"
+  load grpc --addr 127.0.0.1:18581 --features 64 --rate $rate --connections 4 --label "grpc fixed ${rate}/s"
+  load http --addr 127.0.0.1:18580 --features 64 --rate 0 --connections 32 --label "http saturation, no batching"
+  load grpc --addr 127.0.0.1:18581 --features 64 --rate 0 --connections 32 --label "grpc saturation, no batching"
   stop_server
-  start_server --max-batch-size 32 --max-queue-delay 500us
-  load http --addr 127.0.0.1:18580 --rate 0 --connections 32 --label "http saturation, batching 32/500us"
-  load grpc --addr 127.0.0.1:18581 --rate 0 --connections 32 --label "grpc saturation, batching 32/500us"
+  start_server "$model" --max-batch-size 32 --max-queue-delay 500us
+  load http --addr 127.0.0.1:18580 --features 64 --rate 0 --connections 32 --label "http saturation, batching 32/500us"
+  load grpc --addr 127.0.0.1:18581 --features 64 --rate 0 --connections 32 --label "grpc saturation, batching 32/500us"
+  stop_server
+  # A compute-bound model: 512 -> 2048 -> 2048 -> 2 (about 5 MFLOP per row).
+  taskset -c $srv_cpu $bin/kinfer-bench raw --model "$large" --features 512 --seconds "$secs" | tee -a "$res"
+  start_server "$large"
+  load grpc --addr 127.0.0.1:18581 --features 512 --rate 0 --connections 32 --label "large: grpc saturation, no batching"
+  stop_server
+  start_server "$large" --max-batch-size 32 --max-queue-delay 2ms
+  load grpc --addr 127.0.0.1:18581 --features 512 --rate 0 --connections 32 --label "large: grpc saturation, batching 32/2ms"
   stop_server
 done
 
 .venv/bin/python - "$res" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-by = {}
+by, raw_seen = {}, 0
 for r in rows:
-    by.setdefault(r["label"], []).append(r)
+    label = r["label"]
+    if label == "raw session.run":
+        raw_seen += 1
+        label = "raw session.run (small)" if raw_seen % 2 else "large: raw session.run"
+    by.setdefault(label, []).append(r)
 print(f"\n{'run':40} {'n':>2} {'rps':>9} {'p50 µs':>8} {'p99 µs':>8} {'p99.9 µs':>9} {'errors':>6}")
 for label, rs in by.items():
     med = lambda k: statistics.median(x[k] for x in rs)

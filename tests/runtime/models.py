@@ -72,6 +72,9 @@ def two_inputs(path):
 DTYPES = {
     "BOOL": (TensorProto.BOOL, np.bool_),
     "UINT8": (TensorProto.UINT8, np.uint8),
+    "UINT16": (TensorProto.UINT16, np.uint16),
+    "UINT32": (TensorProto.UINT32, np.uint32),
+    "UINT64": (TensorProto.UINT64, np.uint64),
     "INT8": (TensorProto.INT8, np.int8),
     "INT16": (TensorProto.INT16, np.int16),
     "INT32": (TensorProto.INT32, np.int32),

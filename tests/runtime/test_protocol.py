@@ -124,3 +124,21 @@ def test_missing_library_and_model_are_clear_errors(workdir, mlp_v1):
     bad.write_bytes(b"garbage")
     out = subprocess.run([str(BINARY), "--model", str(bad), "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"], capture_output=True, text=True, timeout=30)
     assert out.returncode != 0 and "cannot load model" in out.stderr and "not-a-model.onnx" in out.stderr
+
+
+def test_gpu_provider_missing_is_an_error_or_a_logged_fallback(workdir, mlp_v1, start):
+    import subprocess
+    from conftest import BINARY
+    out = subprocess.run([str(BINARY), "--model", str(mlp_v1), "--execution-provider", "cuda",
+                          "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"], capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0 and "execution provider cuda is not available" in out.stderr and "--ep-fallback cpu" in out.stderr
+    rt = start(mlp_v1, "fraud", "--execution-provider", "tensorrt", "--ep-fallback", "cpu")
+    assert "falling back to CPU" in rt.logs()
+    r = requests.post(rt.url("/v2/models/fraud/infer"), json={"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]})
+    assert r.status_code == 200
+
+
+def test_cpu_affinity_auto_starts_and_serves(start, mlp_v1):
+    rt = start(mlp_v1, "fraud", "--cpu-affinity", "auto")
+    r = requests.post(rt.url("/v2/models/fraud/infer"), json={"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]})
+    assert r.status_code == 200

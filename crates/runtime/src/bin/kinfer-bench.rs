@@ -126,7 +126,7 @@ enum Client {
     ),
     Grpc(
         GrpcInferenceServiceClient<tonic::transport::Channel>,
-        pb::ModelInferRequest,
+        Box<pb::ModelInferRequest>,
     ),
 }
 
@@ -150,7 +150,7 @@ impl Client {
                     Err(_) => false,
                 }
             }
-            Client::Grpc(c, req) => c.model_infer(req.clone()).await.is_ok(),
+            Client::Grpc(c, req) => c.model_infer((**req).clone()).await.is_ok(),
         }
     }
 }
@@ -174,7 +174,10 @@ async fn connect(kind: &str, l: &Load, path: Option<&str>) -> anyhow::Result<Cli
                 raw_input_contents: vec![x.iter().flat_map(|f| f.to_le_bytes()).collect()],
                 ..Default::default()
             };
-            Ok(Client::Grpc(GrpcInferenceServiceClient::new(ch), req))
+            Ok(Client::Grpc(
+                GrpcInferenceServiceClient::new(ch),
+                Box::new(req),
+            ))
         }
         _ => {
             let stream = tokio::net::TcpStream::connect(&l.addr).await?;

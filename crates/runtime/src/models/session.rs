@@ -611,6 +611,8 @@ impl Worker {
             return;
         }
         let rows: usize = batch.iter().map(|j| j.rows).sum();
+        let span = tracing::debug_span!("batch", version = %self.info.version, requests = batch.len(), rows);
+        let _entered = span.enter();
         let started = Instant::now();
         let result = if batch.len() == 1 {
             run_session(&mut self.session, &self.info, &batch[0].inputs)

@@ -111,6 +111,9 @@ impl Server {
     ) -> Result<InferOutput, InferError> {
         let started = Instant::now();
         let v = self.registry.resolve(model, version)?;
+        // Disabled callsites cost one branch; enable with RUST_LOG=kinfer_runtime=debug.
+        let span = tracing::debug_span!("infer", protocol = proto.label(), model, version = %v.info.version);
+        let _entered = span.enter();
         let result = async {
             for r in requested {
                 let is_decision = self.policy.is_some() && r == DECISION_OUTPUT;
