@@ -12,7 +12,7 @@ reps=3; secs=5; rate=2000
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(scripts/fetch-onnxruntime.sh)}"
 scripts/setup-venv.sh
 cargo build -q --release -p kinfer-runtime
-bin=target/release
+bin="${CARGO_TARGET_DIR:-target}/release"
 out=bench-results; mkdir -p "$out"; res="$out/runtime-$mode.jsonl"; : > "$res"
 model="$out/mlp-64-256-256-2.onnx"
 large="$out/mlp-512-2048-2048-2.onnx"

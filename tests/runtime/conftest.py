@@ -17,7 +17,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import models  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-BINARY = pathlib.Path(os.environ.get("KINFER_RUNTIME_BIN", ROOT / "target" / "debug" / "kinfer-runtime"))
+TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+BINARY = pathlib.Path(os.environ.get("KINFER_RUNTIME_BIN", TARGET / "debug" / "kinfer-runtime"))
 
 
 def free_port():
