@@ -168,36 +168,6 @@ pub struct EvaluateReport {
     pub rtol: f64,
 }
 
-fn as_f64(t: &Tensor) -> Vec<f64> {
-    macro_rules! m {
-        ($ty:ty, $n:expr) => {
-            t.data
-                .chunks_exact($n)
-                .map(|c| <$ty>::from_le_bytes(c.try_into().expect("size")) as f64)
-                .collect()
-        };
-    }
-    match t.dtype {
-        DataType::Fp32 => m!(f32, 4),
-        DataType::Fp64 => m!(f64, 8),
-        DataType::Fp16 => t
-            .data
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64())
-            .collect(),
-        DataType::Int64 => m!(i64, 8),
-        DataType::Int32 => m!(i32, 4),
-        DataType::Int16 => m!(i16, 2),
-        DataType::Int8 => m!(i8, 1),
-        DataType::Uint8 => m!(u8, 1),
-        DataType::Uint16 => m!(u16, 2),
-        DataType::Uint32 => m!(u32, 4),
-        DataType::Uint64 => m!(u64, 8),
-        DataType::Bool => t.data.iter().map(|&b| f64::from(b)).collect(),
-        DataType::Bytes => Vec::new(),
-    }
-}
-
 fn decisions(values: &[f64], samples: usize) -> Vec<usize> {
     let per = values.len() / samples.max(1);
     values
@@ -295,8 +265,11 @@ pub async fn evaluate(
             continue;
         };
         compared += 1;
-        let actual: Vec<f64> = got.iter().flat_map(|outs| as_f64(&outs[oi])).collect();
-        let expected = as_f64(expected);
+        let actual: Vec<f64> = got
+            .iter()
+            .flat_map(|outs| crate::protocol::tensor::to_f64(&outs[oi]))
+            .collect();
+        let expected = crate::protocol::tensor::to_f64(expected);
         if actual.len() != expected.len() {
             return Err(format!(
                 "output '{}': the model produced {} values but the golden set has {}",

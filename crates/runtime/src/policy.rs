@@ -127,30 +127,14 @@ impl Policy {
                     self.output
                 ))
             })?;
-        let values: Vec<f64> = match t.dtype {
-            DataType::Fp32 => t
-                .data
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().expect("4")) as f64)
-                .collect(),
-            DataType::Fp64 => t
-                .data
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().expect("8")))
-                .collect(),
-            DataType::Fp16 => t
-                .data
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64())
-                .collect(),
-            other => {
-                return Err(InferError::Internal(format!(
-                    "policy output '{}' is {}, not a floating-point score",
-                    self.output,
-                    other.as_oip()
-                )));
-            }
-        };
+        if !matches!(t.dtype, DataType::Fp32 | DataType::Fp64 | DataType::Fp16) {
+            return Err(InferError::Internal(format!(
+                "policy output '{}' is {}, not a floating-point score",
+                self.output,
+                t.dtype.as_oip()
+            )));
+        }
+        let values = crate::protocol::tensor::to_f64(t);
         let rows = t.shape.first().copied().unwrap_or(1).max(1) as usize;
         let per = (values.len() / rows).max(1);
         Ok(values.chunks(per).map(|r| r[0]).collect())

@@ -312,29 +312,10 @@ impl VersionStats {
 
     /// Records the first output's values of a successful request into the distribution.
     pub fn record_output(&self, first: &Tensor) {
-        let values: Vec<f64> = match first.dtype {
-            DataType::Fp32 => first
-                .data
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().expect("4")) as f64)
-                .collect(),
-            DataType::Fp64 => first
-                .data
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().expect("8")))
-                .collect(),
-            DataType::Fp16 => first
-                .data
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64())
-                .collect(),
-            DataType::Int64 => first
-                .data
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().expect("8")) as f64)
-                .collect(),
-            _ => return,
-        };
+        if first.dtype == DataType::Bytes {
+            return;
+        }
+        let values = crate::protocol::tensor::to_f64(first);
         let rows = first.shape.first().copied().unwrap_or(1).max(1) as usize;
         let per_row = values.len() / rows.max(1);
         if per_row == 0 {

@@ -204,37 +204,15 @@ impl Server {
 
 /// First value of each row of a floating-point output (the decision log's score summary).
 fn first_per_row(t: &Tensor) -> Vec<f64> {
-    let values = row_values(t);
+    let values = super::tensor::to_f64(t);
     let rows = t.shape.first().copied().unwrap_or(1).max(1) as usize;
     let per = (values.len() / rows).max(1);
     values.chunks(per).map(|r| r[0]).collect()
 }
 
-fn row_values(t: &Tensor) -> Vec<f64> {
-    use super::tensor::DataType;
-    match t.dtype {
-        DataType::Fp32 => t
-            .data
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().expect("4")) as f64)
-            .collect(),
-        DataType::Fp64 => t
-            .data
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().expect("8")))
-            .collect(),
-        DataType::Fp16 => t
-            .data
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64())
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
 /// Per-row decisions of a first output: arg-max for a vector per row, score >= 0.5 for one value.
 fn row_decisions(t: &Tensor) -> Vec<usize> {
-    let values = row_values(t);
+    let values = super::tensor::to_f64(t);
     let rows = t.shape.first().copied().unwrap_or(1).max(1) as usize;
     let per = (values.len() / rows).max(1);
     values

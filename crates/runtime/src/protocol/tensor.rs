@@ -268,6 +268,38 @@ pub fn encode_json_data(dtype: DataType, data: &[u8]) -> Value {
     }
 }
 
+/// The elements of a numeric tensor as `f64` (BYTES gives an empty vector). Used off the
+/// request's critical work: statistics, policies, golden-set comparison.
+pub fn to_f64(t: &Tensor) -> Vec<f64> {
+    macro_rules! m {
+        ($ty:ty, $n:expr) => {
+            t.data
+                .chunks_exact($n)
+                .map(|c| <$ty>::from_le_bytes(c.try_into().expect("chunk size")) as f64)
+                .collect()
+        };
+    }
+    match t.dtype {
+        DataType::Fp32 => m!(f32, 4),
+        DataType::Fp64 => m!(f64, 8),
+        DataType::Fp16 => t
+            .data
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64())
+            .collect(),
+        DataType::Int64 => m!(i64, 8),
+        DataType::Int32 => m!(i32, 4),
+        DataType::Int16 => m!(i16, 2),
+        DataType::Int8 => m!(i8, 1),
+        DataType::Uint8 => m!(u8, 1),
+        DataType::Uint16 => m!(u16, 2),
+        DataType::Uint32 => m!(u32, 4),
+        DataType::Uint64 => m!(u64, 8),
+        DataType::Bool => t.data.iter().map(|&b| f64::from(b)).collect(),
+        DataType::Bytes => Vec::new(),
+    }
+}
+
 /// JSON has no NaN or infinity; OIP servers send them as strings, as Triton does.
 fn json_float(f: f64) -> Value {
     serde_json::Number::from_f64(f)
