@@ -12,7 +12,7 @@ CARGO ?= cargo
 
 include tests/e2e/cluster/cluster.mk
 
-.PHONY: help deps ort venv build crds fmt-check clippy docs unit test test-rust test-runtime test-cluster demo bench
+.PHONY: help deps s3 ort venv build crds fmt-check clippy docs unit test test-rust test-runtime test-cluster demo bench
 
 help:
 	@echo "make test      - everything CI runs: fmt, clippy, docs, Rust tests (real ONNX Runtime), cluster tier"
@@ -20,7 +20,11 @@ help:
 	@echo "make crds      - regenerate crds/ from crates/api"
 	@echo "make cluster-up / cluster-down - the local single-node Kubernetes cluster"
 
-deps: ort venv
+deps: ort venv s3
+
+# SeaweedFS (the S3 server) for the watcher's fetch tests; cached like the cluster binaries.
+s3:
+	@bash tests/e2e/cluster/build.sh s3 >/dev/null
 
 ort:
 	@ORT_VERSION=$(ORT_VERSION) KINFER_CACHE=$(KINFER_CACHE) scripts/fetch-onnxruntime.sh >/dev/null

@@ -1,10 +1,8 @@
 //! `kinfer-watcher`: the model-watcher sidecar binary.
 //!
-//! Fetching from S3, signature verification, the numerical gate and in-pod analysis are tracked
-//! in issue 5. Today the binary parses its configuration, can list a version's artifact in S3
-//! (`kinfer-watcher ls --source s3://bucket/prefix/ --endpoint URL`), which proves the S3 client
-//! and credentials, and verifies a downloaded artifact offline against its OpenSSF model-signing
-//! bundle (`kinfer-watcher verify --dir DIR --public-key KEY.pem`, see docs/signing.md).
+//! Today it fetches a version's artifact from S3 atomically into a content-addressed directory
+//! (`kinfer-watcher fetch --source s3://bucket/prefix/ --endpoint URL --dest DIR`) and verifies
+//! a downloaded artifact offline against its OpenSSF model-signing bundle (`kinfer-watcher verify --dir DIR --public-key KEY.pem`, see docs/signing.md).
 
 use std::path::PathBuf;
 
@@ -20,11 +18,14 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// List the objects of an artifact prefix in S3.
-    Ls {
+    /// Download a version's artifact from S3 into DEST/sha256-<digest>/ (atomic, cached by digest).
+    Fetch {
         /// `s3://bucket/prefix/`
         #[arg(long, env = "KINFER_SOURCE")]
         source: String,
+        /// Directory on the shared volume that holds fetched artifacts.
+        #[arg(long, env = "KINFER_MODELS_DIR", default_value = "/models")]
+        dest: std::path::PathBuf,
         /// S3-compatible endpoint URL; AWS when empty.
         #[arg(long, env = "KINFER_S3_ENDPOINT")]
         endpoint: Option<String>,
@@ -99,39 +100,22 @@ async fn main() -> anyhow::Result<()> {
             signature,
             public_keys,
         } => std::process::exit(verify(dir, signature, public_keys)),
-        Command::Ls {
+        Command::Fetch {
             source,
+            dest,
             endpoint,
             region,
         } => {
-            let rest = source.strip_prefix("s3://").ok_or_else(|| {
-                anyhow::anyhow!("--source {source:?} must start with s3:// (s3://bucket/prefix/)")
-            })?;
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-                .region(aws_config::Region::new(region));
-            if let Some(ep) = &endpoint {
-                loader = loader.endpoint_url(ep);
-            }
-            let conf = aws_sdk_s3::config::Builder::from(&loader.load().await)
-                .force_path_style(endpoint.is_some())
-                .build();
-            let s3 = aws_sdk_s3::Client::from_conf(conf);
-            let out = s3
-                .list_objects_v2()
-                .bucket(bucket)
-                .prefix(prefix)
-                .send()
-                .await
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "cannot list {source}: {}",
-                        aws_sdk_s3::error::DisplayErrorContext(e)
-                    )
-                })?;
-            for o in out.contents() {
-                println!("{}\t{}", o.size().unwrap_or(0), o.key().unwrap_or(""));
-            }
+            let uri: kinfer_watcher::fetch::S3Uri = source.parse()?;
+            let client = kinfer_watcher::fetch::client(endpoint.as_deref(), &region, None).await;
+            let f = kinfer_watcher::fetch::fetch(&client, &uri, &dest, Default::default()).await?;
+            println!(
+                "{}\t{}\t{} bytes{}",
+                f.digest,
+                f.dir.display(),
+                f.bytes,
+                if f.cached { " (cached)" } else { "" }
+            );
         }
     }
     Ok(())
