@@ -7,21 +7,17 @@
 use clap::Parser;
 use kube::{Api, Client, api::ListParams};
 
-/// The kinfer operator.
+/// The kinfer operator (today: checks the API server connection and the CRDs, then exits).
 #[derive(Parser, Debug)]
 #[command(name = "kinfer-operator", version, about)]
-struct Args {
-    /// Only check the connection to the API server and the installed CRDs, then exit.
-    #[arg(long, env = "KINFER_CHECK")]
-    check: bool,
-}
+struct Args {}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .init();
-    let args = Args::parse();
+    Args::parse();
     let client = Client::try_default().await.map_err(|e| {
         anyhow::anyhow!("cannot build a Kubernetes client ({e}); set KUBECONFIG or run in a pod")
     })?;
@@ -36,7 +32,6 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(
         inference_services = n_svc.items.len(),
         model_versions = n_mv.items.len(),
-        check = args.check,
         "connected to the API server"
     );
     Ok(())
