@@ -296,3 +296,92 @@ async fn s3_outage_fails_after_retries_and_keeps_what_was_fetched() {
     );
     assert_eq!(std::fs::read(v1.dir.join("model.onnx")).unwrap(), b"v1");
 }
+
+/// Fault injection the real server cannot do on demand: a loopback TCP proxy in front of S3 that
+/// cuts the connection once, after 1 MiB of response bytes — a download interrupted mid-file.
+async fn cutting_proxy(
+    upstream: String,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    let cut_done = Arc::new(AtomicBool::new(false));
+    let flag = cut_done.clone();
+    let upstream = upstream.trim_start_matches("http://").to_owned();
+    tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                return;
+            };
+            let server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+            let flag = flag.clone();
+            tokio::spawn(async move {
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let up = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                });
+                let mut sent = 0usize;
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match sr.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if !flag.load(Ordering::SeqCst) && sent + n > 1 << 20 {
+                        flag.store(true, Ordering::SeqCst);
+                        let _ = cw.write_all(&buf[..(1 << 20) - sent]).await;
+                        break; // drop both halves: the client sees the body end early
+                    }
+                    if cw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    sent += n;
+                }
+                up.abort();
+            });
+        }
+    });
+    (addr, cut_done)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_download_resumes_with_a_ranged_get() {
+    let s3 = tokio::task::spawn_blocking(S3::start).await.unwrap();
+    let model: Vec<u8> = (0..3_000_000u32).map(|i| (i * 13 % 253) as u8).collect();
+    s3.put("big/v1/model.onnx", model.clone()).await;
+    let (proxy, cut) = cutting_proxy(s3.endpoint.clone()).await;
+    let c = fetch::client(Some(&proxy), "us-east-1", Some((AK, SK))).await;
+    let root = tempfile::tempdir().unwrap();
+    let f = fetch::fetch(
+        &c,
+        &"s3://models/big/v1/".parse().unwrap(),
+        root.path(),
+        fast_retry(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        cut.load(std::sync::atomic::Ordering::SeqCst),
+        "the proxy cut the download"
+    );
+    assert_eq!(
+        std::fs::read(f.dir.join("model.onnx")).unwrap(),
+        model,
+        "resumed bytes are exact"
+    );
+    let direct = s3.client(SK).await;
+    let again = fetch::fetch(
+        &direct,
+        &"s3://models/big/v1/".parse().unwrap(),
+        tempfile::tempdir().unwrap().path(),
+        fast_retry(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.digest, f.digest);
+}
