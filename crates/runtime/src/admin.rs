@@ -51,6 +51,15 @@ impl IntoResponse for RegistryError {
     }
 }
 
+type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
+
+/// Unwraps a JSON body or answers 400 saying what the endpoint expects.
+#[allow(clippy::result_large_err)] // admin path, not the request path: the Response is returned as is
+fn parse<T>(body: JsonBody<T>, expects: &str) -> Result<T, Response> {
+    body.map(|Json(r)| r)
+        .map_err(|e| err(StatusCode::BAD_REQUEST, format!("{expects}: {e}")))
+}
+
 /// The admin router.
 pub fn router(admin: Arc<Admin>) -> Router {
     Router::new()
@@ -71,18 +80,10 @@ struct StageReq {
     path: PathBuf,
 }
 
-async fn stage(
-    State(a): State<Arc<Admin>>,
-    body: Result<Json<StageReq>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    let Json(req) = match body {
-        Ok(b) => b,
-        Err(e) => {
-            return err(
-                StatusCode::BAD_REQUEST,
-                format!("stage expects {{\"version\", \"path\"}}: {e}"),
-            );
-        }
+async fn stage(State(a): State<Arc<Admin>>, body: JsonBody<StageReq>) -> Response {
+    let req = match parse(body, r#"stage expects {"version", "path"}"#) {
+        Ok(r) => r,
+        Err(resp) => return resp,
     };
     if req.version.is_empty() {
         return err(StatusCode::BAD_REQUEST, "version must not be empty");
@@ -126,18 +127,10 @@ struct VersionReq {
     version: String,
 }
 
-async fn promote(
-    State(a): State<Arc<Admin>>,
-    body: Result<Json<VersionReq>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    let Json(req) = match body {
-        Ok(b) => b,
-        Err(e) => {
-            return err(
-                StatusCode::BAD_REQUEST,
-                format!("promote expects {{\"version\"}}: {e}"),
-            );
-        }
+async fn promote(State(a): State<Arc<Admin>>, body: JsonBody<VersionReq>) -> Response {
+    let req = match parse(body, r#"promote expects {"version"}"#) {
+        Ok(r) => r,
+        Err(resp) => return resp,
     };
     match a.registry.promote(&req.version) {
         Ok(previous) => {
@@ -158,18 +151,10 @@ async fn rollback(State(a): State<Arc<Admin>>) -> Response {
     }
 }
 
-async fn unload(
-    State(a): State<Arc<Admin>>,
-    body: Result<Json<VersionReq>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    let Json(req) = match body {
-        Ok(b) => b,
-        Err(e) => {
-            return err(
-                StatusCode::BAD_REQUEST,
-                format!("unload expects {{\"version\"}}: {e}"),
-            );
-        }
+async fn unload(State(a): State<Arc<Admin>>, body: JsonBody<VersionReq>) -> Response {
+    let req = match parse(body, r#"unload expects {"version"}"#) {
+        Ok(r) => r,
+        Err(resp) => return resp,
     };
     match a.registry.unload(&req.version) {
         Ok(()) => Json(json!({"unloaded": req.version})).into_response(),
@@ -210,18 +195,10 @@ struct ShadowReq {
     sample_rate: f64,
 }
 
-async fn shadow(
-    State(a): State<Arc<Admin>>,
-    body: Result<Json<ShadowReq>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    let Json(req) = match body {
-        Ok(b) => b,
-        Err(e) => {
-            return err(
-                StatusCode::BAD_REQUEST,
-                format!("shadow expects {{\"version\", \"sampleRate\"}}: {e}"),
-            );
-        }
+async fn shadow(State(a): State<Arc<Admin>>, body: JsonBody<ShadowReq>) -> Response {
+    let req = match parse(body, r#"shadow expects {"version", "sampleRate"}"#) {
+        Ok(r) => r,
+        Err(resp) => return resp,
     };
     if !(0.0..=1.0).contains(&req.sample_rate) {
         return err(
@@ -272,18 +249,10 @@ fn default_rtol() -> f64 {
     1e-4
 }
 
-async fn evaluate(
-    State(a): State<Arc<Admin>>,
-    body: Result<Json<EvaluateReq>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    let Json(req) = match body {
-        Ok(b) => b,
-        Err(e) => {
-            return err(
-                StatusCode::BAD_REQUEST,
-                format!("evaluate expects {{\"version\", \"golden\"}}: {e}"),
-            );
-        }
+async fn evaluate(State(a): State<Arc<Admin>>, body: JsonBody<EvaluateReq>) -> Response {
+    let req = match parse(body, r#"evaluate expects {"version", "golden"}"#) {
+        Ok(r) => r,
+        Err(resp) => return resp,
     };
     let Some(v) = a.registry.get(&req.version) else {
         return RegistryError::NotLoaded(req.version).into_response();
