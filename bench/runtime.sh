@@ -16,7 +16,8 @@ bin="${CARGO_TARGET_DIR:-target}/release"
 out=bench-results; mkdir -p "$out"; res="$out/runtime-$mode.jsonl"; : > "$res"
 model="$out/mlp-64-256-256-2.onnx"
 large="$out/mlp-512-2048-2048-2.onnx"
-.venv/bin/python -c "import sys; sys.path.insert(0, 'tests/runtime'); import models; models.bench_mlp('$model'); models.bench_mlp('$large', features=512, hidden=2048)"
+cold="$out/mlp-512-1200-1200-2.onnx"   # ~8 MB of weights, for the cold-start figure
+.venv/bin/python -c "import sys; sys.path.insert(0, 'tests/runtime'); import models; models.bench_mlp('$model'); models.bench_mlp('$large', features=512, hidden=2048); models.bench_mlp('$cold', features=512, hidden=1200)"
 srv_cpu=1; cli_cpu=0
 [[ $(nproc) -lt 2 ]] && { srv_cpu=0; cli_cpu=0; }
 
@@ -31,10 +32,33 @@ start_server() { # model extra-flags...
 stop_server() { kill "$pid"; wait "$pid" || true; }
 load() { taskset -c $cli_cpu $bin/kinfer-bench "$@" --model mlp --seconds "$secs" | tee -a "$res"; }
 
+# Process start -> /v2/health/ready, polled every ~2 ms (an upper bound by the poll interval).
+cold_start() {
+  local t0 t1
+  t0=$(date +%s%N)
+  taskset -c $srv_cpu $bin/kinfer-runtime --model "$cold" --model-name cold --listen 127.0.0.1 \
+    --http-port 18680 --grpc-port 18681 --metrics-port 18690 --intra-op-threads 1 >"$out/cold.log" 2>&1 &
+  local p=$!
+  until curl -sf localhost:18680/v2/health/ready >/dev/null 2>&1; do sleep 0.002; done
+  t1=$(date +%s%N)
+  kill $p; wait $p || true
+  printf '{"label":"cold start, %s MB model","mode":"cold","achieved_rps":0,"requests":1,"errors":0,"p50_us":%d,"p90_us":0,"p99_us":0,"p999_us":0}\n' \
+    "$(( $(stat -c %s "$cold") / 1000000 ))" $(( (t1 - t0) / 1000 )) | tee -a "$res"
+}
+
 for rep in $(seq "$reps"); do
+  cold_start
   taskset -c $srv_cpu $bin/kinfer-bench raw --model "$model" --features 64 --seconds "$secs" | tee -a "$res"
-  start_server "$model"
+  start_server "$model" --admin-socket "$out/admin.sock"
   load http --addr 127.0.0.1:18580 --features 64 --rate $rate --connections 4 --label "http fixed ${rate}/s"
+  # Server-internal time for the same requests: request span (after the body is decoded, until
+  # the outputs are back) minus the compute span (session.run) — queue hand-off and wake-ups.
+  curl -s --unix-socket "$out/admin.sock" localhost/admin/stats | .venv/bin/python -c '
+import json, sys
+v = json.load(sys.stdin)["versions"]["1"]["stats"]
+r, c = v["request"], v["compute"]
+print(json.dumps({"label": "server-internal overhead (request - compute span)", "mode": "server", "achieved_rps": 0, "requests": r["count"], "errors": 0,
+                  "p50_us": round((r["p50"] - c["p50"]) * 1e6), "p90_us": 0, "p99_us": round((r["p99"] - c["p99"]) * 1e6), "p999_us": 0}))' | tee -a "$res"
   load grpc --addr 127.0.0.1:18581 --features 64 --rate $rate --connections 4 --label "grpc fixed ${rate}/s"
   load http --addr 127.0.0.1:18580 --features 64 --rate 0 --connections 32 --label "http saturation, no batching"
   load grpc --addr 127.0.0.1:18581 --features 64 --rate 0 --connections 32 --label "grpc saturation, no batching"
