@@ -12,7 +12,7 @@ use std::{
 use serde::Serialize;
 
 use super::session::ModelInfo;
-use crate::protocol::tensor::{DataType, Tensor};
+use crate::protocol::tensor::Tensor;
 
 /// Sub-buckets per power of two: 16 → each bucket spans 1/16 of an octave (~4.4%).
 const SUB: u32 = 16;
@@ -312,24 +312,33 @@ impl VersionStats {
 
     /// Records the first output's values of a successful request into the distribution.
     pub fn record_output(&self, first: &Tensor) {
-        if first.dtype == DataType::Bytes {
+        use crate::protocol::tensor::element_f64;
+        let Some(size) = first.dtype.size() else {
             return;
-        }
-        let values = crate::protocol::tensor::to_f64(first);
-        let rows = first.shape.first().copied().unwrap_or(1).max(1) as usize;
-        let per_row = values.len() / rows.max(1);
+        };
+        let n = first.data.len() / size;
+        let rows = (first.shape.first().copied().unwrap_or(1).max(1) as usize).min(n.max(1));
+        let per_row = n / rows;
         if per_row == 0 {
             return;
         }
-        for row in values.chunks_exact(per_row) {
+        // Read in place: this runs for every request, so no per-request Vec.
+        for r in 0..rows {
+            let at = |k: usize| element_f64(first, r * per_row + k).unwrap_or(f64::NAN);
             let bin = if per_row == 1 {
-                let v = row[0];
+                let v = at(0);
                 if v.is_nan() {
                     continue;
                 }
                 ((v.clamp(0.0, 1.0) * OUTPUT_BINS as f64) as usize).min(OUTPUT_BINS - 1)
             } else {
-                argmax(row) % OUTPUT_BINS
+                let mut best = 0;
+                for k in 1..per_row {
+                    if at(k) > at(best) || at(best).is_nan() {
+                        best = k;
+                    }
+                }
+                best % OUTPUT_BINS
             };
             self.output_bins[bin].fetch_add(1, Relaxed);
         }
@@ -438,6 +447,41 @@ mod tests {
         assert_eq!(p.count, 1000);
         assert!((p.p50 - 0.005).abs() / 0.005 < 0.07, "{p:?}");
         assert!((p.p99 - 0.0099).abs() / 0.0099 < 0.07, "{p:?}");
+    }
+
+    #[test]
+    fn output_distribution_bins_scores_and_argmax() {
+        use crate::protocol::tensor::{DataType, TensorSpec};
+        let info = |shape: Vec<i64>| ModelInfo {
+            name: "m".into(),
+            version: "1".into(),
+            inputs: vec![],
+            outputs: vec![TensorSpec {
+                name: "y".into(),
+                dtype: DataType::Fp32,
+                shape,
+            }],
+            batchable: true,
+            path: "m.onnx".into(),
+        };
+        let t = |shape: Vec<i64>, v: &[f32]| Tensor {
+            name: "y".into(),
+            dtype: DataType::Fp32,
+            shape,
+            data: v.iter().flat_map(|f| f.to_le_bytes()).collect(),
+        };
+        let scores = VersionStats::new(&info(vec![-1, 1]));
+        scores.record_output(&t(vec![3, 1], &[0.01, 0.97, f32::NAN]));
+        let bins: Vec<u64> = scores.output_bins.iter().map(|b| b.load(Relaxed)).collect();
+        assert_eq!((bins[0], bins[19], bins.iter().sum::<u64>()), (1, 1, 2));
+        let classes = VersionStats::new(&info(vec![-1, 3]));
+        classes.record_output(&t(vec![2, 3], &[0.1, 0.7, 0.2, 0.9, 0.05, 0.05]));
+        let bins: Vec<u64> = classes
+            .output_bins
+            .iter()
+            .map(|b| b.load(Relaxed))
+            .collect();
+        assert_eq!((bins[0], bins[1], bins.iter().sum::<u64>()), (1, 1, 2));
     }
 
     #[test]

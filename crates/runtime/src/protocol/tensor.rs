@@ -268,8 +268,29 @@ pub fn encode_json_data(dtype: DataType, data: &[u8]) -> Value {
     }
 }
 
-/// The elements of a numeric tensor as `f64` (BYTES gives an empty vector). Used off the
-/// request's critical work: statistics, policies, golden-set comparison.
+/// Element `i` of a numeric tensor as `f64`, read in place (no allocation); `None` for BYTES or
+/// past the end. The request path's statistics use this.
+pub fn element_f64(t: &Tensor, i: usize) -> Option<f64> {
+    let size = t.dtype.size()?;
+    let c = t.data.get(i * size..(i + 1) * size)?;
+    Some(match t.dtype {
+        DataType::Fp32 => f32::from_le_bytes(c.try_into().ok()?) as f64,
+        DataType::Fp64 => f64::from_le_bytes(c.try_into().ok()?),
+        DataType::Fp16 => half::f16::from_le_bytes([c[0], c[1]]).to_f64(),
+        DataType::Int64 => i64::from_le_bytes(c.try_into().ok()?) as f64,
+        DataType::Int32 => i32::from_le_bytes(c.try_into().ok()?) as f64,
+        DataType::Int16 => i16::from_le_bytes(c.try_into().ok()?) as f64,
+        DataType::Int8 => c[0] as i8 as f64,
+        DataType::Uint8 | DataType::Bool => c[0] as f64,
+        DataType::Uint16 => u16::from_le_bytes(c.try_into().ok()?) as f64,
+        DataType::Uint32 => u32::from_le_bytes(c.try_into().ok()?) as f64,
+        DataType::Uint64 => u64::from_le_bytes(c.try_into().ok()?) as f64,
+        DataType::Bytes => return None,
+    })
+}
+
+/// The elements of a numeric tensor as `f64` (BYTES gives an empty vector). Allocates: for
+/// policies, shadow comparison and golden sets, not per-request statistics.
 pub fn to_f64(t: &Tensor) -> Vec<f64> {
     macro_rules! m {
         ($ty:ty, $n:expr) => {
