@@ -4,7 +4,7 @@
 use std::{fmt::Write, sync::atomic::Ordering::Relaxed};
 
 use crate::{
-    models::stats::{Histogram, prometheus_buckets},
+    models::stats::{Histogram, VersionStats, prometheus_buckets},
     protocol::infer::{CODES, Protocol, Server},
 };
 
@@ -45,25 +45,23 @@ pub fn render(s: &Server) -> String {
             );
         }
     }
-    out.push_str("# HELP kinfer_queue_duration_seconds Time requests wait in the batching queue.\n# TYPE kinfer_queue_duration_seconds histogram\n");
-    for v in r.all() {
-        let labels = format!("model=\"{model}\",version=\"{}\"", v.info.version);
-        histogram(
-            &mut out,
+    for (name, help, pick) in [
+        (
             "kinfer_queue_duration_seconds",
-            &labels,
-            &v.stats.queue.total,
-        );
-    }
-    out.push_str("# HELP kinfer_compute_duration_seconds Time in session.run per batch.\n# TYPE kinfer_compute_duration_seconds histogram\n");
-    for v in r.all() {
-        let labels = format!("model=\"{model}\",version=\"{}\"", v.info.version);
-        histogram(
-            &mut out,
+            "Time requests wait in the batching queue.",
+            (|st: &VersionStats| &st.queue.total) as fn(&VersionStats) -> &Histogram,
+        ),
+        (
             "kinfer_compute_duration_seconds",
-            &labels,
-            &v.stats.compute.total,
-        );
+            "Time in session.run per batch.",
+            |st: &VersionStats| &st.compute.total,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for v in r.all() {
+            let labels = format!("model=\"{model}\",version=\"{}\"", v.info.version);
+            histogram(&mut out, name, &labels, pick(&v.stats));
+        }
     }
     out.push_str(
         "# HELP kinfer_batch_size Rows per session.run.\n# TYPE kinfer_batch_size histogram\n",
