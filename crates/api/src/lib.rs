@@ -10,6 +10,7 @@ pub mod conditions;
 pub mod duration;
 pub mod inference_service;
 pub mod model_version;
+pub mod report;
 
 pub use inference_service::{InferenceService, InferenceServiceSpec, InferenceServiceStatus};
 pub use model_version::{ModelVersion, ModelVersionSpec, ModelVersionStatus};
