@@ -48,6 +48,10 @@ done
 (( ${#WANT[@]} )) || WANT=(operator runtime watcher)
 [[ -n "$TAG" ]] || die "cannot read the workspace version from Cargo.toml"
 [[ $EUID -eq 0 ]] || die "run as root (podman and apt-get need it here)"
+mkdir -p "$CACHE"
+# One build at a time per cache (the build contexts and podman's storage are shared).
+exec 9>"$CACHE/.lock"
+flock -n 9 || { log "another images/build.sh is running; waiting for it"; flock 9; }
 
 # --- podman ----------------------------------------------------------------------------------------
 if ! command -v podman >/dev/null; then
@@ -174,7 +178,7 @@ build_image() { # $1 = operator|runtime|watcher
   "${PODMAN[@]}" build --isolation chroot --timestamp 0 --pull=never --layers=false \
     -t "$REGISTRY/$name:$TAG" -f "$ctx/Dockerfile" "$ctx" >&2 || die "podman build of $name failed"
   rm -f "$CACHE/$name-$TAG-"*.tar "$out.tmp"
-  "${PODMAN[@]}" save --format docker-archive -o "$out.tmp" "$REGISTRY/$name:$TAG" >/dev/null
+  "${PODMAN[@]}" save --quiet --format docker-archive -o "$out.tmp" "$REGISTRY/$name:$TAG" >/dev/null
   mv "$out.tmp" "$out"
   log "$name: $(numfmt --to=iec --suffix=B "$("${PODMAN[@]}" image inspect --format '{{.Size}}' "$REGISTRY/$name:$TAG")") → $out"
   echo "$out"
