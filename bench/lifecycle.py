@@ -54,9 +54,15 @@ class AdminClient:
         return json.loads(data)
 
     def swap(self, serving, new, path):
+        """Stage, promote, unload; returns the wall-clock times at the start and after each."""
+        t = [time.time()]
         self.call("POST", "/admin/stage", {"version": new, "path": str(path)})
+        t.append(time.time())
         self.call("POST", "/admin/promote", {"version": new})
+        t.append(time.time())
         self.call("POST", "/admin/unload", {"version": serving})
+        t.append(time.time())
+        return t
 
 
 def rss_kib(pid):
@@ -117,11 +123,9 @@ class Lifecycle:
             time.sleep(2.0)  # warm-up (1 s) and 1 s of steady traffic before the first swap
             windows = []
             for _ in range(under_load):
-                t0 = time.time()
                 k += 1
-                admin.swap(serving, str(k), small if k % 2 else alt)
+                windows.append(admin.swap(serving, str(k), small if k % 2 else alt))
                 serving = str(k)
-                windows.append((t0, time.time()))
                 time.sleep(gap)
             out, _ = load.communicate()
             during = json.loads(out.strip().splitlines()[-1])
@@ -154,23 +158,33 @@ class Lifecycle:
 
     @staticmethod
     def windows(rec, windows, margin_us=10_000):
-        """Latency of requests in flight during a swap window against the steady ones (those at
-        least `margin_us` away from every window)."""
-        spans = [(int(s * 1e6), int(e * 1e6)) for s, e in windows]
-        inside, steady, failed, i = [], [], 0, 0
+        """Latency of requests in flight during a swap window (stage → unload done) against the
+        steady ones (those at least `margin_us` away from every window); and, to tell the two
+        apart, of those in flight during the staging (load + warm-up of the new session) and during
+        promote + unload only."""
+        spans = [tuple(int(x * 1e6) for x in w) for w in windows]  # start, staged, promoted, unloaded
+        inside, stage, swap, steady, failed, i = [], [], [], [], 0, 0
         for line in open(rec):
             at, lat, ok = (int(x) for x in line.split(","))
             failed += ok == 0
             end = at + lat
-            while i < len(spans) and spans[i][1] + margin_us < at:
+            while i < len(spans) and spans[i][3] + margin_us < at:
                 i += 1
-            near = [sp for sp in spans[max(0, i - 1):i + 2]]
-            if any(at <= e and end >= s for s, e in near):
+            near = spans[max(0, i - 1):i + 2]
+            if any(at <= w[3] and end >= w[0] for w in near):
                 inside.append(lat)
-            elif all(end < s - margin_us or at > e + margin_us for s, e in near):
+                if any(at <= w[1] and end >= w[0] for w in near):
+                    stage.append(lat)
+                else:
+                    swap.append(lat)
+            elif all(end < w[0] - margin_us or at > w[3] + margin_us for w in near):
                 steady.append(lat)
-        swap_ms = [(e - s) * 1e3 for s, e in windows]
+        swap_ms = [(w[3] - w[0]) * 1e3 for w in windows]
+        stage_ms = [(w[1] - w[0]) * 1e3 for w in windows]
         return {"failed": failed, "in_window": len(inside), "steady": len(steady),
+                "stage_ms_p50": round(statistics.median(stage_ms), 2),
+                "in_stage": len(stage), "stage_p99_us": pct(stage, 0.99),
+                "in_promote_unload": len(swap), "promote_unload_p99_us": pct(swap, 0.99),
                 "window_p50_us": pct(inside, 0.5), "window_p99_us": pct(inside, 0.99),
                 "window_p999_us": pct(inside, 0.999), "window_max_us": max(inside, default=0),
                 "steady_p50_us": pct(steady, 0.5), "steady_p99_us": pct(steady, 0.99),

@@ -165,12 +165,16 @@ class Report:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(8, 5))
+        fig, ax = plt.subplots(figsize=(10, 5.5))
+        sat = self.groups(model, "saturation")
         for name, ps in pts.items():
             xs = [ach for _, ach, *_ in ps]
-            ys = [p99 / 1000 for *_, p99, _, _, _ in [(t, a, p50, p99, p999, n, k) for t, a, p50, p99, p999, n, k in ps]]
+            ys = [p99 / 1000 for _, _, _, p99, *_ in ps]
             style = "--" if "FastAPI" in name or "KServe" in name else "-"
-            ax.plot(xs, ys, style, marker="o", markersize=3, label=name)
+            (line,) = ax.plot(xs, ys, style, marker="o", markersize=3, label=name)
+            if name in sat:  # the closed-loop saturation point, same colour, hollow square
+                ax.plot([med(sat[name], "achieved_rps")], [med(sat[name], "p99_us") / 1000], "s",
+                        mfc="none", color=line.get_color(), markersize=7)
         raw = self.groups(model, "raw").get("raw session.run", [])
         if raw:
             ax.plot([med(raw, "achieved_rps")], [med(raw, "p99_us") / 1000], "k*", markersize=12,
@@ -179,9 +183,10 @@ class Report:
         ax.set_yscale("log")
         ax.set_xlabel("achieved throughput (req/s)")
         ax.set_ylabel("p99 latency (ms), coordinated-omission corrected")
-        ax.set_title(f"{MODEL_TITLES.get(model, model)}\nserver on 1 pinned CPU, fixed-rate sweep, medians")
+        ax.set_title(f"{MODEL_TITLES.get(model, model)}\nserver on 1 pinned CPU; fixed-rate sweep (dots) and "
+                     f"closed-loop saturation (squares), medians")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.tight_layout()
         fig.savefig(dest, dpi=110)
         plt.close(fig)
@@ -201,7 +206,13 @@ class Report:
                    f"| p50 in swap windows / steady | {us(h['window_p50_us'])} / {us(h['steady_p50_us'])} |",
                    f"| p99 in swap windows / steady | {us(h['window_p99_us'])} / {us(h['steady_p99_us'])} "
                    f"(**{h['p99_ratio']:.2f}×**) |",
-                   f"| p99.9 in swap windows / steady | {us(h['window_p999_us'])} / {us(h['steady_p999_us'])} |", "")
+                   f"| p99.9 in swap windows / steady | {us(h['window_p999_us'])} / {us(h['steady_p999_us'])} |")
+            if "stage_p99_us" in h:
+                self.p(f"| of which: staging (load + warm the new session; median {h['stage_ms_p50']} ms), p99 | "
+                       f"{us(h['stage_p99_us'])} ({h['in_stage']:,} requests) |",
+                       f"| of which: promote + unload only, p99 | {us(h['promote_unload_p99_us'])} "
+                       f"({h['in_promote_unload']:,} requests) |")
+            self.p("")
         if dr:
             d = dr[0]
             self.p(f"**After {d['swaps']:,} swaps** against the start (same server process; the same "
