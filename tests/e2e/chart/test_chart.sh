@@ -28,6 +28,10 @@ HELM="${HELM:-$HELM_BIN/helm}"
 KUBECTL="${KUBECTL:-$K8S_BIN/kubectl}"
 export KUBECONFIG="$KUBECONFIG_PATH"
 PY="$(command -v python3)"
+# helm template/lint check the chart's kubeVersion against a built-in default (upstream release
+# builds stamp it with the client-go minor, 1.34 for helm 3.19; a plain `go build` leaves v1.20),
+# so they are told the version of the cluster the chart is rendered for.
+KUBE_VERSION="${KINFER_KUBE_VERSION:-$K8S_VERSION}"
 NS="kinfer-chart-test-$$"
 REL=kinfer-chart-test
 WORK="$(mktemp -d)"
@@ -77,14 +81,14 @@ if "$CHART/sync-crds.sh" --check >"$WORK/sync.log" 2>&1; then ok "chart CRDs = c
 else ko "chart CRDs differ from crds/: run charts/kinfer-operator/sync-crds.sh" "$(tail_of "$WORK/sync.log" 20)"; fi
 
 MON=(--set metrics.serviceMonitor.enabled=true --set metrics.podMonitor.enabled=true --set prometheusRule.enabled=true)
-if "$HELM" lint --strict "$CHART" >"$WORK/lint.log" 2>&1 \
-   && "$HELM" lint --strict "$CHART" "${MON[@]}" --set prometheusRule.runbookBaseUrl=https://example.invalid/ops >>"$WORK/lint.log" 2>&1; then
+if "$HELM" lint --strict --kube-version "$KUBE_VERSION" "$CHART" >"$WORK/lint.log" 2>&1 \
+   && "$HELM" lint --strict --kube-version "$KUBE_VERSION" "$CHART" "${MON[@]}" --set prometheusRule.runbookBaseUrl=https://example.invalid/ops >>"$WORK/lint.log" 2>&1; then
   ok "helm lint --strict (defaults; monitoring on)"
 else ko "helm lint --strict" "$(tail_of "$WORK/lint.log" 20)"; fi
 
 render() { # out-file, helm args...
   local out=$1; shift
-  "$HELM" template "$REL" "$CHART" --namespace "$NS" "$@" >"$out" 2>"$out.err"
+  "$HELM" template "$REL" "$CHART" --namespace "$NS" --kube-version "$KUBE_VERSION" "$@" >"$out" 2>"$out.err"
 }
 kinds_of() { grep -E '^kind: ' "$1" | sort | uniq -c | awk '{printf "%s=%s ", $3, $1}'; }
 
