@@ -275,7 +275,8 @@ if k create --as "$SA" -f "$WORK/watcher-role.yaml" >"$WORK/esc.log" 2>&1; then
 else ko "the operator cannot create the watcher's Role" "$(tail_of "$WORK/esc.log" 6)"; fi
 
 # The operator pods: Ready when the images have been imported (images/build.sh --import).
-if ctr --address "$CONTAINERD_SOCK" -n k8s.io images ls -q 2>/dev/null | grep -qx 'kinfer.local/kinfer-operator:0.1.0'; then
+images="$(ctr --address "$CONTAINERD_SOCK" -n k8s.io images ls -q 2>/dev/null)"
+if grep -qx 'kinfer.local/kinfer-operator:0.1.0' <<<"$images"; then
   if k -n "$NS" rollout status "deploy/$FULL" --timeout=120s >"$WORK/rollout.log" 2>&1; then
     ok "operator Deployment rolled out: $(k -n "$NS" get deploy "$FULL" -o jsonpath='{.status.readyReplicas}')/2 Ready"
     holder="$(k -n "$NS" get lease kinfer-operator -o jsonpath='{.spec.holderIdentity}' 2>/dev/null)"
