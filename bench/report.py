@@ -155,8 +155,8 @@ class Report:
     def internal(self, model):
         rs = self.groups(model, "internal").get("kinfer internal (request - compute)", [])
         if rs:
-            self.p(f"Server-internal time (the runtime's own `/admin/stats` over the server's life, HTTP "
-                   f"and gRPC runs, no batching): request span {us(med(rs, 'request_p50_us'))} p50 / "
+            self.p(f"Server-internal time (the runtime's own `/admin/stats` after {rps(med(rs, 'target_rps'))} req/s "
+                   f"over HTTP on a fresh server, no batching; medians): request span {us(med(rs, 'request_p50_us'))} p50 / "
                    f"{us(med(rs, 'request_p99_us'))} p99, of which `session.run` {us(med(rs, 'compute_p50_us'))} / "
                    f"{us(med(rs, 'compute_p99_us'))}; the difference (queue hand-off, wake-up, output split) "
                    f"{us(med(rs, 'p50_us'))} p50 / {us(med(rs, 'p99_us'))} p99.", "")

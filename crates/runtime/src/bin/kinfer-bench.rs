@@ -64,6 +64,18 @@ struct Load {
     /// Label for the report.
     #[arg(long, default_value = "")]
     label: String,
+    /// Also write every measured request to FILE as CSV lines `intended_unix_us,latency_us,ok`
+    /// (the intended send time on the wall clock, so it lines up with events such as hot swaps
+    /// that another process timestamps).
+    #[arg(long)]
+    record: Option<std::path::PathBuf>,
+    /// URL path for `http` instead of `/v2/models/{model}/infer` (the body stays OIP v2).
+    #[arg(long)]
+    path: Option<String>,
+    /// Multiplies the input values (in [0, 1)): e.g. 30000 makes them usable as token ids for a
+    /// model that floors its FP32 input into a vocabulary.
+    #[arg(long, default_value_t = 1.0)]
+    value_scale: f32,
 }
 
 #[derive(Subcommand)]
@@ -106,11 +118,24 @@ fn input_values(features: usize, rows: usize) -> Vec<f32> {
         .collect()
 }
 
-fn report(label: &str, mode: &str, target: f64, measured: f64, h: &Histogram<u64>, errors: u64) {
+/// A finished run: the latency histogram and how the run went.
+struct Outcome {
+    /// Seconds the measured requests took: for a fixed rate, from the start of the measured
+    /// window to the last measured answer (at least the window), so that when the server falls
+    /// behind, the achieved rate is below the target; for a closed loop, the window.
+    duration: f64,
+    /// Failed requests in the measured window.
+    errors: u64,
+    /// Requests scheduled in the measured window but never sent, because the server fell so far
+    /// behind that the run gave up (`--rate` only; see `run_load`).
+    unsent: u64,
+}
+
+fn report(label: &str, mode: &str, target: f64, h: &Histogram<u64>, o: &Outcome) {
     let out = serde_json::json!({
         "label": label, "mode": mode, "target_rps": target,
-        "achieved_rps": h.len() as f64 / measured,
-        "requests": h.len(), "errors": errors,
+        "achieved_rps": h.len() as f64 / o.duration, "duration_s": o.duration,
+        "requests": h.len(), "errors": o.errors, "unsent": o.unsent,
         "p50_us": h.value_at_quantile(0.50), "p90_us": h.value_at_quantile(0.90),
         "p99_us": h.value_at_quantile(0.99), "p999_us": h.value_at_quantile(0.999),
         "max_us": h.max(),
@@ -156,7 +181,10 @@ impl Client {
 }
 
 async fn connect(kind: &str, l: &Load, path: Option<&str>) -> anyhow::Result<Client> {
-    let x = input_values(l.features, l.rows);
+    let x: Vec<f32> = input_values(l.features, l.rows)
+        .into_iter()
+        .map(|v| v * l.value_scale)
+        .collect();
     match kind {
         "grpc" => {
             let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", l.addr))?
@@ -192,7 +220,9 @@ async fn connect(kind: &str, l: &Load, path: Option<&str>) -> anyhow::Result<Cli
                     serde_json::to_vec(&serde_json::json!({ &l.input: rows }))?,
                 ),
                 None => (
-                    format!("/v2/models/{}/infer", l.model),
+                    l.path
+                        .clone()
+                        .unwrap_or_else(|| format!("/v2/models/{}/infer", l.model)),
                     serde_json::to_vec(
                         &serde_json::json!({"inputs": [{"name": l.input, "shape": [l.rows, l.features], "datatype": "FP32", "data": x}]}),
                     )?,
@@ -212,6 +242,20 @@ async fn run_load(kind: &'static str, l: Load, path: Option<String>) -> anyhow::
     let start = Instant::now() + Duration::from_millis(50);
     let measure_from = start + Duration::from_secs_f64(l.warmup);
     let end = measure_from + Duration::from_secs_f64(l.seconds);
+    // A server that cannot keep up with a fixed rate would make the run last for as long as its
+    // backlog: past this point the remaining scheduled requests are counted as unsent instead.
+    let give_up = end + Duration::from_secs_f64(l.seconds.max(2.0));
+    // The wall clock at `clock`, to put intended send times on it for `--record`.
+    let (clock, wall_clock) = (
+        Instant::now(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_micros() as u64,
+    );
+    let recording = l.record.is_some();
+    let last_done = Arc::new(Mutex::new(measure_from));
+    let unsent = Arc::new(AtomicU64::new(0));
+    let records = Arc::new(Mutex::new(Vec::<(u64, u64, bool)>::new()));
     let interval = if l.rate > 0.0 {
         Some(Duration::from_secs_f64(1.0 / l.rate))
     } else {
@@ -221,9 +265,12 @@ async fn run_load(kind: &'static str, l: Load, path: Option<String>) -> anyhow::
     for _ in 0..l.connections {
         let mut client = connect(kind, &l, path.as_deref()).await?;
         let (hist, errors, next) = (hist.clone(), errors.clone(), next.clone());
+        let (last_done, unsent, records) = (last_done.clone(), unsent.clone(), records.clone());
         tasks.push(tokio::spawn(async move {
             let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
             let mut local_errors = 0;
+            let mut local_last = measure_from;
+            let mut local_records = Vec::new();
             loop {
                 let intended = match interval {
                     Some(iv) => {
@@ -231,6 +278,12 @@ async fn run_load(kind: &'static str, l: Load, path: Option<String>) -> anyhow::
                         let t = start + iv * k as u32;
                         if t >= end {
                             break;
+                        }
+                        if Instant::now() >= give_up {
+                            if t >= measure_from {
+                                unsent.fetch_add(1, Relaxed);
+                            }
+                            continue;
                         }
                         // tokio's timer ticks in milliseconds: sleep to just before the
                         // intended time, then yield until it, so the client adds no delay.
@@ -255,22 +308,54 @@ async fn run_load(kind: &'static str, l: Load, path: Option<String>) -> anyhow::
                 let ok = client.call().await;
                 let done = Instant::now();
                 if intended >= measure_from {
+                    let latency = (done - intended).as_micros().max(1) as u64;
                     if ok {
-                        let _ = local.record((done - intended).as_micros().max(1) as u64);
+                        let _ = local.record(latency);
                     } else {
                         local_errors += 1;
+                    }
+                    local_last = local_last.max(done);
+                    if recording {
+                        let at = wall_clock + (intended - clock).as_micros() as u64;
+                        local_records.push((at, latency, ok));
                     }
                 }
             }
             hist.lock().await.add(&local).expect("same bounds");
             errors.fetch_add(local_errors, Relaxed);
+            let mut last = last_done.lock().await;
+            *last = (*last).max(local_last);
+            records.lock().await.append(&mut local_records);
         }));
     }
     for t in tasks {
         t.await?;
     }
     let h = hist.lock().await;
-    report(&l.label, kind, l.rate, l.seconds, &h, errors.load(Relaxed));
+    if let Some(path) = &l.record {
+        use std::io::Write;
+        let mut rs = std::mem::take(&mut *records.lock().await);
+        rs.sort_unstable();
+        let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
+        for (at, latency, ok) in rs {
+            writeln!(w, "{at},{latency},{}", u8::from(ok))?;
+        }
+        w.flush()?;
+    }
+    // A closed loop counts the requests started in the window (its steady-state rate); a fixed
+    // rate counts the time the server took to answer them.
+    let duration = match interval {
+        Some(_) => (*last_done.lock().await - measure_from)
+            .as_secs_f64()
+            .max(l.seconds),
+        None => l.seconds,
+    };
+    let outcome = Outcome {
+        duration,
+        errors: errors.load(Relaxed),
+        unsent: unsent.load(Relaxed),
+    };
+    report(&l.label, kind, l.rate, &h, &outcome);
     Ok(())
 }
 
@@ -317,7 +402,12 @@ fn raw(
         drop(session.run(ort::inputs![name.as_str() => value.view()])?);
         h.record(t.elapsed().as_micros().max(1) as u64)?;
     }
-    report("raw session.run", "raw", 0.0, seconds, &h, 0);
+    let outcome = Outcome {
+        duration: seconds,
+        errors: 0,
+        unsent: 0,
+    };
+    report("raw session.run", "raw", 0.0, &h, &outcome);
     Ok(())
 }
 
