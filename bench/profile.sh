@@ -26,6 +26,7 @@ profile() { # case model features proto server-flags...
   perf record -q -F 1999 -g -p "$pid" -o "$out/profile-$case.data" -- sleep "$secs" 2>/dev/null
   wait $load
   kill "$pid"; wait "$pid" || true
+  set +o pipefail  # `head` closes the pipe early
   {
     echo "# $case: $(cat "$out/profile-$case.json")"
     echo "# load average: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -34,6 +35,7 @@ profile() { # case model features proto server-flags...
     echo "## top symbols"
     perf report -i "$out/profile-$case.data" --no-children --sort dso,sym --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -40
   } > "$out/profile-$case.txt"
+  set -o pipefail
   echo "wrote $out/profile-$case.txt"
 }
 
