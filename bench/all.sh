@@ -15,7 +15,8 @@ mode="${1:-quick}"
 [[ $mode == quick || $mode == full ]] || { echo "usage: bench/all.sh [quick|full]" >&2; exit 2; }
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(scripts/fetch-onnxruntime.sh)}"
 bench/setup-venv.sh
-cargo build -q --release -p kinfer-runtime
+# BENCH_BUILD=0 uses the release binaries already built (another build may hold cargo's lock).
+[[ ${BENCH_BUILD:-1} == 0 ]] || cargo build -q --release -p kinfer-runtime
 bin="${CARGO_TARGET_DIR:-target}/release"
 py=.venv-bench/bin/python
 out=bench-results; mkdir -p "$out"
