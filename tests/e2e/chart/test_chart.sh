@@ -54,7 +54,8 @@ restore_crds() {
       absent) k delete crd "$c" --ignore-not-found --wait=false >/dev/null 2>&1 ;;
       /) # it was there without Helm metadata: take ours off again
          k annotate crd "$c" meta.helm.sh/release-name- meta.helm.sh/release-namespace- helm.sh/resource-policy- >/dev/null 2>&1
-         k label crd "$c" app.kubernetes.io/managed-by- >/dev/null 2>&1 ;;
+         k label crd "$c" app.kubernetes.io/managed-by- helm.sh/chart- app.kubernetes.io/name- app.kubernetes.io/instance- \
+           app.kubernetes.io/component- app.kubernetes.io/version- app.kubernetes.io/part-of- >/dev/null 2>&1 ;;
     esac
   done
 }
