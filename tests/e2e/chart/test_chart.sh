@@ -207,18 +207,12 @@ if render "$WORK/ns-mon.yaml" "${MON[@]}" && k apply --dry-run=server -f "$WORK/
   ok "kubectl apply --dry-run=server with ServiceMonitor, PodMonitor, PrometheusRule ($(grep -cE '(servicemonitor|podmonitor|prometheusrule).*server dry run' "$WORK/dry-mon.log") monitoring objects)"
 else ko "kubectl apply --dry-run=server (monitoring on)" "$(tail_of "$WORK/dry-mon.log" 15)"; fi
 
-# A real install. CRDs that exist without Helm metadata are adopted the documented way
-# (charts/kinfer-operator/README.md, "CRDs applied before with kubectl").
-if [[ $INSTALL_CRDS == true ]]; then
-  for c in "${CRDS[@]}"; do
-    if [[ "${CRD_OWNER[$c]}" == / ]]; then
-      k label crd "$c" app.kubernetes.io/managed-by=Helm --overwrite >/dev/null
-      k annotate crd "$c" meta.helm.sh/release-name="$REL" meta.helm.sh/release-namespace="$NS" --overwrite >/dev/null
-    fi
-  done
-fi
-if "$HELM" install "$REL" "$CHART" -n "$NS" --set crds.install=$INSTALL_CRDS >"$WORK/install.log" 2>&1; then
-  INSTALLED=1; ok "helm install $REL -n $NS (crds.install=$INSTALL_CRDS)"
+# A real install. CRDs that exist without Helm metadata (applied with kubectl) are taken over
+# the documented way (charts/kinfer-operator/README.md, "CRDs applied before with kubectl").
+TAKE=()
+for c in "${CRDS[@]}"; do [[ $INSTALL_CRDS == true && "${CRD_OWNER[$c]}" == / ]] && TAKE=(--take-ownership); done
+if "$HELM" install "$REL" "$CHART" -n "$NS" --set crds.install=$INSTALL_CRDS "${TAKE[@]}" >"$WORK/install.log" 2>&1; then
+  INSTALLED=1; ok "helm install $REL -n $NS (crds.install=$INSTALL_CRDS${TAKE:+, --take-ownership of the kubectl-applied CRDs})"
   grep -q 'kubectl get infsvc,mv' "$WORK/install.log" && ok "NOTES.txt tells what to apply next (ModelVersion, InferenceService, kubectl get infsvc,mv)" \
     || ko "NOTES.txt" "$(tail_of "$WORK/install.log" 10)"
 else ko "helm install" "$(tail_of "$WORK/install.log" 15)"; finish; fi
