@@ -133,10 +133,13 @@ class Lifecycle:
                       **self.windows(rec, windows), run=during)
             # The rest of the swaps without load, then the same fixed-rate run as at the start.
             t = time.monotonic()
-            for _ in range(total - under_load - 1):
+            rss_by_swaps = [(1 + under_load, rss_kib(srv.proc.pid))]
+            for i in range(total - under_load - 1):
                 k += 1
                 admin.swap(serving, str(k), small if k % 2 else alt)
                 serving = str(k)
+                if (k - 1) % 100 == 0:
+                    rss_by_swaps.append((k - 1, rss_kib(srv.proc.pid)))
             swaps_s = time.monotonic() - t
             anchors.bench(a, "http", 64, 0, 1.0, 0, "warm-up")
             after = self.fixed(f"after {total} swaps", 3.0)
@@ -148,7 +151,8 @@ class Lifecycle:
                       p50_ratio=round(after["p50_us"] / before["p50_us"], 3),
                       p99_ratio=round(after["p99_us"] / before["p99_us"], 3),
                       internal_before=internal0, internal_after=internal1,
-                      swaps_per_s=round((total - under_load - 1) / swaps_s, 1))
+                      swaps_per_s=round((total - under_load - 1) / swaps_s, 1),
+                      rss_kib_by_swaps=rss_by_swaps)
 
     def internal(self, admin):
         st = admin.call("GET", "/admin/stats")

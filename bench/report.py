@@ -224,6 +224,9 @@ class Report:
                    f"| server-internal p50 / p99 | {us(d['internal_before']['p50_us'])} / {us(d['internal_before']['p99_us'])} | "
                    f"{us(d['internal_after']['p50_us'])} / {us(d['internal_after']['p99_us'])} | |",
                    f"| swaps per second without load | | {d['swaps_per_s']} | |", "")
+            if d.get("rss_kib_by_swaps"):
+                self.p("RSS along the way (swaps: MiB): " + ", ".join(
+                    f"{n}: {kib / 1024:.1f}" for n, kib in d["rss_kib_by_swaps"]) + ".", "")
         cold = [r for r in self.life if r["kind"] == "cold"]
         if cold:
             self.p("**Cold start**: process start → `/v2/health/ready` answers 200, polled every 2 ms, "
