@@ -1,0 +1,131 @@
+//! The watcher's identity and least-privilege access: a ServiceAccount, a Role with exactly the
+//! rules of the pod contract, and the RoleBinding between them (one set per InferenceService).
+
+use k8s_openapi::api::{
+    core::v1::ServiceAccount,
+    rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
+};
+
+use super::{meta, watcher_name};
+use crate::validate::Validated;
+
+/// The ServiceAccount the pods run as.
+pub fn service_account(v: &Validated) -> ServiceAccount {
+    ServiceAccount {
+        metadata: meta(v, watcher_name(&v.name)),
+        automount_service_account_token: Some(true),
+        ..Default::default()
+    }
+}
+
+/// The pod contract's RBAC: pods get/patch, pods/status patch, inferenceservices and
+/// modelversions get/list/watch, configmaps and secrets get, events create/patch.
+pub fn role(v: &Validated) -> Role {
+    Role {
+        metadata: meta(v, watcher_name(&v.name)),
+        rules: Some(watcher_rules()),
+    }
+}
+
+/// The rules of [`role`].
+pub fn watcher_rules() -> Vec<PolicyRule> {
+    let rule = |groups: &[&str], resources: &[&str], verbs: &[&str]| PolicyRule {
+        api_groups: Some(groups.iter().map(|s| s.to_string()).collect()),
+        resources: Some(resources.iter().map(|s| s.to_string()).collect()),
+        verbs: verbs.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    vec![
+        rule(&[""], &["pods"], &["get", "patch"]),
+        rule(&[""], &["pods/status"], &["patch"]),
+        rule(
+            &["kinfer.dev"],
+            &["inferenceservices", "modelversions"],
+            &["get", "list", "watch"],
+        ),
+        rule(&[""], &["configmaps", "secrets"], &["get"]),
+        rule(&["", "events.k8s.io"], &["events"], &["create", "patch"]),
+    ]
+}
+
+/// Binds the Role to the ServiceAccount.
+pub fn role_binding(v: &Validated) -> RoleBinding {
+    let name = watcher_name(&v.name);
+    RoleBinding {
+        metadata: meta(v, name.clone()),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: name.clone(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name,
+            namespace: Some(v.namespace.clone()),
+            api_group: None,
+        }]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::tests::validated;
+
+    fn allows(rules: &[PolicyRule], group: &str, resource: &str, verb: &str) -> bool {
+        rules.iter().any(|r| {
+            r.api_groups.as_ref().unwrap().iter().any(|g| g == group)
+                && r.resources.as_ref().unwrap().iter().any(|x| x == resource)
+                && r.verbs.iter().any(|v| v == verb)
+        })
+    }
+
+    #[test]
+    fn role_is_the_pod_contract_and_nothing_more() {
+        let r = role(&validated(r#"{"modelVersion":"v"}"#)).rules.unwrap();
+        for (g, res, verb) in [
+            ("", "pods", "get"),
+            ("", "pods", "patch"),
+            ("", "pods/status", "patch"),
+            ("kinfer.dev", "inferenceservices", "watch"),
+            ("kinfer.dev", "modelversions", "list"),
+            ("", "configmaps", "get"),
+            ("", "secrets", "get"),
+            ("", "events", "create"),
+            ("events.k8s.io", "events", "patch"),
+        ] {
+            assert!(allows(&r, g, res, verb), "{g}/{res} {verb}");
+        }
+        for (g, res, verb) in [
+            ("", "pods", "delete"),
+            ("", "secrets", "list"),
+            ("", "secrets", "watch"),
+            ("kinfer.dev", "inferenceservices", "patch"),
+            ("kinfer.dev", "inferenceservices/status", "patch"),
+            ("apps", "deployments", "get"),
+        ] {
+            assert!(
+                !allows(&r, g, res, verb),
+                "{g}/{res} {verb} must not be allowed"
+            );
+        }
+        assert!(r.iter().all(|x| !x.verbs.iter().any(|v| v == "*")));
+    }
+
+    #[test]
+    fn binding_ties_role_to_service_account() {
+        let v = validated(r#"{"modelVersion":"v"}"#);
+        let b = role_binding(&v);
+        assert_eq!(b.role_ref.name, "fraud-watcher");
+        let s = &b.subjects.unwrap()[0];
+        assert_eq!(
+            (s.kind.as_str(), s.name.as_str()),
+            ("ServiceAccount", "fraud-watcher")
+        );
+        assert_eq!(s.namespace.as_deref(), Some("ml"));
+        assert_eq!(
+            service_account(&v).metadata.name.as_deref(),
+            Some("fraud-watcher")
+        );
+    }
+}

@@ -1,0 +1,477 @@
+//! Reconciles one InferenceService: read (its ModelVersions and Pods) → validate → build → apply
+//! (server-side apply of every owned object) → rollout decision → status (written only when it
+//! changed) → pod marks, Events, alerts and metrics.
+
+use std::{sync::Arc, time::Instant};
+
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    autoscaling::v2::HorizontalPodAutoscaler,
+    core::v1::{ConfigMap, Pod, Service, ServiceAccount},
+    policy::v1::PodDisruptionBudget,
+    rbac::v1::{Role, RoleBinding},
+};
+use kinfer_api::{
+    ANALYSIS_ANNOTATION, InferenceService, ModelVersion, RETRY_ANNOTATION,
+    SERVING_VERSION_ANNOTATION, TARGET_VERSION_ANNOTATION,
+    conditions::{self, ROLLED_BACK, VALIDATED, VERIFIED},
+    inference_service::{InferenceServiceStatus, RolloutPhase},
+    report::{AnalysisReport, INFERENCE_SERVICE_LABEL},
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams},
+    runtime::{
+        controller::Action,
+        events::{Event, EventType},
+    },
+};
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::{Context, apply, now};
+use crate::{
+    Error, FIELD_MANAGER,
+    alerts::{Alert, Job},
+    build::{self, policy_name},
+    rollout::{self, Decision, PodView, Severity, VersionState},
+    status::{self, Findings},
+    validate::{self, Invalid},
+};
+
+/// Kind label for metrics.
+pub const KIND: &str = "InferenceService";
+
+/// The reconcile entry point (metrics and backoff bookkeeping around [`reconcile_inner`]).
+pub async fn reconcile(isvc: Arc<InferenceService>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let r = reconcile_inner(&isvc, &ctx).await;
+    let label = r.as_ref().err().map(Error::metric_label);
+    ctx.metrics
+        .reconciled(KIND, started.elapsed(), label.as_deref());
+    if r.is_ok() {
+        ctx.succeeded(&super::key(isvc.as_ref()));
+    }
+    r
+}
+
+/// The state of a ModelVersion for a rollout.
+pub fn version_state(mv: Option<&ModelVersion>) -> VersionState {
+    let Some(mv) = mv else {
+        return VersionState::Missing;
+    };
+    let cs = mv
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    for t in [VERIFIED, VALIDATED] {
+        if let Some(c) = conditions::find(cs, t)
+            && c.status == "False"
+        {
+            return VersionState::Rejected {
+                reason: c.reason.clone(),
+                message: c.message.clone(),
+            };
+        }
+    }
+    if conditions::is_true(cs, VERIFIED) && conditions::is_true(cs, VALIDATED) {
+        VersionState::Ready
+    } else {
+        VersionState::Verifying
+    }
+}
+
+/// What the operator reads from a Pod.
+pub fn pod_view(p: &Pod) -> PodView {
+    let ann = p.annotations();
+    let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+    PodView {
+        name: p.name_any(),
+        created: p.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        target: ann.get(TARGET_VERSION_ANNOTATION).cloned(),
+        serving: ann.get(SERVING_VERSION_ANNOTATION).cloned(),
+        report: AnalysisReport::from_annotation(ann.get(ANALYSIS_ANNOTATION).map(String::as_str)),
+        terminating: p.metadata.deletion_timestamp.is_some()
+            || matches!(phase, Some("Failed" | "Succeeded")),
+    }
+}
+
+async fn reconcile_inner(isvc: &InferenceService, ctx: &Context) -> Result<Action, Error> {
+    if isvc.meta().deletion_timestamp.is_some() {
+        // Owned objects go with it (owner references); nothing to clean up by hand.
+        return Ok(Action::await_change());
+    }
+    let ns = isvc
+        .namespace()
+        .ok_or_else(|| Error::NoNamespace(isvc.name_any()))?;
+    let name = isvc.name_any();
+    let client = ctx.client.clone();
+    let current = isvc.status.clone().unwrap_or_default();
+    let spec_version = isvc.spec.model_version.as_str();
+
+    // Read.
+    let mvs: Api<ModelVersion> = Api::namespaced(client.clone(), &ns);
+    let target_mv = mvs
+        .get_opt(spec_version)
+        .await
+        .map_err(|e| Error::kube(format!("reading ModelVersion {spec_version}"), e))?;
+    let serving_mv = match current.serving_version.as_deref() {
+        Some(s) if s != spec_version => mvs
+            .get_opt(s)
+            .await
+            .map_err(|e| Error::kube(format!("reading ModelVersion {s}"), e))?,
+        _ => None,
+    };
+    let model = serving_mv
+        .as_ref()
+        .or(target_mv.as_ref())
+        .map(|m| m.spec.model.clone());
+
+    // Validate.
+    let v = match validate::validate(isvc, model.clone()) {
+        Ok(v) => v,
+        Err(invalid) => return refuse_spec(isvc, ctx, &ns, &current, &invalid).await,
+    };
+
+    // Build and apply.
+    let objs = build::build(&v, &ctx.defaults);
+    let (deployment, ..) = futures::try_join!(
+        apply(
+            Api::<Deployment>::namespaced(client.clone(), &ns),
+            &objs.deployment
+        ),
+        apply(
+            Api::<Service>::namespaced(client.clone(), &ns),
+            &objs.service
+        ),
+        apply(
+            Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns),
+            &objs.pdb
+        ),
+        apply(
+            Api::<ServiceAccount>::namespaced(client.clone(), &ns),
+            &objs.service_account
+        ),
+        apply(Api::<Role>::namespaced(client.clone(), &ns), &objs.role),
+        apply(
+            Api::<RoleBinding>::namespaced(client.clone(), &ns),
+            &objs.role_binding
+        ),
+    )?;
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns);
+    match &objs.hpa {
+        Some(h) => {
+            apply(hpas.clone(), h).await?;
+        }
+        None => delete_if_owned(&hpas, &name, isvc).await?,
+    }
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    match &objs.policy {
+        Some(cm) => {
+            apply(cms.clone(), cm).await?;
+        }
+        None => delete_if_owned(&cms, &policy_name(&name), isvc).await?,
+    }
+
+    // Pods and the rollout decision.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let pod_list = pods
+        .list(&ListParams::default().labels(&format!("{INFERENCE_SERVICE_LABEL}={name}")))
+        .await
+        .map_err(|e| Error::kube("listing pods", e))?
+        .items;
+    let views: Vec<PodView> = pod_list.iter().map(pod_view).collect();
+    let rejected_at = conditions::find(&current.conditions, ROLLED_BACK)
+        .filter(|c| c.status == "True")
+        .map(|c| c.last_transition_time.0);
+    let version_recreated = current.rejected_version.as_deref() == Some(spec_version)
+        && match (
+            target_mv
+                .as_ref()
+                .and_then(|m| m.metadata.creation_timestamp.as_ref()),
+            rejected_at,
+        ) {
+            (Some(created), Some(at)) => created.0 > at,
+            _ => false,
+        };
+    let decision = rollout::decide(&rollout::Input {
+        spec_version,
+        status: &current,
+        target: version_state(target_mv.as_ref()),
+        pods: &views,
+        canary_replicas: isvc.spec.rollout.canary.replicas,
+        auto_rollback: isvc.spec.rollout.auto_rollback,
+        retry: isvc.annotations().contains_key(RETRY_ANNOTATION),
+        version_recreated,
+    });
+
+    // Status.
+    let dep_status = deployment.status.clone().unwrap_or_default();
+    let desired = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(isvc.spec.replicas);
+    let findings = Findings {
+        name: &name,
+        namespace: &ns,
+        generation: isvc.meta().generation,
+        invalid: None,
+        decision: Some(&decision),
+        desired,
+        replicas: dep_status.replicas.unwrap_or(0),
+        ready: dep_status.ready_replicas.unwrap_or(0),
+        unschedulable: status::unschedulable(&pod_list),
+    };
+    let next = status::compose(&current, &findings, now());
+    write_status(isvc, ctx, &ns, &current, &next).await?;
+
+    // Act on the decision.
+    act(isvc, ctx, &ns, &decision, model).await?;
+
+    let busy = matches!(
+        decision.rollout.phase,
+        RolloutPhase::Verifying
+            | RolloutPhase::Canary
+            | RolloutPhase::Promoting
+            | RolloutPhase::RollingBack
+    );
+    Ok(if busy {
+        Action::requeue(std::time::Duration::from_secs(30))
+    } else {
+        Action::requeue(std::time::Duration::from_secs(600))
+    })
+}
+
+async fn act(
+    isvc: &InferenceService,
+    ctx: &Context,
+    ns: &str,
+    d: &Decision,
+    model: Option<String>,
+) -> Result<(), Error> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let pp = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    for p in &d.patches {
+        let body = json!({"metadata": {"annotations": {TARGET_VERSION_ANNOTATION: p.version}}});
+        match pods.patch(&p.pod, &pp, &Patch::Merge(&body)).await {
+            Ok(_) => info!(pod = %p.pod, version = %p.version, "marked pod"),
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(Error::kube(format!("marking pod {}", p.pod), e)),
+        }
+    }
+    if d.consume_retry {
+        let api: Api<InferenceService> = Api::namespaced(ctx.client.clone(), ns);
+        let body = json!({"metadata": {"annotations": {RETRY_ANNOTATION: null}}});
+        api.patch(&isvc.name_any(), &pp, &Patch::Merge(&body))
+            .await
+            .map_err(|e| Error::kube("removing the retry annotation", e))?;
+    }
+    if let Some(n) = &d.notice {
+        publish(ctx, isvc, n.severity, &n.reason, &n.message).await;
+    }
+    if let Some(o) = d.outcome {
+        ctx.metrics.rollout(o.label());
+        info!(outcome = o.label(), serving = ?d.serving, rejected = ?d.rejected, "rollout finished");
+    }
+    if let Some(a) = &d.alert {
+        ctx.alerter.send(Job {
+            alert: Alert {
+                namespace: ns.to_owned(),
+                inference_service: isvc.name_any(),
+                model,
+                info: a.clone(),
+                at: k8s_openapi::jiff::Timestamp::now(),
+            },
+            webhooks: isvc
+                .spec
+                .alerts
+                .as_ref()
+                .map(|a| a.webhooks.clone())
+                .unwrap_or_default(),
+        });
+    }
+    Ok(())
+}
+
+async fn refuse_spec(
+    isvc: &InferenceService,
+    ctx: &Context,
+    ns: &str,
+    current: &InferenceServiceStatus,
+    invalid: &Invalid,
+) -> Result<Action, Error> {
+    let name = isvc.name_any();
+    let findings = Findings {
+        name: &name,
+        namespace: ns,
+        generation: isvc.meta().generation,
+        invalid: Some(invalid),
+        desired: current
+            .ready
+            .as_deref()
+            .and_then(|r| r.split('/').nth(1)?.parse().ok())
+            .unwrap_or(0),
+        replicas: current.replicas,
+        ready: current.ready_replicas,
+        ..Default::default()
+    };
+    let next = status::compose(current, &findings, now());
+    if write_status(isvc, ctx, ns, current, &next).await? {
+        publish(
+            ctx,
+            isvc,
+            Severity::Warning,
+            "InvalidSpec",
+            &format!("{}: {}", invalid.reason, invalid.message),
+        )
+        .await;
+    }
+    // Not retried until the spec changes.
+    Ok(Action::await_change())
+}
+
+/// Writes the status with server-side apply when it differs; returns whether it wrote.
+async fn write_status(
+    isvc: &InferenceService,
+    ctx: &Context,
+    ns: &str,
+    current: &InferenceServiceStatus,
+    next: &InferenceServiceStatus,
+) -> Result<bool, Error> {
+    if isvc.status.is_some() && current == next {
+        return Ok(false);
+    }
+    let api: Api<InferenceService> = Api::namespaced(ctx.client.clone(), ns);
+    let body = json!({
+        "apiVersion": "kinfer.dev/v1alpha1",
+        "kind": "InferenceService",
+        "status": next,
+    });
+    api.patch_status(
+        &isvc.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(|e| Error::kube("writing InferenceService status", e))?;
+    Ok(true)
+}
+
+/// Deletes an object the spec no longer asks for (an HPA, the policy ConfigMap), but only one
+/// this InferenceService owns: a user's object of the same name is left alone.
+async fn delete_if_owned<K>(api: &Api<K>, name: &str, owner: &InferenceService) -> Result<(), Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let Some(obj) = api
+        .get_opt(name)
+        .await
+        .map_err(|e| Error::kube(format!("reading {name}"), e))?
+    else {
+        return Ok(());
+    };
+    let uid = owner.meta().uid.as_deref();
+    if !obj
+        .owner_references()
+        .iter()
+        .any(|o| Some(o.uid.as_str()) == uid)
+    {
+        return Ok(());
+    }
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => {
+            info!(name, "deleted an object the spec no longer asks for");
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(Error::kube(format!("deleting {name}"), e)),
+    }
+}
+
+async fn publish(ctx: &Context, isvc: &InferenceService, sev: Severity, reason: &str, msg: &str) {
+    let ev = Event {
+        type_: match sev {
+            Severity::Normal => EventType::Normal,
+            Severity::Warning => EventType::Warning,
+        },
+        reason: reason.into(),
+        note: Some(msg.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &isvc.object_ref(&())).await {
+        warn!(error = %e, reason, "cannot publish an Event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::job::tests::mv;
+    use kinfer_api::conditions::Status;
+
+    fn with(mut m: ModelVersion, conds: &[(&str, Status)]) -> ModelVersion {
+        let mut st = kinfer_api::ModelVersionStatus::default();
+        for (t, s) in conds {
+            st.conditions
+                .push(conditions::new(t, *s, "R", "m", Some(1), now()));
+        }
+        m.status = Some(st);
+        m
+    }
+
+    #[test]
+    fn version_states() {
+        let m = mv(
+            "v8",
+            r#"{"model":"f","version":"v8","source":{"uri":"s3://bucket/x/"}}"#,
+        );
+        assert_eq!(version_state(None), VersionState::Missing);
+        assert_eq!(version_state(Some(&m)), VersionState::Verifying);
+        let ok = with(
+            m.clone(),
+            &[(VERIFIED, Status::True), (VALIDATED, Status::True)],
+        );
+        assert_eq!(version_state(Some(&ok)), VersionState::Ready);
+        let half = with(
+            m.clone(),
+            &[(VERIFIED, Status::True), (VALIDATED, Status::Unknown)],
+        );
+        assert_eq!(version_state(Some(&half)), VersionState::Verifying);
+        let bad = with(m, &[(VERIFIED, Status::True), (VALIDATED, Status::False)]);
+        assert!(matches!(
+            version_state(Some(&bad)),
+            VersionState::Rejected { .. }
+        ));
+    }
+
+    #[test]
+    fn pod_view_reads_the_contract_annotations() {
+        let mut p = Pod::default();
+        p.metadata.name = Some("fraud-0".into());
+        p.metadata.annotations = Some(
+            [
+                (TARGET_VERSION_ANNOTATION.to_string(), "v8".to_string()),
+                (SERVING_VERSION_ANNOTATION.to_string(), "v7".to_string()),
+                (
+                    ANALYSIS_ANNOTATION.to_string(),
+                    r#"{"version":"v8","phase":"Done","verdict":"Passed"}"#.to_string(),
+                ),
+            ]
+            .into(),
+        );
+        let v = pod_view(&p);
+        assert_eq!(v.target.as_deref(), Some("v8"));
+        assert_eq!(v.serving.as_deref(), Some("v7"));
+        assert_eq!(
+            v.report.unwrap().decided("v8"),
+            Some(kinfer_api::report::Verdict::Passed)
+        );
+        assert!(!v.terminating);
+    }
+}

@@ -1,0 +1,284 @@
+//! The two controllers (InferenceService and ModelVersion), their shared [`Context`], the error
+//! policy (per-object exponential backoff) and [`run`], which drives both until shutdown.
+
+pub mod inference_service;
+pub mod model_version;
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::StreamExt;
+use k8s_openapi::{
+    api::{
+        apps::v1::Deployment,
+        autoscaling::v2::HorizontalPodAutoscaler,
+        batch::v1::Job,
+        core::v1::{ConfigMap, Pod, Service, ServiceAccount},
+        policy::v1::PodDisruptionBudget,
+        rbac::v1::{Role, RoleBinding},
+    },
+    apimachinery::pkg::apis::meta::v1::Time,
+    jiff::Timestamp,
+};
+use kinfer_api::{InferenceService, ModelVersion, report::INFERENCE_SERVICE_LABEL};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{
+        Controller,
+        controller::{Action, Config},
+        events::{Recorder, Reporter},
+        reflector::ObjectRef,
+        watcher,
+    },
+};
+use serde::{Serialize, de::DeserializeOwned};
+use tracing::{Instrument, info_span, warn};
+
+use crate::{
+    Error, FIELD_MANAGER, alerts::Alerter, build::Defaults, build::job::MODEL_VERSION_LABEL,
+    metrics::Metrics,
+};
+
+/// What every reconcile shares.
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// Images and pull policy.
+    pub defaults: Defaults,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Event recorder (reporting controller `kinfer-operator`).
+    pub recorder: Recorder,
+    /// Alert delivery actor.
+    pub alerter: Alerter,
+    /// Consecutive failures per object, for the error policy's backoff.
+    /// std `Mutex`: held for a map update only, never across an await.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    /// A context; `instance` names this replica in Events.
+    pub fn new(
+        client: Client,
+        defaults: Defaults,
+        metrics: Arc<Metrics>,
+        alerter: Alerter,
+        instance: String,
+    ) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance: Some(instance),
+            },
+        );
+        Self {
+            client,
+            defaults,
+            metrics,
+            recorder,
+            alerter,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn succeeded(&self, key: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+
+    fn failed(&self, key: &str) -> u32 {
+        let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let n = f.entry(key.to_owned()).or_default();
+        *n += 1;
+        *n
+    }
+}
+
+/// Backoff after `n` consecutive failures: 1s, 2s, 4s … capped at 5 minutes.
+pub fn backoff(n: u32) -> Duration {
+    Duration::from_secs(1u64 << n.saturating_sub(1).min(8)).min(Duration::from_secs(300))
+}
+
+fn key<K: Resource<DynamicType = ()>>(o: &K) -> String {
+    format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        o.meta().namespace.as_deref().unwrap_or(""),
+        o.meta().name.as_deref().unwrap_or("")
+    )
+}
+
+fn error_policy<K: Resource<DynamicType = ()>>(
+    obj: Arc<K>,
+    err: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    let n = ctx.failed(&key(obj.as_ref()));
+    let wait = backoff(n);
+    warn!(object = %key(obj.as_ref()), error = %err, failures = n, retry_in = ?wait, "reconcile failed");
+    Action::requeue(wait)
+}
+
+/// The current time, whole seconds (what the API server stores for conditions).
+pub fn now() -> Time {
+    let s = Timestamp::now().as_second();
+    Time(Timestamp::from_second(s).unwrap_or_else(|_| Timestamp::now()))
+}
+
+/// Server-side applies `obj` with the operator's field manager, forcing ownership.
+pub async fn apply<K>(api: Api<K>, obj: &K) -> Result<K, Error>
+where
+    K: Resource + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await
+    .map_err(|e| {
+        Error::kube(
+            format!(
+                "applying {} {name}",
+                std::any::type_name::<K>()
+                    .rsplit("::")
+                    .next()
+                    .unwrap_or("object")
+            ),
+            e,
+        )
+    })
+}
+
+fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match ns {
+        Some(n) => Api::namespaced(client.clone(), n),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs both controllers until `shutdown` resolves; in-flight reconciles finish first.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    concurrency: u16,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let c = &ctx.client;
+    let ns = namespace.as_deref();
+    let owned =
+        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
+    let cfg = Config::default().concurrency(concurrency);
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let shutdown_both = {
+        let tx = tx.clone();
+        async move {
+            shutdown.await;
+            let _ = tx.send(true);
+        }
+    };
+    tokio::spawn(shutdown_both);
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+
+    let isvc_ctrl = Controller::new(
+        api::<InferenceService>(c, ns),
+        watcher::Config::default().any_semantic(),
+    );
+    let store = isvc_ctrl.store();
+    let isvcs = isvc_ctrl
+        .owns(api::<Deployment>(c, ns), owned.clone())
+        .owns(api::<Service>(c, ns), owned.clone())
+        .owns(api::<PodDisruptionBudget>(c, ns), owned.clone())
+        .owns(api::<ServiceAccount>(c, ns), owned.clone())
+        .owns(api::<Role>(c, ns), owned.clone())
+        .owns(api::<RoleBinding>(c, ns), owned.clone())
+        .owns(api::<HorizontalPodAutoscaler>(c, ns), owned.clone())
+        .owns(api::<ConfigMap>(c, ns), owned.clone())
+        .watches(
+            api::<Pod>(c, ns),
+            watcher::Config::default().labels(INFERENCE_SERVICE_LABEL),
+            |pod: Pod| {
+                let ns = pod.namespace();
+                pod.labels()
+                    .get(INFERENCE_SERVICE_LABEL)
+                    .map(|n| ObjectRef::new(n).within(ns.as_deref().unwrap_or_default()))
+            },
+        )
+        .watches(
+            api::<ModelVersion>(c, ns),
+            watcher::Config::default(),
+            move |mv: ModelVersion| {
+                let name = mv.name_any();
+                let ns = mv.namespace();
+                store
+                    .state()
+                    .into_iter()
+                    .filter(|i| {
+                        i.namespace() == ns
+                            && (i.spec.model_version == name
+                                || i.status.as_ref().and_then(|s| s.serving_version.as_deref())
+                                    == Some(name.as_str()))
+                    })
+                    .map(|i| ObjectRef::from_obj(i.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .with_config(cfg.clone())
+        .graceful_shutdown_on(wait(rx.clone()))
+        .run(
+            inference_service::reconcile,
+            error_policy::<InferenceService>,
+            ctx.clone(),
+        )
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "InferenceService controller event");
+            }
+        })
+        .instrument(info_span!("inferenceservice_controller"));
+
+    let mvs = Controller::new(
+        api::<ModelVersion>(c, ns),
+        watcher::Config::default().any_semantic(),
+    )
+    .owns(api::<Job>(c, ns), owned.clone())
+    .watches(
+        api::<Pod>(c, ns),
+        watcher::Config::default().labels(MODEL_VERSION_LABEL),
+        |pod: Pod| {
+            let ns = pod.namespace();
+            pod.labels()
+                .get(MODEL_VERSION_LABEL)
+                .map(|n| ObjectRef::new(n).within(ns.as_deref().unwrap_or_default()))
+        },
+    )
+    .with_config(cfg)
+    .graceful_shutdown_on(wait(rx))
+    .run(
+        model_version::reconcile,
+        error_policy::<ModelVersion>,
+        ctx.clone(),
+    )
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "ModelVersion controller event");
+        }
+    })
+    .instrument(info_span!("modelversion_controller"));
+
+    futures::join!(isvcs, mvs);
+}

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The operator's integration tier (make test-operator): starts a throwaway etcd + kube-apiserver
+# (tests/operator/apiserver.sh), runs the ignored integration tests of crates/operator against
+# it, and tears it down whatever happens. Extra arguments go to the test binary (a filter).
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+D="$(mktemp -d /tmp/kinfer-operator-test.XXXXXX)"
+trap '"$REPO/tests/operator/apiserver.sh" down "$D"' EXIT
+"$REPO/tests/operator/apiserver.sh" up "$D"
+# shellcheck disable=SC1091
+source "$D/env"
+cd "$REPO"
+cargo test -p kinfer-operator --test apiserver -- --ignored --test-threads 2 "$@"
