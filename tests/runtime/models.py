@@ -128,3 +128,43 @@ def bench_mlp(path, features=64, hidden=256, classes=2, seed=0):
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", features])],
                           [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", classes])], inits)
     return _save(g, path)
+
+
+def scorer(path, seed=0, features=8, classes=4, hidden=32, weight_noise=0.0, logit_shift=0.0,
+           slow_layers=0, slow_width=768):
+    """x[-1,features] -> probs[-1,classes] (softmax), a fraud-scorer-like model for the watcher
+    tests. `weight_noise` perturbs the weights (a retrained, equivalent version); `logit_shift`
+    adds to class 0's logit (a version whose decisions drift); `slow_layers` adds a side chain of
+    slow_width x slow_width MatMul+Tanh layers whose result is multiplied by 0 and added: the same
+    outputs for much more compute (a slower version)."""
+    rng = np.random.default_rng(seed)
+    w1 = (rng.normal(size=(features, hidden)) / np.sqrt(features)).astype(np.float32)
+    w2 = (rng.normal(size=(hidden, classes)) / np.sqrt(hidden)).astype(np.float32)
+    if weight_noise:
+        noise = np.random.default_rng(seed + 1000)
+        w1 = w1 + (noise.normal(size=w1.shape) * weight_noise).astype(np.float32)
+        w2 = w2 + (noise.normal(size=w2.shape) * weight_noise).astype(np.float32)
+    shift = np.zeros((classes,), np.float32)
+    shift[0] = logit_shift
+    inits = [numpy_helper.from_array(a, n) for a, n in [(w1, "w1"), (w2, "w2"), (shift, "shift")]]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h0"]), helper.make_node("Relu", ["h0"], ["h"])]
+    last = "h"
+    if slow_layers:
+        sa = (rng.normal(size=(features, slow_width)) / np.sqrt(features)).astype(np.float32)
+        sb = (rng.normal(size=(slow_width, slow_width)) / np.sqrt(slow_width)).astype(np.float32)
+        inits += [numpy_helper.from_array(sa, "sa"), numpy_helper.from_array(sb, "sb"),
+                  numpy_helper.from_array(np.zeros((1,), np.float32), "zero")]
+        nodes.append(helper.make_node("MatMul", ["x", "sa"], ["s0"]))
+        cur = "s0"
+        for i in range(slow_layers):
+            nodes += [helper.make_node("MatMul", [cur, "sb"], [f"sm{i}"]), helper.make_node("Tanh", [f"sm{i}"], [f"st{i}"])]
+            cur = f"st{i}"
+        nodes += [helper.make_node("ReduceMean", [cur], ["ssum"], axes=[1], keepdims=1),
+                  helper.make_node("Mul", ["ssum", "zero"], ["sz"]), helper.make_node("Add", ["h", "sz"], ["hs"])]
+        last = "hs"
+    nodes += [helper.make_node("MatMul", [last, "w2"], ["l0"]), helper.make_node("Add", ["l0", "shift"], ["logits"]),
+              helper.make_node("Softmax", ["logits"], ["probs"], axis=-1)]
+    g = helper.make_graph(nodes, "scorer",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", features])],
+                          [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", classes])], inits)
+    return _save(g, path)

@@ -1,9 +1,15 @@
 //! The kinfer model-watcher library, used by the `kinfer-watcher` sidecar binary.
 //!
-//! Today it holds [`fetch`] (atomic, resumable, content-addressed downloads from any
-//! S3-compatible store) and [`signature`] (offline verification of OpenSSF model-signing bundles,
-//! the `model_signing` PyPI tool's format, against trusted P-256 / P-384 public keys). The
-//! numerical gate and in-pod analysis (issue 5) will join them here.
+//! [`fetch`] downloads artifacts atomically from any S3-compatible store; [`signature`]
+//! verifies OpenSSF model-signing bundles; [`admin`] talks to the runtime's admin socket;
+//! [`analysis`] holds the pure verdict math (p99 ratio and budget, error rate, PSI drift);
+//! [`rollout`] brings one version in step by step; [`report`] publishes annotations, the
+//! `ModelReady` condition and Events; [`cluster`] resolves the pod's target and runs the loop.
 
+pub mod admin;
+pub mod analysis;
+pub mod cluster;
 pub mod fetch;
+pub mod report;
+pub mod rollout;
 pub mod signature;

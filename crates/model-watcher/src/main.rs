@@ -1,37 +1,99 @@
 //! `kinfer-watcher`: the model-watcher sidecar binary.
 //!
-//! Today it fetches a version's artifact from S3 atomically into a content-addressed directory
-//! (`kinfer-watcher fetch --source s3://bucket/prefix/ --endpoint URL --dest DIR`) and verifies
-//! a downloaded artifact offline against its OpenSSF model-signing bundle (`kinfer-watcher verify --dir DIR --public-key KEY.pem`, see docs/signing.md).
+//! - `run`: in a pod (`KINFER_POD_NAME` set), follow the pod's target version and bring each one
+//!   in safely; standalone (`--source s3://… --version NAME`), do the same for one version
+//!   against a runtime's admin socket and exit with the verdict (0 passed, 2 rolled back,
+//!   3 refused, 1 error).
+//! - `check`: fetch and verify one artifact for the ModelVersion verification Job.
+//! - `verify`: check a downloaded artifact offline (docs/signing.md).
+//! - `fetch`: download a version's artifact atomically into a content-addressed directory.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
-use clap::{Parser, Subcommand};
+use clap::{Args as ClapArgs, Parser, Subcommand};
+use kinfer_api::{
+    duration::Duration as ApiDuration,
+    inference_service::{AnalysisSpec, DriftMetric, DriftSpec, RolloutSpec, ShadowSpec},
+    model_version::{ModelSource, ModelVersionSpec, SignaturePolicy, Validation},
+    report::Verdict,
+};
+use kinfer_watcher::{
+    admin::AdminClient,
+    cluster::{self, Identity},
+    fetch,
+    report::Reporter,
+    rollout::{Plan, Settings, Watcher, verify_artifact},
+    signature::TrustedKey,
+};
 
 /// The kinfer model-watcher.
 #[derive(Parser, Debug)]
 #[command(name = "kinfer-watcher", version, about)]
 struct Args {
+    /// Log format.
+    #[arg(long, env = "KINFER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"], global = true)]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
 
+/// Where an artifact comes from and how it is checked (flags of `run` standalone and `check`).
+#[derive(ClapArgs, Debug, Clone)]
+struct SourceArgs {
+    /// `s3://bucket/prefix/` holding model.onnx, the signature bundle and the golden set.
+    #[arg(long, env = "KINFER_SOURCE")]
+    source: Option<String>,
+    /// S3-compatible endpoint URL (path-style addressing); AWS when empty.
+    #[arg(long, env = "KINFER_S3_ENDPOINT")]
+    endpoint: Option<String>,
+    /// Region for request signing.
+    #[arg(long, env = "KINFER_S3_REGION", default_value = "us-east-1")]
+    region: String,
+    /// A file with `AWS_ACCESS_KEY_ID=…` and `AWS_SECRET_ACCESS_KEY=…` lines; else the default
+    /// AWS chain (environment, profile, web identity, instance metadata).
+    #[arg(long, env = "KINFER_S3_CREDENTIALS_FILE")]
+    credentials_file: Option<PathBuf>,
+    /// Trusted public key (SubjectPublicKeyInfo PEM, P-256 or P-384); repeatable.
+    #[arg(long = "public-key", value_delimiter = ',')]
+    public_keys: Vec<PathBuf>,
+    /// A directory whose `*.pem` files (and other files holding a PEM public key) are trusted
+    /// keys (a mounted ConfigMap or Secret).
+    #[arg(long, env = "KINFER_PUBLIC_KEY_DIR")]
+    public_key_dir: Option<PathBuf>,
+    /// Signature bundle inside the artifact.
+    #[arg(long, default_value = "model.sig")]
+    signature: String,
+    /// Accept an artifact without a signature bundle (a present but bad one is still refused).
+    #[arg(long)]
+    allow_unsigned: bool,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Follow this pod's target version (in a cluster) or bring in one version (standalone).
+    Run(Box<RunArgs>),
+    /// Fetch and verify one artifact into DEST/current (the ModelVersion verification Job).
+    /// Prints one JSON object (also written to --termination-log); exit 0 when it holds.
+    Check {
+        #[command(flatten)]
+        source: SourceArgs,
+        /// Directory to fetch into; `DEST/current` links to the verified artifact.
+        #[arg(long, default_value = "/work")]
+        dest: PathBuf,
+        /// Where the JSON result also goes (Kubernetes reads it as the termination message).
+        #[arg(long, default_value = "/dev/termination-log")]
+        termination_log: PathBuf,
+        /// Give up fetching after this long.
+        #[arg(long, default_value = "120s")]
+        fetch_timeout: String,
+    },
     /// Download a version's artifact from S3 into DEST/sha256-<digest>/ (atomic, cached by digest).
     Fetch {
-        /// `s3://bucket/prefix/`
-        #[arg(long, env = "KINFER_SOURCE")]
-        source: String,
+        #[command(flatten)]
+        source: SourceArgs,
         /// Directory on the shared volume that holds fetched artifacts.
         #[arg(long, env = "KINFER_MODELS_DIR", default_value = "/models")]
-        dest: std::path::PathBuf,
-        /// S3-compatible endpoint URL; AWS when empty.
-        #[arg(long, env = "KINFER_S3_ENDPOINT")]
-        endpoint: Option<String>,
-        /// Region for request signing.
-        #[arg(long, env = "KINFER_S3_REGION", default_value = "us-east-1")]
-        region: String,
+        dest: PathBuf,
     },
     /// Verify a model directory offline against its model-signing bundle.
     ///
@@ -56,9 +118,176 @@ enum Command {
     },
 }
 
+#[derive(ClapArgs, Debug)]
+struct RunArgs {
+    /// The runtime's admin socket.
+    #[arg(
+        long,
+        env = "KINFER_ADMIN_SOCKET",
+        default_value = "/run/kinfer/admin.sock"
+    )]
+    admin_socket: PathBuf,
+    /// Shared volume for artifacts.
+    #[arg(long, env = "KINFER_MODELS_DIR", default_value = "/models")]
+    models_dir: PathBuf,
+    /// This pod (downward API); set = cluster mode.
+    #[arg(long, env = "KINFER_POD_NAME")]
+    pod_name: Option<String>,
+    /// This pod's namespace (downward API).
+    #[arg(long, env = "KINFER_POD_NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// The InferenceService this pod belongs to.
+    #[arg(long, env = "KINFER_INFERENCE_SERVICE")]
+    inference_service: Option<String>,
+    /// Standalone: the version label to stage (the ModelVersion name in a cluster).
+    #[arg(long, env = "KINFER_VERSION")]
+    version: Option<String>,
+    #[command(flatten)]
+    source: SourceArgs,
+    /// Golden set inside the artifact (.npz); no numerical gate when empty.
+    #[arg(long)]
+    golden: Option<String>,
+    /// Golden-set absolute tolerance.
+    #[arg(long, default_value_t = 1e-5)]
+    atol: f64,
+    /// Golden-set relative tolerance.
+    #[arg(long, default_value_t = 1e-4)]
+    rtol: f64,
+    /// Fraction of golden samples (and shadowed requests) whose decision must match.
+    #[arg(long, default_value_t = 1.0)]
+    min_agreement: f64,
+    /// Shadow: fraction of live traffic mirrored to the staged version (0 = no shadow).
+    #[arg(long, default_value_t = 0.0)]
+    shadow_sample_rate: f64,
+    /// Shadow duration.
+    #[arg(long, default_value = "30s")]
+    shadow_duration: String,
+    /// Analysis window after promotion.
+    #[arg(long, default_value = "60s")]
+    window: String,
+    /// Requests needed before any verdict.
+    #[arg(long, default_value_t = 100)]
+    min_requests: i64,
+    /// Largest p99 ratio new / previous.
+    #[arg(long, default_value_t = 1.5)]
+    max_p99_ratio: f64,
+    /// Absolute p99 budget, e.g. `20ms`.
+    #[arg(long)]
+    max_p99: Option<String>,
+    /// Largest error rate.
+    #[arg(long, default_value_t = 0.01)]
+    max_error_rate: f64,
+    /// Largest PSI of the output distribution against the previous version (no drift check when empty).
+    #[arg(long)]
+    max_drift: Option<f64>,
+    /// Report a regression but keep the version.
+    #[arg(long)]
+    no_auto_rollback: bool,
+    /// A p99 increase smaller than this never counts as a regression.
+    #[arg(long, env = "KINFER_P99_NOISE_FLOOR", default_value = "250us")]
+    p99_noise_floor: String,
+    /// Standalone: give up fetching after this long.
+    #[arg(long, default_value = "300s")]
+    fetch_timeout: String,
+}
+
+fn dur(flag: &str, v: &str) -> anyhow::Result<Duration> {
+    kinfer_api::duration::parse(v).map_err(|e| anyhow::anyhow!("--{flag} {v:?}: {e}"))
+}
+
+fn api_dur(flag: &str, v: &str) -> anyhow::Result<ApiDuration> {
+    v.parse()
+        .map_err(|e| anyhow::anyhow!("--{flag} {v:?}: {e}"))
+}
+
+fn read_credentials(path: &std::path::Path) -> anyhow::Result<(String, String)> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("--credentials-file {}: {e}", path.display()))?;
+    let get = |k: &str| {
+        text.lines()
+            .filter_map(|l| l.trim().trim_start_matches("export ").split_once('='))
+            .find(|(key, _)| key.trim() == k)
+            .map(|(_, v)| v.trim().trim_matches('"').to_owned())
+            .ok_or_else(|| anyhow::anyhow!("--credentials-file {}: no {k}= line", path.display()))
+    };
+    Ok((get("AWS_ACCESS_KEY_ID")?, get("AWS_SECRET_ACCESS_KEY")?))
+}
+
+impl SourceArgs {
+    fn keys(&self) -> anyhow::Result<Vec<TrustedKey>> {
+        let mut keys = Vec::new();
+        for p in &self.public_keys {
+            keys.push(TrustedKey::from_file(p)?);
+        }
+        if let Some(dir) = &self.public_key_dir {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+                .map_err(|e| anyhow::anyhow!("--public-key-dir {}: {e}", dir.display()))?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_file())
+                .collect();
+            files.sort();
+            for p in files {
+                if std::fs::read_to_string(&p)
+                    .is_ok_and(|t| t.contains("-----BEGIN PUBLIC KEY-----"))
+                {
+                    keys.push(TrustedKey::from_file(&p)?);
+                }
+            }
+        }
+        Ok(keys)
+    }
+
+    fn plan(
+        &self,
+        name: &str,
+        validation: Option<Validation>,
+        rollout: RolloutSpec,
+    ) -> anyhow::Result<Plan> {
+        let Some(uri) = &self.source else {
+            anyhow::bail!(
+                "--source s3://bucket/prefix/ is required outside a cluster (or set KINFER_POD_NAME)"
+            );
+        };
+        let keys = self.keys()?;
+        if keys.is_empty() && !self.allow_unsigned {
+            anyhow::bail!(
+                "no trusted key: give --public-key KEY.pem or --public-key-dir DIR (or --allow-unsigned)"
+            );
+        }
+        Ok(Plan {
+            name: name.to_owned(),
+            spec: ModelVersionSpec {
+                model: name.to_owned(),
+                version: name.to_owned(),
+                source: ModelSource {
+                    uri: uri.clone(),
+                    endpoint: self.endpoint.clone(),
+                    region: Some(self.region.clone()),
+                    force_path_style: None,
+                    credentials_secret: None,
+                },
+                signature: SignaturePolicy {
+                    required: !self.allow_unsigned,
+                    bundle: self.signature.clone(),
+                    trusted_keys: None,
+                },
+                validation,
+            },
+            credentials: self
+                .credentials_file
+                .as_deref()
+                .map(read_credentials)
+                .transpose()?,
+            keys,
+            rollout,
+        })
+    }
+}
+
 /// Runs `verify`: prints the result and returns the exit code.
 fn verify(dir: PathBuf, signature: Option<PathBuf>, public_keys: Vec<PathBuf>) -> i32 {
-    use kinfer_watcher::signature::{DEFAULT_SIGNATURE_FILE, TrustedKey, verify_dir};
+    use kinfer_watcher::signature::{DEFAULT_SIGNATURE_FILE, verify_dir};
     let signature = match signature {
         None => dir.join(DEFAULT_SIGNATURE_FILE),
         Some(p) if p.is_relative() && !p.exists() && dir.join(&p).exists() => dir.join(p),
@@ -89,26 +318,206 @@ fn verify(dir: PathBuf, signature: Option<PathBuf>, public_keys: Vec<PathBuf>) -
     }
 }
 
+/// Runs `check`: fetch, verify, link DEST/current, print and record the JSON result.
+async fn check(
+    source: SourceArgs,
+    dest: PathBuf,
+    termination_log: PathBuf,
+    fetch_timeout: String,
+) -> i32 {
+    use serde_json::json;
+    let result = async {
+        let plan = source
+            .plan("check", None, RolloutSpec::default())
+            .map_err(|e| ("InvalidArguments", e.to_string()))?;
+        let uri: fetch::S3Uri = plan
+            .spec
+            .source
+            .uri
+            .parse()
+            .map_err(|e: fetch::FetchError| ("FetchFailed", e.to_string()))?;
+        let client = fetch::client(
+            plan.spec.source.endpoint.as_deref(),
+            &source.region,
+            plan.credentials
+                .as_ref()
+                .map(|(a, s)| (a.as_str(), s.as_str())),
+        )
+        .await;
+        let deadline = dur("fetch-timeout", &fetch_timeout)
+            .map_err(|e| ("InvalidArguments", e.to_string()))?;
+        let fetched = tokio::time::timeout(
+            deadline,
+            fetch::fetch(&client, &uri, &dest, fetch::Retry::default()),
+        )
+        .await
+        .map_err(|_| {
+            (
+                "FetchFailed",
+                format!(
+                    "{} not fetched within {fetch_timeout}",
+                    plan.spec.source.uri
+                ),
+            )
+        })?
+        .map_err(|e| ("FetchFailed", e.to_string()))?;
+        let signer = verify_artifact(&plan, &fetched.dir)?;
+        let link = dest.join("current");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&fetched.dir, &link)
+            .map_err(|e| ("FetchFailed", format!("{}: {e}", link.display())))?;
+        Ok::<_, (&str, String)>((fetched, signer))
+    }
+    .await;
+    let out = match &result {
+        Ok((f, signer)) => {
+            json!({"ok": true, "digest": f.digest, "signer": signer, "signed": signer.is_some(),
+                                   "reason": if signer.is_some() { "SignatureVerified" } else { "Unsigned" },
+                                   "message": format!("{} bytes, {}", f.bytes, if signer.is_some() { "signature and every file digest hold" } else { "no signature bundle (allowed)" })})
+        }
+        Err((reason, message)) => json!({"ok": false, "reason": reason, "message": message}),
+    };
+    let line = out.to_string();
+    println!("{line}");
+    if let Err(e) = std::fs::write(&termination_log, &line)
+        && termination_log != std::path::Path::new("/dev/termination-log")
+    {
+        eprintln!(
+            "kinfer-watcher: cannot write {}: {e}",
+            termination_log.display()
+        );
+    }
+    if result.is_ok() { 0 } else { 1 }
+}
+
+async fn run(a: RunArgs) -> anyhow::Result<i32> {
+    let settings = Settings {
+        p99_noise_floor: dur("p99-noise-floor", &a.p99_noise_floor)?,
+        fetch_deadline: if a.pod_name.is_some() {
+            None
+        } else {
+            Some(dur("fetch-timeout", &a.fetch_timeout)?)
+        },
+        ..Settings::default()
+    };
+    let watcher = Watcher::new(
+        AdminClient::new(&a.admin_socket),
+        a.models_dir.clone(),
+        Reporter::Stdout,
+        settings,
+    );
+    if let Some(pod) = a.pod_name.clone() {
+        let Some(service) = a.inference_service.clone() else {
+            anyhow::bail!("KINFER_INFERENCE_SERVICE (--inference-service) is required in a pod");
+        };
+        let client = kube::Client::try_default().await?;
+        let id = Identity {
+            namespace: a.namespace.clone(),
+            pod,
+            service,
+        };
+        tracing::info!(pod = %id.pod, namespace = %id.namespace, service = %id.service, "kinfer-watcher following its pod");
+        cluster::run(client, id, watcher).await?;
+        return Ok(0);
+    }
+    let Some(version) = a.version.clone() else {
+        anyhow::bail!(
+            "standalone run needs --version NAME and --source s3://… (in a pod, set KINFER_POD_NAME)"
+        );
+    };
+    let validation = a.golden.clone().map(|g| Validation {
+        golden_set: g,
+        atol: a.atol,
+        rtol: a.rtol,
+        min_agreement: a.min_agreement,
+    });
+    let rollout = RolloutSpec {
+        canary: Default::default(),
+        analysis: AnalysisSpec {
+            window: api_dur("window", &a.window)?,
+            min_requests: a.min_requests,
+            max_p99_ratio: a.max_p99_ratio,
+            max_p99: a
+                .max_p99
+                .as_deref()
+                .map(|v| api_dur("max-p99", v))
+                .transpose()?,
+            max_error_rate: a.max_error_rate,
+            drift: a.max_drift.map(|m| DriftSpec {
+                metric: DriftMetric::Psi,
+                max_score: m,
+            }),
+        },
+        shadow: (a.shadow_sample_rate > 0.0)
+            .then(|| -> anyhow::Result<ShadowSpec> {
+                Ok(ShadowSpec {
+                    sample_rate: a.shadow_sample_rate,
+                    duration: api_dur("shadow-duration", &a.shadow_duration)?,
+                    min_agreement: a.min_agreement,
+                })
+            })
+            .transpose()?,
+        auto_rollback: !a.no_auto_rollback,
+    };
+    let plan = a.source.plan(&version, validation, rollout)?;
+    let mut watcher = watcher;
+    let report = watcher.apply(&plan).await;
+    Ok(match report.verdict {
+        Some(Verdict::Passed) => 0,
+        Some(Verdict::RolledBack) => 2,
+        Some(Verdict::Refused) => 3,
+        None => 1,
+    })
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .init();
-    match Args::parse().command {
+    let args = Args::parse();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // Logs go to stderr: stdout carries the standalone reports.
+    if args.log_format == "json" {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    match args.command {
         Command::Verify {
             dir,
             signature,
             public_keys,
         } => std::process::exit(verify(dir, signature, public_keys)),
-        Command::Fetch {
+        Command::Check {
             source,
             dest,
-            endpoint,
-            region,
-        } => {
-            let uri: kinfer_watcher::fetch::S3Uri = source.parse()?;
-            let client = kinfer_watcher::fetch::client(endpoint.as_deref(), &region, None).await;
-            let f = kinfer_watcher::fetch::fetch(&client, &uri, &dest, Default::default()).await?;
+            termination_log,
+            fetch_timeout,
+        } => std::process::exit(check(source, dest, termination_log, fetch_timeout).await),
+        Command::Run(a) => std::process::exit(run(*a).await?),
+        Command::Fetch { source, dest } => {
+            let Some(src) = &source.source else {
+                anyhow::bail!("--source s3://bucket/prefix/ is required")
+            };
+            let uri: fetch::S3Uri = src.parse()?;
+            let creds = source
+                .credentials_file
+                .as_deref()
+                .map(read_credentials)
+                .transpose()?;
+            let client = fetch::client(
+                source.endpoint.as_deref(),
+                &source.region,
+                creds.as_ref().map(|(a, s)| (a.as_str(), s.as_str())),
+            )
+            .await;
+            let f = fetch::fetch(&client, &uri, &dest, Default::default()).await?;
             println!(
                 "{}\t{}\t{} bytes{}",
                 f.digest,

@@ -90,6 +90,25 @@ pub struct Args {
     /// Fraction of requests written to the decision log.
     #[arg(long, env = "KINFER_DECISION_LOG_SAMPLE", default_value_t = 1.0)]
     pub decision_log_sample: f64,
+    /// Check mode (the ModelVersion verification Job): load --model, run --golden if given,
+    /// print one JSON object (and write it to --termination-log), exit 0 when it passes, 1 when not.
+    #[arg(long, requires = "model")]
+    pub check: bool,
+    /// Golden set (.npz with `input.<name>` / `output.<name>` arrays) for --check.
+    #[arg(long, requires = "check")]
+    pub golden: Option<PathBuf>,
+    /// Absolute tolerance of --check.
+    #[arg(long, default_value_t = 1e-5)]
+    pub atol: f64,
+    /// Relative tolerance of --check.
+    #[arg(long, default_value_t = 1e-4)]
+    pub rtol: f64,
+    /// Fraction of golden samples whose decision must match in --check.
+    #[arg(long, default_value_t = 1.0)]
+    pub min_agreement: f64,
+    /// Where --check also writes its JSON result (Kubernetes reads it as the termination message).
+    #[arg(long, default_value = "/dev/termination-log")]
+    pub termination_log: PathBuf,
     /// Log format.
     #[arg(long, env = "KINFER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,

@@ -26,6 +26,63 @@ fn parse_duration(flag: &str, v: &str) -> anyhow::Result<Duration> {
     kinfer_api::duration::parse(v).with_context(|| format!("--{flag} {v:?}"))
 }
 
+/// `--check`: loads the model and runs the golden set; prints and records one JSON object.
+/// Returns the exit code (0 passed, 1 refused).
+async fn check(args: &Args, name: &str, options: &SessionOptions) -> i32 {
+    use serde_json::json;
+    let model = args
+        .model
+        .as_deref()
+        .expect("clap requires --model with --check");
+    let result = match LoadedVersion::load(name, &args.model_version, model, options) {
+        Err(e) => json!({"ok": false, "reason": "LoadFailed",
+                         "message": format!("{}: {e}", model.display())}),
+        Ok(v) => match &args.golden {
+            None => {
+                json!({"ok": true, "message": format!("{} loads; no golden set configured", model.display())})
+            }
+            Some(g) => match kinfer_runtime::golden::GoldenSet::read(g) {
+                Err(e) => json!({"ok": false, "reason": "NumericalMismatch",
+                                 "message": format!("golden set {}: {e}", g.display())}),
+                Ok(set) => {
+                    match kinfer_runtime::golden::evaluate(&v, &set, args.atol, args.rtol).await {
+                        Err(e) => json!({"ok": false, "reason": "NumericalMismatch", "message": e}),
+                        Ok(r) => {
+                            let ok = r.within_tolerance && r.agreement >= args.min_agreement;
+                            let message = format!(
+                                "{} samples: max abs error {:.3e}, max rel error {:.3e}, agreement {:.4} (atol {}, rtol {}, minAgreement {})",
+                                r.samples,
+                                r.max_abs_error,
+                                r.max_rel_error,
+                                r.agreement,
+                                args.atol,
+                                args.rtol,
+                                args.min_agreement
+                            );
+                            json!({"ok": ok, "reason": if ok { "GoldenSetMatched" } else { "NumericalMismatch" },
+                               "samples": r.samples, "maxAbsError": r.max_abs_error,
+                               "maxRelError": r.max_rel_error, "agreement": r.agreement,
+                               "message": message})
+                        }
+                    }
+                }
+            },
+        },
+    };
+    let line = result.to_string();
+    println!("{line}");
+    // Kubernetes reads the termination message from this file; elsewhere it may not exist.
+    if let Err(e) = std::fs::write(&args.termination_log, &line)
+        && args.termination_log != std::path::Path::new("/dev/termination-log")
+    {
+        eprintln!(
+            "kinfer-runtime: cannot write {}: {e}",
+            args.termination_log.display()
+        );
+    }
+    if result["ok"] == json!(true) { 0 } else { 1 }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -84,6 +141,10 @@ async fn main() -> anyhow::Result<()> {
             .unwrap_or_else(|| "model".into()),
         (None, None) => bail!("--model-name is required when no --model is given"),
     };
+    if args.check {
+        let code = check(&args, &name, &options).await;
+        std::process::exit(code);
+    }
     let registry = Arc::new(Registry::new(name.clone()));
     if let Some(path) = &args.model {
         let v = LoadedVersion::load(&name, &args.model_version, path, &options)?;

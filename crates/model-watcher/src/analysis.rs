@@ -1,0 +1,386 @@
+//! The analysis verdict, as pure functions: compare a freshly promoted version's figures with
+//! the baseline the previous version had just before the swap, and say keep, wait or roll back.
+//!
+//! Figures come from the runtime's `GET /admin/stats` (see [`Figures::from_stats`]): p99 of the
+//! end-to-end request latency, error rate, and the output distribution (20 bins of a score in
+//! [0, 1], or the arg-max class). Drift is the Population Stability Index of the two output
+//! distributions.
+
+use std::time::Duration;
+
+use kinfer_api::inference_service::{AnalysisFigures, AnalysisSpec};
+use kinfer_api::report::reasons;
+use serde_json::Value;
+
+/// Proportions below this are clamped before the PSI's logarithm (an empty bin on one side).
+const PSI_EPSILON: f64 = 1e-4;
+
+/// One version's figures, read from the runtime's stats.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Figures {
+    /// Requests answered since promotion (or since load).
+    pub requests: u64,
+    /// Failed requests.
+    pub errors: u64,
+    /// p99 of the request latency in seconds over the figures' span (0 with no requests).
+    pub p99: f64,
+    /// Output distribution counts.
+    pub distribution: Vec<u64>,
+    /// `value` or `argmax`: how the distribution was binned.
+    pub output_kind: String,
+}
+
+impl Figures {
+    /// Reads `versions.<version>` of a stats answer. `recent` takes the p99 of the last minute
+    /// (the baseline: how the old version behaved just before the swap) instead of since load.
+    pub fn from_stats(stats: &Value, version: &str, recent: bool) -> Option<Self> {
+        let s = stats.get("versions")?.get(version)?.get("stats")?;
+        let u = |v: &Value| v.as_u64().unwrap_or(0);
+        let window = &s["request_window"];
+        let total = &s["request"];
+        let p99 = if recent && u(&window["count"]) > 0 {
+            window["p99"].as_f64()
+        } else {
+            total["p99"].as_f64()
+        };
+        Some(Self {
+            requests: u(&s["requests"]),
+            errors: u(&s["errors"]),
+            p99: p99.unwrap_or(0.0),
+            distribution: s["output_distribution"]
+                .as_array()
+                .map(|a| a.iter().map(u).collect())
+                .unwrap_or_default(),
+            output_kind: s["output_kind"].as_str().unwrap_or("").to_owned(),
+        })
+    }
+
+    /// errors / requests (0 with no requests).
+    pub fn error_rate(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.errors as f64 / self.requests as f64
+        }
+    }
+}
+
+/// Population Stability Index of `current` against `baseline` (counts per bin):
+/// Σ (c − b) · ln(c / b) over the bins' proportions, with empty bins clamped to a small
+/// proportion. 0 for identical shapes; < 0.1 is usually read as stable, > 0.25 as a shift.
+/// `None` when either side has no observations or the bins differ.
+pub fn psi(baseline: &[u64], current: &[u64]) -> Option<f64> {
+    let (nb, nc) = (
+        baseline.iter().sum::<u64>() as f64,
+        current.iter().sum::<u64>() as f64,
+    );
+    if nb == 0.0 || nc == 0.0 || baseline.len() != current.len() {
+        return None;
+    }
+    Some(
+        baseline
+            .iter()
+            .zip(current)
+            .map(|(&b, &c)| {
+                let pb = (b as f64 / nb).max(PSI_EPSILON);
+                let pc = (c as f64 / nc).max(PSI_EPSILON);
+                (pc - pb) * (pc / pb).ln()
+            })
+            .sum(),
+    )
+}
+
+/// What the analysis says now.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Judgement {
+    /// Not enough evidence yet (the message says what is awaited).
+    Wait(String),
+    /// The window is over and nothing regressed.
+    Pass(String),
+    /// A regression: roll back. `reason` is one of [`reasons`].
+    Fail {
+        /// `LatencyRegression`, `ErrorRateRegression` or `DriftDetected`.
+        reason: &'static str,
+        /// The figures against the limits.
+        message: String,
+    },
+}
+
+/// Limits of one analysis, from the InferenceService's `rollout.analysis`, plus the latency
+/// noise floor: a p99 ratio over the limit counts only when the p99 also grew by more than
+/// this (a 40 µs model whose p99 moves to 70 µs is noise, not a regression).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// The InferenceService's analysis settings.
+    pub spec: AnalysisSpec,
+    /// Smallest p99 increase that may count as a regression.
+    pub p99_noise_floor: Duration,
+}
+
+/// The figures reported for the current state.
+pub fn figures(baseline: Option<&Figures>, current: &Figures) -> AnalysisFigures {
+    AnalysisFigures {
+        p99: Some(current.p99),
+        baseline_p99: baseline.filter(|b| b.requests > 0).map(|b| b.p99),
+        error_rate: Some(current.error_rate()),
+        drift: baseline
+            .filter(|b| b.output_kind == current.output_kind)
+            .and_then(|b| psi(&b.distribution, &current.distribution)),
+        requests: Some(current.requests as i64),
+    }
+}
+
+fn ms(s: f64) -> String {
+    format!("{:.3} ms", s * 1e3)
+}
+
+/// Judges `current` (since promotion, `elapsed` ago) against `baseline` (the previous version
+/// just before the swap; `None` when nothing served before).
+///
+/// Regressions are acted on as soon as `minRequests` requests were answered (a slow version
+/// should not serve for the whole window); passing needs both the window and `minRequests`.
+pub fn judge(
+    limits: &Limits,
+    baseline: Option<&Figures>,
+    current: &Figures,
+    elapsed: Duration,
+) -> Judgement {
+    let spec = &limits.spec;
+    let min = spec.min_requests.max(0) as u64;
+    if current.requests < min {
+        return Judgement::Wait(format!(
+            "{} of {} requests needed before a verdict",
+            current.requests, min
+        ));
+    }
+    let f = figures(baseline, current);
+    let rate = current.error_rate();
+    if current.requests > 0 && rate > spec.max_error_rate {
+        return Judgement::Fail {
+            reason: reasons::ERROR_RATE_REGRESSION,
+            message: format!(
+                "error rate {:.4} over {} requests exceeds maxErrorRate {}",
+                rate, current.requests, spec.max_error_rate
+            ),
+        };
+    }
+    if let Some(budget) = &spec.max_p99
+        && current.requests > 0
+        && current.p99 > budget.get().as_secs_f64()
+    {
+        return Judgement::Fail {
+            reason: reasons::LATENCY_REGRESSION,
+            message: format!(
+                "p99 {} exceeds the budget maxP99 {} over {} requests",
+                ms(current.p99),
+                ms(budget.get().as_secs_f64()),
+                current.requests
+            ),
+        };
+    }
+    // The baseline counts only with enough evidence of its own.
+    let base = baseline.filter(|b| b.requests >= min.max(1));
+    if let Some(b) = base
+        && current.requests > 0
+        && b.p99 > 0.0
+    {
+        let ratio = current.p99 / b.p99;
+        if ratio > spec.max_p99_ratio && current.p99 - b.p99 > limits.p99_noise_floor.as_secs_f64()
+        {
+            return Judgement::Fail {
+                reason: reasons::LATENCY_REGRESSION,
+                message: format!(
+                    "p99 {} is {:.2}× the previous version's {} (maxP99Ratio {}) over {} requests",
+                    ms(current.p99),
+                    ratio,
+                    ms(b.p99),
+                    spec.max_p99_ratio,
+                    current.requests
+                ),
+            };
+        }
+    }
+    if let (Some(drift), Some(score)) = (&spec.drift, f.drift)
+        && base.is_some()
+        && score > drift.max_score
+    {
+        return Judgement::Fail {
+            reason: reasons::DRIFT_DETECTED,
+            message: format!(
+                "output distribution moved: PSI {:.3} exceeds maxScore {} over {} requests",
+                score, drift.max_score, current.requests
+            ),
+        };
+    }
+    let window = spec.window.get();
+    if elapsed < window {
+        return Judgement::Wait(format!(
+            "analysing: {:.0} s of {:.0} s, {} requests, p99 {}",
+            elapsed.as_secs_f64(),
+            window.as_secs_f64(),
+            current.requests,
+            ms(current.p99)
+        ));
+    }
+    Judgement::Pass(format!(
+        "kept after {:.0} s and {} requests: p99 {}{}, error rate {:.4}{}",
+        window.as_secs_f64(),
+        current.requests,
+        ms(current.p99),
+        f.baseline_p99
+            .map(|b| format!(" (previous {})", ms(b)))
+            .unwrap_or_default(),
+        rate,
+        f.drift.map(|d| format!(", PSI {d:.3}")).unwrap_or_default()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kinfer_api::inference_service::DriftSpec;
+
+    fn limits() -> Limits {
+        Limits {
+            spec: AnalysisSpec {
+                window: "10s".parse().unwrap(),
+                min_requests: 100,
+                max_p99_ratio: 1.5,
+                max_p99: None,
+                max_error_rate: 0.01,
+                drift: Some(DriftSpec {
+                    metric: Default::default(),
+                    max_score: 0.2,
+                }),
+            },
+            p99_noise_floor: Duration::from_micros(250),
+        }
+    }
+
+    fn figs(requests: u64, errors: u64, p99_ms: f64, dist: &[u64]) -> Figures {
+        Figures {
+            requests,
+            errors,
+            p99: p99_ms / 1e3,
+            distribution: dist.to_vec(),
+            output_kind: "value".into(),
+        }
+    }
+
+    const EVEN: [u64; 4] = [250, 250, 250, 250];
+
+    #[test]
+    fn psi_is_zero_for_the_same_shape_and_grows_with_a_shift() {
+        assert_eq!(psi(&EVEN, &[25, 25, 25, 25]), Some(0.0));
+        let small = psi(&EVEN, &[260, 240, 250, 250]).unwrap();
+        let big = psi(&EVEN, &[10, 10, 10, 970]).unwrap();
+        assert!(small < 0.01, "{small}");
+        assert!(big > 1.0, "{big}");
+        // A bin empty on one side is clamped, not infinite.
+        assert!(psi(&[100, 0], &[50, 50]).unwrap().is_finite());
+        assert_eq!(psi(&[0, 0], &[1, 1]), None);
+        assert_eq!(psi(&[1, 1], &[1, 1, 1]), None);
+    }
+
+    #[test]
+    fn waits_for_min_requests_even_when_slow() {
+        let b = figs(1000, 0, 1.0, &EVEN);
+        let c = figs(99, 0, 50.0, &EVEN);
+        assert!(matches!(
+            judge(&limits(), Some(&b), &c, Duration::from_secs(60)),
+            Judgement::Wait(m) if m.contains("99 of 100")
+        ));
+    }
+
+    #[test]
+    fn latency_ratio_rolls_back_before_the_window_ends() {
+        let b = figs(1000, 0, 1.0, &EVEN);
+        let c = figs(200, 0, 3.0, &EVEN);
+        match judge(&limits(), Some(&b), &c, Duration::from_secs(1)) {
+            Judgement::Fail { reason, message } => {
+                assert_eq!(reason, reasons::LATENCY_REGRESSION);
+                assert!(message.contains("3.00×"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_ratio_inside_the_noise_floor_is_not_a_regression() {
+        let b = figs(1000, 0, 0.040, &EVEN);
+        let c = figs(1000, 0, 0.100, &EVEN); // 2.5× but only 60 µs more
+        assert!(matches!(
+            judge(&limits(), Some(&b), &c, Duration::from_secs(11)),
+            Judgement::Pass(_)
+        ));
+    }
+
+    #[test]
+    fn absolute_budget_applies_without_a_baseline() {
+        let mut l = limits();
+        l.spec.max_p99 = Some("5ms".parse().unwrap());
+        let c = figs(200, 0, 6.0, &EVEN);
+        assert!(matches!(
+            judge(&l, None, &c, Duration::from_secs(1)),
+            Judgement::Fail { reason, .. } if reason == reasons::LATENCY_REGRESSION
+        ));
+    }
+
+    #[test]
+    fn error_rate_over_the_limit_fails() {
+        let b = figs(1000, 0, 1.0, &EVEN);
+        let c = figs(200, 5, 1.0, &EVEN);
+        assert!(matches!(
+            judge(&limits(), Some(&b), &c, Duration::from_secs(1)),
+            Judgement::Fail { reason, .. } if reason == reasons::ERROR_RATE_REGRESSION
+        ));
+    }
+
+    #[test]
+    fn drift_fails_and_a_small_baseline_does_not_count() {
+        let b = figs(1000, 0, 1.0, &EVEN);
+        let c = figs(400, 0, 1.0, &[0, 0, 0, 400]);
+        assert!(matches!(
+            judge(&limits(), Some(&b), &c, Duration::from_secs(1)),
+            Judgement::Fail { reason, .. } if reason == reasons::DRIFT_DETECTED
+        ));
+        // A baseline with fewer than minRequests observations is no evidence.
+        let thin = figs(10, 0, 0.1, &[10, 0, 0, 0]);
+        assert!(matches!(
+            judge(&limits(), Some(&thin), &c, Duration::from_secs(11)),
+            Judgement::Pass(_)
+        ));
+    }
+
+    #[test]
+    fn passes_only_after_the_window() {
+        let b = figs(1000, 0, 1.0, &EVEN);
+        let c = figs(500, 1, 1.2, &[120, 130, 125, 125]);
+        assert!(matches!(
+            judge(&limits(), Some(&b), &c, Duration::from_secs(5)),
+            Judgement::Wait(_)
+        ));
+        match judge(&limits(), Some(&b), &c, Duration::from_secs(10)) {
+            Judgement::Pass(m) => assert!(m.contains("previous 1.000 ms"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        let f = figures(Some(&b), &c);
+        assert_eq!(f.requests, Some(500));
+        assert!(f.drift.unwrap() < 0.01);
+    }
+
+    #[test]
+    fn reads_runtime_stats() {
+        let stats = serde_json::json!({"versions": {"v2": {"stats": {
+            "requests": 10, "errors": 1,
+            "request": {"count": 10, "p99": 0.004},
+            "request_window": {"count": 5, "p99": 0.002},
+            "output_kind": "value", "output_distribution": [1, 2, 3]}}}});
+        let recent = Figures::from_stats(&stats, "v2", true).unwrap();
+        assert_eq!(recent.p99, 0.002);
+        assert_eq!(recent.distribution, vec![1, 2, 3]);
+        assert_eq!(Figures::from_stats(&stats, "v2", false).unwrap().p99, 0.004);
+        assert!((recent.error_rate() - 0.1).abs() < 1e-12);
+        assert!(Figures::from_stats(&stats, "v3", true).is_none());
+    }
+}

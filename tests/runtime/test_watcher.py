@@ -1,0 +1,395 @@
+"""The model-watcher as plain processes: a real kinfer-runtime, a real S3 server (SeaweedFS
+`weed mini` on loopback), artifacts signed by the real `model_signing` CLI, and `kinfer-watcher
+run` standalone (exit 0 passed, 2 rolled back, 3 refused). Live traffic comes from a load thread;
+every test asserts what serves afterwards and that no live request failed."""
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import threading
+import time
+
+import boto3
+import numpy as np
+import pytest
+import requests
+
+import models
+from conftest import ROOT, TARGET, free_port
+
+WATCHER = pathlib.Path(os.environ.get("KINFER_WATCHER_BIN", TARGET / "debug" / "kinfer-watcher"))
+RUNTIME = pathlib.Path(os.environ.get("KINFER_RUNTIME_BIN", TARGET / "debug" / "kinfer-runtime"))
+VENV = pathlib.Path(os.environ.get("KINFER_VENV", ROOT / ".venv"))
+AK, SK = "watchertest", "watchertestsecret0123456789"
+BUCKET = "models"
+
+
+def weed_binary():
+    root = pathlib.Path(os.environ.get("KINFER_BIN_ROOT", pathlib.Path.home() / ".cache/kinfer/bin"))
+    for d in sorted(root.glob("seaweedfs-*")):
+        if (d / "bin/weed").is_file():
+            return d / "bin/weed"
+    raise RuntimeError(f"SeaweedFS not found under {root}: run `bash tests/e2e/cluster/build.sh s3` (make test does)")
+
+
+class S3:
+    """`weed mini` on loopback with SigV4 credentials; stop/start keep the data and ports."""
+
+    def __init__(self, workdir):
+        self.dir = workdir / f"s3-{free_port()}"
+        (self.dir / "data").mkdir(parents=True)
+        ids = self.dir / "ids.json"
+        ids.write_text(json.dumps({"identities": [{"name": "t", "credentials": [{"accessKey": AK, "secretKey": SK}],
+                                                   "actions": ["Admin", "Read", "Write", "List"]}]}))
+        self.port = free_port()
+        self.args = [str(weed_binary()), "mini", "-dir", str(self.dir / "data"), "-ip", "127.0.0.1",
+                     "-ip.bind", "127.0.0.1", "-s3.port", str(self.port), "-master.port", str(free_port()),
+                     "-volume.port", str(free_port()), "-filer.port", str(free_port()), "-s3.config", str(ids),
+                     "-bucket", BUCKET, "-master.telemetry=false", "-webdav=false", "-admin.ui=false",
+                     "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB", "64"]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.creds = self.dir / "s3.env"
+        self.creds.write_text(f"AWS_ACCESS_KEY_ID={AK}\nAWS_SECRET_ACCESS_KEY={SK}\n")
+        self.proc = None
+        self.start()
+
+    def client(self):
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=AK, aws_secret_access_key=SK,
+                            region_name="us-east-1")
+
+    def start(self):
+        env = dict(os.environ, TMPDIR=str(self.dir))
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                self.client().head_bucket(Bucket=BUCKET)
+                return
+            except Exception:
+                time.sleep(0.2)
+        raise RuntimeError("weed mini did not serve S3 in 60 s")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def upload(self, local_dir, prefix):
+        c = self.client()
+        for f in sorted(pathlib.Path(local_dir).iterdir()):
+            c.upload_file(str(f), BUCKET, f"{prefix}/{f.name}")
+        return f"s3://{BUCKET}/{prefix}/"
+
+
+@pytest.fixture(scope="module")
+def s3(workdir):
+    s = S3(workdir)
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def signing_key(workdir):
+    d = workdir / "keys"
+    d.mkdir(exist_ok=True)
+    priv, pub = d / "release.key", d / "release.pub"
+    subprocess.run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(priv)], check=True)
+    subprocess.run(["openssl", "ec", "-in", str(priv), "-pubout", "-out", str(pub)], check=True, capture_output=True)
+    return priv, pub
+
+
+def artifact(workdir, name, model_fn, golden_from=None, sign_key=None, tamper=False):
+    """A version directory: model.onnx, golden.npz (references from `golden_from`'s model, by
+    default the model itself, as a training framework would export them), model.sig."""
+    d = workdir / "artifacts" / name
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    model = model_fn(d / "model.onnx")
+    ref = model
+    if golden_from is not None:
+        ref = golden_from(workdir / "artifacts" / f"{name}-ref.onnx")
+    models.golden(d / "golden.npz", ref, n=64, seed=3)
+    if sign_key is not None:
+        subprocess.run([str(VENV / "bin/model_signing"), "sign", "key", str(d), "--private_key", str(sign_key),
+                        "--signature", str(d / "model.sig")], check=True, capture_output=True)
+    if tamper:
+        data = bytearray((d / "model.onnx").read_bytes())
+        data[-5] ^= 0x01
+        (d / "model.onnx").write_bytes(bytes(data))
+    return d
+
+
+class Load:
+    """Sends OIP v2 requests at a steady pace from a thread; counts failures."""
+
+    def __init__(self, runtime, rate=400):
+        self.url = runtime.url(f"/v2/models/{runtime.name}/infer")
+        self.rate, self.ok, self.failed, self.errors = rate, 0, 0, []
+        self.versions = {}
+        self.stop_flag = threading.Event()
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+        rng = np.random.default_rng(11)
+        self.bodies = [json.dumps({"inputs": [{"name": "x", "shape": [1, 8], "datatype": "FP32",
+                                               "data": rng.normal(size=8).astype(float).tolist()}]})
+                       for _ in range(64)]
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_flag.set()
+        self.thread.join(10)
+
+    def loop(self):
+        s = requests.Session()
+        i, gap = 0, 1.0 / self.rate
+        nxt = time.perf_counter()
+        while not self.stop_flag.is_set():
+            try:
+                r = s.post(self.url, data=self.bodies[i % len(self.bodies)], timeout=5,
+                           headers={"content-type": "application/json"})
+                if r.status_code == 200:
+                    self.ok += 1
+                    v = r.json().get("model_version")
+                    self.versions[v] = self.versions.get(v, 0) + 1
+                else:
+                    self.failed += 1
+                    self.errors.append(r.text[:200])
+            except requests.RequestException as e:
+                self.failed += 1
+                self.errors.append(str(e)[:200])
+            i += 1
+            nxt += gap
+            pause = nxt - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+            else:
+                nxt = time.perf_counter()
+
+
+def run_watcher(runtime, workdir, s3, source, version, *flags, timeout=120, creds=None, keys=None):
+    models_dir = workdir / f"models-{runtime.http_port}"
+    args = [str(WATCHER), "run", "--admin-socket", runtime.socket, "--models-dir", str(models_dir),
+            "--source", source, "--endpoint", s3.endpoint, "--credentials-file", str(creds or s3.creds),
+            "--version", version, *flags]
+    for k in keys or []:
+        args += ["--public-key", str(k)]
+    p = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+    lines = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
+    reports = [line["report"] for line in lines if "report" in line]
+    events = [line["event"] for line in lines if "event" in line]
+    assert reports, f"no report; exit {p.returncode}\nstdout: {p.stdout[-2000:]}\nstderr: {p.stderr[-3000:]}"
+    return p.returncode, reports[-1], events, p
+
+
+def serving(runtime):
+    code, stats = runtime.admin("GET", "/admin/stats")
+    assert code == 200
+    return stats["serving"], sorted(stats["versions"])
+
+
+ANALYSIS = ["--window", "3s", "--p99-noise-floor", "1ms", "--min-requests", "150", "--max-p99-ratio", "2.0", "--max-error-rate", "0.01",
+            "--max-drift", "0.2", "--golden", "golden.npz", "--atol", "1e-4", "--rtol", "1e-3"]
+
+
+def base(p):
+    return models.scorer(p, seed=0)
+
+
+@pytest.fixture
+def served_v1(start, workdir):
+    # v1 serves already (from a file), as after an earlier rollout.
+    v1 = models.scorer(workdir / "scorer-v1.onnx", seed=0)
+    return start(v1, "fraud", version="v1")
+
+
+def test_good_version_is_promoted_and_kept(served_v1, workdir, s3, signing_key):
+    priv, pub = signing_key
+    d = artifact(workdir, "good", lambda p: models.scorer(p, seed=0, weight_noise=1e-3), sign_key=priv)
+    src = s3.upload(d, "fraud/good")
+    with Load(served_v1) as load:
+        time.sleep(1.0)  # a baseline for v1
+        code, report, events, p = run_watcher(served_v1, workdir, s3, src, "good", *ANALYSIS, keys=[pub])
+    assert code == 0, p.stderr[-3000:]
+    assert report["phase"] == "Done" and report["verdict"] == "Passed", report
+    assert report["previousVersion"] == "v1"
+    assert report["signer"].startswith("sha256:") and report["digest"].startswith("sha256:")
+    assert report["gate"]["samples"] == 64 and report["gate"]["agreement"] == 1.0
+    f = report["figures"]
+    assert f["requests"] >= 150 and f["baselineP99"] > 0 and f["drift"] < 0.2, f
+    assert {e["reason"] for e in events} >= {"Promoted", "AnalysisPassed"}
+    assert serving(served_v1)[0] == "good"
+    assert load.failed == 0, load.errors[:3]
+    assert load.versions.get("good", 0) > 0 and load.versions.get("v1", 0) > 0
+
+
+def test_numerically_different_version_is_refused_before_serving(served_v1, workdir, s3, signing_key):
+    priv, pub = signing_key
+    # The exported references come from another model (a training/serving mismatch).
+    d = artifact(workdir, "mismatch", base, golden_from=lambda p: models.scorer(p, seed=5), sign_key=priv)
+    src = s3.upload(d, "fraud/mismatch")
+    with Load(served_v1) as load:
+        code, report, events, _ = run_watcher(served_v1, workdir, s3, src, "mismatch", *ANALYSIS, keys=[pub])
+    assert code == 3
+    assert report["verdict"] == "Refused" and report["reason"] == "NumericalMismatch", report
+    assert report["gate"]["maxAbsError"] > 1e-4 and "golden set mismatch" in report["message"]
+    assert any(e["reason"] == "NumericalMismatch" and e["type"] == "Warning" for e in events)
+    assert serving(served_v1) == ("v1", ["v1"])  # refused version unloaded, never served
+    assert load.failed == 0 and "mismatch" not in load.versions
+
+
+def test_slower_version_is_rolled_back_on_p99(served_v1, workdir, s3, signing_key):
+    priv, pub = signing_key
+    d = artifact(workdir, "slow", lambda p: models.scorer(p, seed=0, slow_layers=10), sign_key=priv)
+    src = s3.upload(d, "fraud/slow")
+    with Load(served_v1) as load:
+        time.sleep(1.0)
+        code, report, events, p = run_watcher(served_v1, workdir, s3, src, "slow", *ANALYSIS, keys=[pub])
+        time.sleep(0.3)
+    assert code == 2, p.stderr[-3000:]
+    assert report["verdict"] == "RolledBack" and report["reason"] == "LatencyRegression", report
+    f = report["figures"]
+    assert f["p99"] > 2.0 * f["baselineP99"], f
+    assert "rolled back to v1" in report["message"]
+    assert {"LatencyRegression", "RolledBack"} <= {e["reason"] for e in events if e["type"] == "Warning"}
+    assert serving(served_v1) == ("v1", ["v1"])
+    assert load.failed == 0, load.errors[:3]
+
+
+def test_drifting_version_is_rolled_back_on_drift(served_v1, workdir, s3, signing_key):
+    priv, pub = signing_key
+    d = artifact(workdir, "drift", lambda p: models.scorer(p, seed=0, logit_shift=4.0), sign_key=priv)
+    src = s3.upload(d, "fraud/drift")
+    with Load(served_v1) as load:
+        time.sleep(1.0)
+        code, report, events, p = run_watcher(served_v1, workdir, s3, src, "drift", *ANALYSIS, keys=[pub])
+    assert code == 2, p.stderr[-3000:]
+    assert report["verdict"] == "RolledBack" and report["reason"] == "DriftDetected", report
+    assert report["figures"]["drift"] > 0.2
+    assert serving(served_v1)[0] == "v1"
+    assert load.failed == 0, load.errors[:3]
+
+
+def test_tampered_and_unsigned_artifacts(served_v1, workdir, s3, signing_key):
+    priv, pub = signing_key
+    d = artifact(workdir, "tampered", base, sign_key=priv, tamper=True)
+    src = s3.upload(d, "fraud/tampered")
+    code, report, events, _ = run_watcher(served_v1, workdir, s3, src, "tampered", *ANALYSIS, keys=[pub])
+    assert code == 3 and report["reason"] == "SignatureInvalid", report
+    assert "model.onnx" in report["message"]
+    # Unsigned: refused when signatures are required, served with a Warning when allowed.
+    d = artifact(workdir, "unsigned", base)
+    src = s3.upload(d, "fraud/unsigned")
+    code, report, _, _ = run_watcher(served_v1, workdir, s3, src, "unsigned", *ANALYSIS, keys=[pub])
+    assert code == 3 and report["reason"] == "SignatureInvalid" and "no signature bundle" in report["message"]
+    assert serving(served_v1)[0] == "v1"
+    code, report, events, _ = run_watcher(served_v1, workdir, s3, src, "unsigned", "--golden", "golden.npz",
+                                          "--min-requests", "0", "--window", "0s", "--allow-unsigned")
+    assert code == 0 and report["verdict"] == "Passed", report
+    assert any(e["reason"] == "Unsigned" and e["type"] == "Warning" for e in events)
+    assert serving(served_v1)[0] == "unsigned"
+
+
+def test_wrong_credentials_is_a_clear_error(served_v1, workdir, s3, signing_key):
+    bad = workdir / "bad.env"
+    bad.write_text(f"AWS_ACCESS_KEY_ID={AK}\nAWS_SECRET_ACCESS_KEY=wrong-secret\n")
+    code, report, events, _ = run_watcher(served_v1, workdir, s3, f"s3://{BUCKET}/fraud/good/", "good2",
+                                          "--fetch-timeout", "2s", creds=bad, keys=[signing_key[1]])
+    assert code == 3 and report["reason"] == "FetchFailed", report
+    assert any(k in report["message"] for k in ("SignatureDoesNotMatch", "AccessDenied", "InvalidAccessKeyId")), report
+    assert any(e["reason"] == "FetchFailed" for e in events)
+    assert serving(served_v1)[0] == "v1"
+
+
+def test_s3_outage_during_a_rollout_keeps_serving_and_recovers(start, workdir, signing_key):
+    priv, pub = signing_key
+    store = S3(workdir)
+    try:
+        d = artifact(workdir, "outage", lambda p: models.scorer(p, seed=0, weight_noise=1e-3), sign_key=priv)
+        src = store.upload(d, "fraud/outage")
+        rt = start(models.scorer(workdir / "scorer-v1.onnx", seed=0), "fraud", version="v1")
+        store.stop()
+        args = [str(WATCHER), "run", "--admin-socket", rt.socket, "--models-dir", str(workdir / "models-outage"),
+                "--source", src, "--endpoint", store.endpoint, "--credentials-file", str(store.creds),
+                "--version", "outage", "--public-key", str(pub), "--golden", "golden.npz",
+                "--min-requests", "0", "--window", "0s", "--fetch-timeout", "120s"]
+        with Load(rt, rate=100) as load:
+            w = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            lines = []
+            reader = threading.Thread(target=lambda: lines.extend(iter(w.stdout.readline, "")), daemon=True)
+            reader.start()
+
+            def reports():
+                return [json.loads(x)["report"] for x in list(lines) if x.startswith('{"report"')]
+
+            # The watcher reports the failing store and keeps retrying; the runtime keeps serving.
+            deadline = time.time() + 60
+            while not any(r.get("reason") == "FetchFailed" and r["phase"] == "Fetching" for r in reports()):
+                assert time.time() < deadline and w.poll() is None, lines[-5:]
+                time.sleep(0.2)
+            assert w.poll() is None
+            assert serving(rt)[0] == "v1"
+            store.start()
+            w.wait(timeout=120)
+            reader.join(10)
+        assert w.returncode == 0, lines[-5:]
+        failed = [r for r in reports() if r.get("reason") == "FetchFailed"]
+        assert "retrying" in failed[0]["message"], failed[0]
+        reports = reports()
+        assert reports[-1]["verdict"] == "Passed"
+        assert serving(rt)[0] == "outage"
+        assert load.failed == 0, load.errors[:3]
+        # No partial download was left behind.
+        assert not list((workdir / "models-outage").glob(".partial-*"))
+    finally:
+        store.stop()
+
+
+def test_verification_job_commands(workdir, s3, signing_key):
+    """`kinfer-watcher check` and `kinfer-runtime --check`, as the ModelVersion Job runs them."""
+    priv, pub = signing_key
+    keydir = workdir / "keydir"
+    keydir.mkdir(exist_ok=True)
+    shutil.copy(pub, keydir / "release.pem")
+    good = s3.upload(artifact(workdir, "job-good", base, sign_key=priv), "fraud/job-good")
+    bad = s3.upload(artifact(workdir, "job-bad", base, sign_key=priv, tamper=True), "fraud/job-bad")
+    mism = s3.upload(artifact(workdir, "job-mism", base, golden_from=lambda p: models.scorer(p, seed=5),
+                              sign_key=priv), "fraud/job-mism")
+
+    def check(src, dest):
+        term = workdir / f"{dest}.term"
+        p = subprocess.run([str(WATCHER), "check", "--source", src, "--endpoint", s3.endpoint,
+                            "--credentials-file", str(s3.creds), "--public-key-dir", str(keydir),
+                            "--dest", str(workdir / dest), "--termination-log", str(term)],
+                           capture_output=True, text=True, timeout=120)
+        out = json.loads(p.stdout.strip().splitlines()[-1])
+        assert json.loads(term.read_text()) == out
+        return p.returncode, out
+
+    def golden(dest):
+        cur = workdir / dest / "current"
+        p = subprocess.run([str(RUNTIME), "--check", "--model", str(cur / "model.onnx"), "--golden",
+                            str(cur / "golden.npz"), "--atol", "1e-4", "--rtol", "1e-3",
+                            "--termination-log", str(workdir / f"{dest}.rt.term")],
+                           capture_output=True, text=True, timeout=120)
+        return p.returncode, json.loads(p.stdout.strip().splitlines()[-1])
+
+    code, out = check(good, "job-good")
+    assert code == 0 and out["ok"] and out["signer"].startswith("sha256:") and out["digest"].startswith("sha256:")
+    code, out = golden("job-good")
+    assert code == 0 and out["ok"] and out["samples"] == 64 and out["agreement"] == 1.0, out
+    code, out = check(bad, "job-bad")
+    assert code == 1 and out == {**out, "ok": False, "reason": "SignatureInvalid"}
+    assert not (workdir / "job-bad" / "current").exists()
+    code, out = check(mism, "job-mism")
+    assert code == 0
+    code, out = golden("job-mism")
+    assert code == 1 and not out["ok"] and out["reason"] == "NumericalMismatch" and out["maxAbsError"] > 1e-4, out
