@@ -1,0 +1,286 @@
+"""Shared by `make demo` (scripts/demo.py) and the e2e suite (tests/e2e/test_e2e.py): signed
+sample model versions uploaded to the cluster's S3, manifests, kubectl helpers, a webhook
+receiver, and a client that sends OIP v2 requests through a Service with tritonclient."""
+import http.server
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "runtime"))
+import models  # noqa: E402
+
+CACHE = pathlib.Path(os.environ.get("KINFER_CACHE", pathlib.Path.home() / ".cache" / "kinfer"))
+CLUSTER = pathlib.Path(os.environ.get("KINFER_CLUSTER_DIR", CACHE / "cluster"))
+KUBECONFIG = str(CLUSTER / "kubeconfig")
+VENV = pathlib.Path(os.environ.get("KINFER_VENV", ROOT / ".venv"))
+HOST_IP = "10.250.0.1"  # the node address pods can reach (tests/e2e/cluster/README.md)
+
+# The sample versions: what each one is and how it should fare.
+VERSIONS = {
+    "v1": dict(fn=lambda p: models.scorer(p, seed=0), about="the first version"),
+    "v2": dict(fn=lambda p: models.scorer(p, seed=0, weight_noise=1e-3), about="retrained, equivalent: promoted"),
+    "v3": dict(fn=lambda p: models.scorer(p, seed=0, slow_layers=10), about="same answers, much slower: rolled back on p99"),
+    "v4": dict(fn=lambda p: models.scorer(p, seed=0, weight_noise=1e-3, logit_shift=4.0), about="answers drift: rolled back on drift"),
+    "v5": dict(fn=lambda p: models.scorer(p, seed=0), tamper=True, about="model changed after signing: refused"),
+    "v6": dict(fn=lambda p: models.scorer(p, seed=0), golden_from=lambda p: models.scorer(p, seed=5),
+               about="does not match its golden set: refused"),
+}
+
+
+def env():
+    e = dict(os.environ, KUBECONFIG=KUBECONFIG)
+    k8s = sorted((CACHE / "bin").glob("kubernetes-*"))
+    helm = sorted((CACHE / "bin").glob("helm-*"))
+    extra = [str(p) for p in (k8s[-1:] + helm[-1:])]
+    e["PATH"] = ":".join(extra + [e.get("PATH", "")])
+    return e
+
+
+def s3_settings():
+    vals = {}
+    for line in (CLUSTER / "s3.env").read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            k, v = line.split("=", 1)
+            vals[k.strip()] = v.strip().strip('"')
+    return vals
+
+
+def sh(*args, check=True, input=None, timeout=120):
+    p = subprocess.run(list(args), capture_output=True, text=True, env=env(), input=input, timeout=timeout)
+    if check and p.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed ({p.returncode}): {p.stderr.strip()[-2000:]}")
+    return p.stdout
+
+
+def kubectl(*args, **kw):
+    return sh("kubectl", *args, **kw)
+
+
+def kget(kind, name=None, ns=None, selector=None):
+    args = ["get", kind] + ([name] if name else []) + (["-n", ns] if ns else []) + (["-l", selector] if selector else [])
+    return json.loads(kubectl(*args, "-o", "json"))
+
+
+def apply(manifest, ns=None):
+    text = manifest if isinstance(manifest, str) else "\n---\n".join(json.dumps(m) for m in manifest)
+    return kubectl("apply", *(["-n", ns] if ns else []), "-f", "-", input=text)
+
+
+def wait_for(what, fn, timeout=180, interval=1.0):
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        try:
+            last = fn()
+            if last:
+                return last
+        except Exception as e:  # noqa: BLE001 - shown on timeout
+            last = e
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}; last: {str(last)[:2000]}")
+
+
+def make_keys(workdir):
+    priv, pub = workdir / "release.key", workdir / "release.pub"
+    if not priv.exists():
+        subprocess.run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(priv)], check=True)
+        subprocess.run(["openssl", "ec", "-in", str(priv), "-pubout", "-out", str(pub)], check=True, capture_output=True)
+    return priv, pub
+
+
+def make_artifact(workdir, version, priv):
+    """Writes model.onnx, golden.npz and model.sig (the real model_signing CLI) for a sample version."""
+    spec = VERSIONS[version]
+    d = workdir / "artifacts" / version
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    model = spec["fn"](d / "model.onnx")
+    ref = spec["golden_from"](workdir / f"{version}-ref.onnx") if "golden_from" in spec else model
+    models.golden(d / "golden.npz", ref, n=64, seed=3)
+    subprocess.run([str(VENV / "bin/model_signing"), "sign", "key", str(d), "--private_key", str(priv),
+                    "--signature", str(d / "model.sig")], check=True, capture_output=True)
+    if spec.get("tamper"):
+        data = bytearray((d / "model.onnx").read_bytes())
+        data[-5] ^= 0x01
+        (d / "model.onnx").write_bytes(bytes(data))
+    return d
+
+
+def upload(local_dir, prefix):
+    import boto3
+
+    s = s3_settings()
+    c = boto3.client("s3", endpoint_url=s["S3_ENDPOINT"], aws_access_key_id=s["AWS_ACCESS_KEY_ID"],
+                     aws_secret_access_key=s["AWS_SECRET_ACCESS_KEY"], region_name=s.get("AWS_REGION", "us-east-1"))
+    for f in sorted(pathlib.Path(local_dir).iterdir()):
+        c.upload_file(str(f), s["S3_BUCKET"], f"{prefix}/{f.name}")
+    return f"s3://{s['S3_BUCKET']}/{prefix}/"
+
+
+def base_objects(ns, pub):
+    """The S3 credentials Secret and the trusted-keys ConfigMap a namespace needs."""
+    s = s3_settings()
+    return [
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-credentials", "namespace": ns},
+         "stringData": {"AWS_ACCESS_KEY_ID": s["AWS_ACCESS_KEY_ID"], "AWS_SECRET_ACCESS_KEY": s["AWS_SECRET_ACCESS_KEY"]}},
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "model-signing-keys", "namespace": ns},
+         "data": {"release.pem": pathlib.Path(pub).read_text()}},
+    ]
+
+
+def model_version(ns, version, uri):
+    s = s3_settings()
+    return {"apiVersion": "kinfer.dev/v1alpha1", "kind": "ModelVersion",
+            "metadata": {"name": f"fraud-{version}", "namespace": ns},
+            "spec": {"model": "fraud", "version": version,
+                     "source": {"uri": uri, "endpoint": s["S3_ENDPOINT"], "credentialsSecret": "s3-credentials"},
+                     "signature": {"required": True, "trustedKeys": {"configMap": "model-signing-keys"}},
+                     "validation": {"goldenSet": "golden.npz", "atol": 1e-4, "rtol": 1e-3, "minAgreement": 1.0}}}
+
+
+def inference_service(ns, version, replicas=3, webhook=None, window="8s", min_requests=100, **extra):
+    spec = {"modelVersion": f"fraud-{version}", "replicas": replicas,
+            "runtime": {"intraOpThreads": 1},
+            "resources": {"cpu": "250m", "memory": "256Mi"},
+            "rollout": {"canary": {"replicas": 1},
+                        "analysis": {"window": window, "minRequests": min_requests, "maxP99Ratio": 2.0,
+                                     "maxErrorRate": 0.01, "drift": {"metric": "psi", "maxScore": 0.2}},
+                        "autoRollback": True}}
+    if webhook:
+        spec["alerts"] = {"webhooks": [{"url": webhook, "format": "alertmanager"},
+                                       {"url": webhook + "/slack", "format": "slack"}]}
+    spec.update(extra)
+    return {"apiVersion": "kinfer.dev/v1alpha1", "kind": "InferenceService",
+            "metadata": {"name": "fraud", "namespace": ns}, "spec": spec}
+
+
+class WebhookReceiver:
+    """An HTTP server on the node address that records every POST (the alert receiver)."""
+
+    def __init__(self, host=HOST_IP):
+        received = self.received = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                try:
+                    received.append({"path": self.path, "body": json.loads(body)})
+                except ValueError:
+                    received.append({"path": self.path, "body": body.decode(errors="replace")})
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer((host, 0), Handler)
+        self.url = f"http://{host}:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def service_ip(ns, name="fraud"):
+    return kget("service", name, ns)["spec"]["clusterIP"]
+
+
+def infer(host, rows, protocol="http", model="fraud"):
+    """One OIP v2 request through the Service with tritonclient; returns (probs, model_version)."""
+    x = np.asarray(rows, dtype=np.float32)
+    if protocol == "http":
+        import tritonclient.http as tc
+
+        c = tc.InferenceServerClient(f"{host}:8080")
+    else:
+        import tritonclient.grpc as tc
+
+        c = tc.InferenceServerClient(f"{host}:8081")
+    inp = tc.InferInput("x", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    r = c.infer(model, [inp])
+    version = r.get_response()["model_version"] if protocol == "http" else r.get_response().model_version
+    return r.as_numpy("probs"), version
+
+
+class Load:
+    """Steady OIP requests through a Service from a thread (HTTP, keep-alive); counts failures and
+    the versions that answered."""
+
+    def __init__(self, host, rate=100, model="fraud"):
+        import requests
+
+        self.session = requests.Session()
+        self.url = f"http://{host}:8080/v2/models/{model}/infer"
+        self.rate, self.ok, self.failed, self.errors, self.versions = rate, 0, 0, [], {}
+        self.stop = threading.Event()
+        rng = np.random.default_rng(5)
+        self.bodies = [json.dumps({"inputs": [{"name": "x", "shape": [1, 8], "datatype": "FP32",
+                                               "data": rng.normal(size=8).astype(float).tolist()}]}) for _ in range(64)]
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(10)
+
+    def _run(self):
+        i, gap, nxt = 0, 1.0 / self.rate, time.perf_counter()
+        while not self.stop.is_set():
+            try:
+                r = self.session.post(self.url, data=self.bodies[i % 64], timeout=5,
+                                      headers={"content-type": "application/json"})
+                if r.status_code == 200:
+                    self.ok += 1
+                    v = r.json().get("model_version")
+                    self.versions[v] = self.versions.get(v, 0) + 1
+                else:
+                    self.failed += 1
+                    self.errors.append(f"{r.status_code} {r.text[:200]}")
+            except Exception as e:  # noqa: BLE001 - every failure counts
+                self.failed += 1
+                self.errors.append(str(e)[:200])
+            i += 1
+            nxt += gap
+            pause = nxt - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+            else:
+                nxt = time.perf_counter()
+
+
+def pods(ns, name="fraud"):
+    return kget("pods", ns=ns, selector=f"kinfer.dev/inferenceservice={name}")["items"]
+
+
+def analysis(pod):
+    raw = pod["metadata"].get("annotations", {}).get("kinfer.dev/analysis")
+    return json.loads(raw) if raw else None
+
+
+def restarts(pod):
+    return {c["name"]: c.get("restartCount", 0) for c in pod.get("status", {}).get("containerStatuses", [])}
+
+
+def condition(obj, type_):
+    for c in obj.get("status", {}).get("conditions", []) or []:
+        if c["type"] == type_:
+            return c
+    return None
+
+
+def events(ns, reason=None):
+    items = kget("events", ns=ns)["items"]
+    return [e for e in items if reason is None or e.get("reason") == reason]

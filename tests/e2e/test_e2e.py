@@ -1,0 +1,220 @@
+"""The end-to-end story on the local cluster (tests/e2e/cluster), with the chart installed by
+`helm install`: what a user does with kubectl and what they would check, and the answers served
+through the Service by tritonclient. The steps build on each other, so they run in file order
+within one namespace (pytest runs tests in definition order)."""
+import json
+import os
+import pathlib
+import random
+import string
+import subprocess
+import time
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import kinfer_e2e as k
+
+ROOT = k.ROOT
+NS = "kinfer-e2e-" + "".join(random.choices(string.ascii_lowercase + string.digits, k=5))
+SYSTEM_NS = "kinfer-system"
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    return tmp_path_factory.mktemp("e2e")
+
+
+@pytest.fixture(scope="module")
+def installed():
+    """Cluster up, images imported, chart installed (scripts/e2e-setup.sh does all three)."""
+    subprocess.run(["bash", str(ROOT / "scripts" / "e2e-setup.sh")], check=True, env=k.env(), timeout=1800)
+    yield
+    if os.environ.get("KINFER_KEEP_E2E") != "1":
+        k.kubectl("delete", "namespace", NS, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    r = k.WebhookReceiver()
+    yield r
+    r.close()
+
+
+@pytest.fixture(scope="module")
+def artifacts(work):
+    priv, pub = k.make_keys(work)
+    uris = {}
+    for v in [*k.VERSIONS, "v7"]:
+        if v == "v7":
+            k.VERSIONS["v7"] = dict(fn=lambda p: k.models.scorer(p, seed=0, weight_noise=2e-3), about="equivalent")
+        d = k.make_artifact(work, v, priv)
+        uris[v] = k.upload(d, f"e2e/{NS}/{v}")
+    return pub, uris
+
+
+def isvc():
+    return k.kget("inferenceservice", "fraud", NS)
+
+
+def serving_annotations():
+    return sorted(p["metadata"].get("annotations", {}).get("kinfer.dev/serving-version", "") for p in k.pods(NS))
+
+
+def ready_pods():
+    out = []
+    for p in k.pods(NS):
+        c = k.condition(p, "Ready")
+        if c and c["status"] == "True" and not p["metadata"].get("deletionTimestamp"):
+            out.append(p)
+    return out
+
+
+def local_reference(work, rows):
+    s = ort.InferenceSession(str(work / "artifacts" / "v1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    return s.run(None, {"x": np.asarray(rows, np.float32)})[0]
+
+
+def apply_isvc(version, receiver, **extra):
+    k.apply([k.inference_service(NS, version, webhook=receiver.url, **extra)])
+
+
+def test_1_serves_v1_on_three_ready_pods(installed, artifacts, receiver, work):
+    pub, uris = artifacts
+    k.kubectl("create", "namespace", NS)
+    k.apply(k.base_objects(NS, pub) + [k.model_version(NS, v, u) for v, u in uris.items()])
+    apply_isvc("v1", receiver)
+    k.wait_for("3 ready pods serving fraud-v1", lambda: len(ready_pods()) == 3
+               and serving_annotations() == ["fraud-v1"] * 3, timeout=300)
+    pod = k.pods(NS)[0]
+    assert {"conditionType": "kinfer.dev/ModelReady"} in pod["spec"]["readinessGates"]
+    assert k.condition(pod, "kinfer.dev/ModelReady")["status"] == "True"
+    svc = k.wait_for("status.servingVersion", lambda: isvc() if isvc().get("status", {}).get("servingVersion") == "fraud-v1" else None)
+    assert k.condition(svc, "Ready")["status"] == "True"
+    mv = k.kget("modelversion", "fraud-v1", NS)
+    assert k.condition(mv, "Verified")["status"] == "True" and mv["status"]["digest"].startswith("sha256:")
+    rows = np.random.default_rng(9).normal(size=(5, 8))
+    want = local_reference(work, rows)
+    ip = k.service_ip(NS)
+    for proto in ("http", "grpc"):
+        got, version = k.infer(ip, rows, proto)
+        assert version == "fraud-v1"
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_2_gitops_promotion_is_canary_first_without_failures_or_restarts(receiver):
+    before = {p["metadata"]["name"]: k.restarts(p) for p in k.pods(NS)}
+    with k.Load(k.service_ip(NS), rate=100) as load:
+        time.sleep(3)
+        apply_isvc("v2", receiver)
+        # Canary first: one pod is asked for v2 while the others still serve v1.
+        def canary():
+            s = isvc().get("status", {})
+            targets = [p["metadata"].get("annotations", {}).get("kinfer.dev/target-version") for p in k.pods(NS)]
+            if s.get("rollout", {}).get("phase") == "Canary" and targets.count("fraud-v2") == 1:
+                return s
+        s = k.wait_for("the canary phase with one pod", canary, timeout=120, interval=0.3)
+        assert len(s["rollout"]["canaryPods"]) == 1
+        k.wait_for("every pod serving fraud-v2", lambda: serving_annotations() == ["fraud-v2"] * 3
+                   and isvc()["status"].get("servingVersion") == "fraud-v2", timeout=240)
+        time.sleep(2)
+    assert load.failed == 0, load.errors[:5]
+    assert load.versions.get("fraud-v2", 0) > 0
+    after = {p["metadata"]["name"]: k.restarts(p) for p in k.pods(NS)}
+    assert after == before, "no pod was replaced and no container restarted"
+    assert k.condition(isvc(), "Ready")["status"] == "True"
+
+
+def rolled_back_to(version, bad, receiver, reason):
+    with k.Load(k.service_ip(NS), rate=100) as load:
+        time.sleep(2)
+        apply_isvc(bad, receiver)
+        svc = k.wait_for(f"fraud-{bad} rolled back", lambda: isvc() if (isvc().get("status", {}).get("rejectedVersion") == f"fraud-{bad}"
+                         and isvc()["status"].get("rollout", {}).get("phase") == "RolledBack") else None, timeout=300)
+    assert load.failed == 0, load.errors[:5]
+    st = svc["status"]
+    assert st["servingVersion"] == f"fraud-{version}" and svc["spec"]["modelVersion"] == f"fraud-{bad}"
+    c = k.condition(svc, "RolledBack")
+    assert c["status"] == "True" and reason in (c["reason"] + c["message"]), c
+    return svc, c
+
+
+def test_3_slow_version_is_rolled_back_with_event_and_alert(receiver):
+    svc, c = rolled_back_to("v2", "v3", receiver, "LatencyRegression")
+    assert "p99" in c["message"]
+    assert k.wait_for("a RolledBack Warning Event", lambda: [e for e in k.events(NS, "RolledBack") if e["type"] == "Warning"])
+    alerts = k.wait_for("the webhook alert", lambda: [r for r in receiver.received if "fraud-v3" in json.dumps(r["body"])], timeout=60)
+    am = [a for a in alerts if not a["path"].endswith("/slack")]
+    assert am and isinstance(am[0]["body"], list) and am[0]["body"][0]["labels"]["alertname"]
+    assert [a for a in alerts if a["path"].endswith("/slack")][0]["body"]["text"]
+    assert serving_annotations() == ["fraud-v2"] * 3
+    # The GitOps hold: the spec still says v3 and nothing retries it.
+    time.sleep(10)
+    targets = {p["metadata"].get("annotations", {}).get("kinfer.dev/target-version") for p in k.pods(NS)}
+    assert "fraud-v3" not in targets and isvc()["status"]["servingVersion"] == "fraud-v2"
+
+
+def test_4_drift_tamper_and_golden_mismatch_are_refused(receiver):
+    rolled_back_to("v2", "v4", receiver, "DriftDetected")
+    for bad, cond in (("v5", "Verified"), ("v6", "Validated")):
+        apply_isvc(bad, receiver)
+        mv = k.wait_for(f"fraud-{bad} rejected", lambda: k.kget("modelversion", f"fraud-{bad}", NS)
+                        if (k.condition(k.kget("modelversion", f"fraud-{bad}", NS), cond) or {}).get("status") == "False" else None)
+        assert k.condition(mv, cond)["reason"] in ("SignatureInvalid", "NumericalMismatch")
+        k.wait_for(f"the service refusing fraud-{bad}", lambda: isvc()["status"].get("rejectedVersion") == f"fraud-{bad}", timeout=120)
+        assert serving_annotations() == ["fraud-v2"] * 3, f"no pod ever serves fraud-{bad}"
+
+
+def test_5_runtime_restart_and_operator_failover(receiver):
+    apply_isvc("v2", receiver)  # back to a version that serves
+    pod = k.pods(NS)[0]
+    name = pod["metadata"]["name"]
+    runtime = [c for c in pod["status"]["containerStatuses"] if c["name"] == "runtime"][0]
+    cid = runtime["containerID"].split("://", 1)[1]
+    subprocess.run(["ctr", "--address", str(k.CLUSTER / "run/containerd/containerd.sock"), "-n", "k8s.io",
+                    "tasks", "kill", "-s", "SIGKILL", cid], check=True)
+    k.wait_for("the runtime restarted and serving again", lambda: (lambda p: k.restarts(p)["runtime"] >= runtime["restartCount"] + 1
+               and k.condition(p, "Ready")["status"] == "True")(k.kget("pod", name, NS)), timeout=180)
+    ip = k.kget("pod", name, NS)["status"]["podIP"]
+    _, version = k.infer(ip, np.zeros((1, 8)), "http")
+    assert version == "fraud-v2"
+    # Operator failover during a rollout.
+    lease = k.kget("lease", "kinfer-operator", SYSTEM_NS)
+    leader = lease["spec"]["holderIdentity"]
+    with k.Load(k.service_ip(NS), rate=100) as load:
+        apply_isvc("v7", receiver)
+        k.wait_for("the rollout under way", lambda: isvc()["status"].get("rollout", {}).get("phase") in ("Canary", "Promoting"), interval=0.3)
+        k.kubectl("delete", "pod", "-n", SYSTEM_NS, leader, "--wait=false")
+        k.wait_for("the new leader finishing the rollout", lambda: isvc()["status"].get("servingVersion") == "fraud-v7", timeout=300)
+    assert load.failed == 0, load.errors[:5]
+    assert k.kget("lease", "kinfer-operator", SYSTEM_NS)["spec"]["holderIdentity"] != leader
+
+
+def test_6_gpu_and_cpu_pinning_pod_specs(receiver):
+    gpu = k.inference_service(NS, "v2", replicas=1)
+    gpu["metadata"]["name"] = "fraud-gpu"
+    gpu["spec"]["runtime"]["executionProvider"] = "cuda"
+    gpu["spec"]["resources"] = {"cpu": "1", "memory": "512Mi", "gpu": {"count": 1, "product": "NVIDIA-H100-80GB-HBM3"}}
+    pinned = k.inference_service(NS, "v2", replicas=1)
+    pinned["metadata"]["name"] = "fraud-pinned"
+    pinned["spec"]["resources"] = {"cpu": "1", "memory": "256Mi", "cpuPinning": True}
+    pinned["spec"]["rollout"]["canary"]["replicas"] = 1
+    k.apply([gpu, pinned])
+    p = k.wait_for("the GPU pod", lambda: k.pods(NS, "fraud-gpu"))[0]
+    runtime = [c for c in p["spec"]["containers"] if c["name"] == "runtime"][0]
+    assert runtime["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert p["spec"]["nodeSelector"]["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3"
+    assert any(t.get("key") == "nvidia.com/gpu" for t in p["spec"]["tolerations"])
+    assert "cuda" in " ".join(runtime.get("args", []) + runtime.get("command", []))
+    svc = k.wait_for("the GPU service saying why it is not ready",
+                     lambda: (lambda s: s if (k.condition(s, "Ready") or {}).get("status") == "False"
+                              and "nvidia.com/gpu" in k.condition(s, "Ready")["message"] else None)(k.kget("inferenceservice", "fraud-gpu", NS)), timeout=120)
+    assert k.kget("pod", p["metadata"]["name"], NS)["status"]["phase"] == "Pending"
+    assert svc
+    q = k.wait_for("the pinned pod running", lambda: [x for x in k.pods(NS, "fraud-pinned") if x["status"].get("qosClass")])[0]
+    assert q["status"]["qosClass"] == "Guaranteed"
+    rt = [c for c in q["spec"]["containers"] if c["name"] == "runtime"][0]
+    args = " ".join(rt.get("args", []))
+    assert "--cpu-affinity auto" in args or "--cpu-affinity=auto" in args
+    k.kubectl("delete", "inferenceservice", "-n", NS, "fraud-gpu", "fraud-pinned")
