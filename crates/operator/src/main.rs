@@ -154,7 +154,12 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         tokio::spawn(async move {
             let lost = tokio::select! {
                 _ = stop.wait_for(|v| *v) => false,
-                _ = leader_rx.wait_for(|v| !*v) => true,
+                // Without leader election there is no sender: leadership is never lost.
+                _ = async {
+                    if leader_rx.wait_for(|v| !*v).await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                } => true,
             };
             let _ = done_tx.send(lost);
         });
