@@ -103,6 +103,9 @@ pub struct Notice {
     pub reason: String,
     /// Message.
     pub message: String,
+    /// The version it is about (part of the Event's `action`, so that Events about different
+    /// versions are not folded into one series).
+    pub version: String,
 }
 
 /// How a rollout ended (the `outcome` label of `kinfer_rollouts_total`).
@@ -235,6 +238,7 @@ pub fn decide(input: &Input) -> Decision {
                     severity: Severity::Normal,
                     reason: reasons::PROMOTED.into(),
                     message: format!("serving {spec} (first version)"),
+                    version: spec.to_owned(),
                 });
                 d.outcome = Some(Outcome::Promoted);
             }
@@ -400,6 +404,7 @@ pub fn decide(input: &Input) -> Decision {
         severity: Severity::Normal,
         reason: reasons::PROMOTED.into(),
         message: msg.clone(),
+        version: spec.to_owned(),
     });
     d.outcome = Some(Outcome::Promoted);
     d.rolled_back = Some((false, "Promoted".into(), msg));
@@ -461,6 +466,7 @@ fn refuse(d: &mut Decision, input: &Input, spec: &str, reason: &str, message: &s
             severity: Severity::Warning,
             reason: "Refused".into(),
             message: msg.clone(),
+            version: spec.to_owned(),
         });
         d.alert = Some(AlertInfo {
             outcome: Outcome::Refused,
@@ -540,6 +546,7 @@ fn fail(
             "RolloutStopped".into()
         },
         message: msg.clone(),
+        version: spec.to_owned(),
     });
     d.alert = Some(AlertInfo {
         outcome,

@@ -272,7 +272,15 @@ async fn act(
             .map_err(|e| Error::kube("removing the retry annotation", e))?;
     }
     if let Some(n) = &d.notice {
-        publish(ctx, isvc, n.severity, &n.reason, &n.message).await;
+        publish(
+            ctx,
+            isvc,
+            n.severity,
+            &n.reason,
+            &n.message,
+            &format!("Rollout {}", n.version),
+        )
+        .await;
     }
     if let Some(o) = d.outcome {
         ctx.metrics.rollout(o.label());
@@ -328,6 +336,7 @@ async fn refuse_spec(
             Severity::Warning,
             "InvalidSpec",
             &format!("{}: {}", invalid.reason, invalid.message),
+            "Validate",
         )
         .await;
     }
@@ -393,7 +402,14 @@ where
     }
 }
 
-async fn publish(ctx: &Context, isvc: &InferenceService, sev: Severity, reason: &str, msg: &str) {
+async fn publish(
+    ctx: &Context,
+    isvc: &InferenceService,
+    sev: Severity,
+    reason: &str,
+    msg: &str,
+    action: &str,
+) {
     let ev = Event {
         type_: match sev {
             Severity::Normal => EventType::Normal,
@@ -401,7 +417,7 @@ async fn publish(ctx: &Context, isvc: &InferenceService, sev: Severity, reason: 
         },
         reason: reason.into(),
         note: Some(msg.chars().take(1000).collect()),
-        action: "Reconcile".into(),
+        action: action.chars().take(128).collect(),
         secondary: None,
     };
     if let Err(e) = ctx.recorder.publish(&ev, &isvc.object_ref(&())).await {
