@@ -66,6 +66,9 @@ async fn signal(stop: watch::Sender<bool>) {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    // A workspace build links rustls with both backends (kube: ring, the AWS SDK of the other
+    // binaries: aws-lc-rs), so rustls cannot pick a process default by itself; pick ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     init_logging(&args.log_format);
     match run(args).await {
         Ok(code) => code,
