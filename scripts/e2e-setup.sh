@@ -16,6 +16,16 @@ bash tests/e2e/cluster/up.sh >&2
 eval "$(bash tests/e2e/cluster/env.sh)"
 say "building the images and importing them into the cluster: images/build.sh --import"
 images/build.sh --import >&2
+# CRDs applied by hand earlier (kubectl apply -f crds/, the cluster tier does) are adopted by the
+# release rather than deleted, so existing ModelVersions and InferenceServices survive.
+for crd in inferenceservices.kinfer.dev modelversions.kinfer.dev; do
+  if kubectl get crd "$crd" >/dev/null 2>&1 &&
+     [[ "$(kubectl get crd "$crd" -o jsonpath='{.metadata.labels.app\.kubernetes\.io/managed-by}')" != Helm ]]; then
+    say "adopting the existing CRD $crd into the helm release"
+    kubectl label --overwrite crd "$crd" app.kubernetes.io/managed-by=Helm >&2
+    kubectl annotate --overwrite crd "$crd" meta.helm.sh/release-name=kinfer meta.helm.sh/release-namespace=kinfer-system >&2
+  fi
+done
 say "installing the chart: helm upgrade --install kinfer charts/kinfer-operator -n kinfer-system"
 helm upgrade --install kinfer charts/kinfer-operator --namespace kinfer-system --create-namespace \
   --wait --timeout 5m "$@" >&2

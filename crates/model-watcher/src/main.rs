@@ -473,6 +473,9 @@ async fn run(a: RunArgs) -> anyhow::Result<i32> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Both rustls backends are linked (kube: ring, the AWS SDK: aws-lc-rs), so rustls cannot
+    // pick a process default by itself; kube's client needs one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     // Logs go to stderr: stdout carries the standalone reports.

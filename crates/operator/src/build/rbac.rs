@@ -36,7 +36,8 @@ pub fn watcher_rules() -> Vec<PolicyRule> {
         ..Default::default()
     };
     vec![
-        rule(&[""], &["pods"], &["get", "patch"]),
+        // list+watch: the watcher watches its own pod (a field selector on its name) for the target.
+        rule(&[""], &["pods"], &["get", "list", "watch", "patch"]),
         rule(&[""], &["pods/status"], &["patch"]),
         rule(
             &["kinfer.dev"],
@@ -86,6 +87,7 @@ mod tests {
         for (g, res, verb) in [
             ("", "pods", "get"),
             ("", "pods", "patch"),
+            ("", "pods", "watch"),
             ("", "pods/status", "patch"),
             ("kinfer.dev", "inferenceservices", "watch"),
             ("kinfer.dev", "modelversions", "list"),
