@@ -29,4 +29,6 @@ done
 say "installing the chart: helm upgrade --install kinfer charts/kinfer-operator -n kinfer-system"
 helm upgrade --install kinfer charts/kinfer-operator --namespace kinfer-system --create-namespace \
   --wait --timeout 5m "$@" >&2
+# Images keep their tag across rebuilds (no registry, IfNotPresent): restart so a rebuilt operator runs.
+kubectl -n kinfer-system rollout restart deployment/kinfer-operator >&2
 kubectl -n kinfer-system rollout status deployment/kinfer-operator --timeout=180s >&2

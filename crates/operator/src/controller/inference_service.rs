@@ -153,12 +153,14 @@ async fn reconcile_inner(isvc: &InferenceService, ctx: &Context) -> Result<Actio
             Api::<ServiceAccount>::namespaced(client.clone(), &ns),
             &objs.service_account
         ),
-        apply(Api::<Role>::namespaced(client.clone(), &ns), &objs.role),
-        apply(
-            Api::<RoleBinding>::namespaced(client.clone(), &ns),
-            &objs.role_binding
-        ),
     )?;
+    // The Role before its binding: binding a Role that does not exist yet is refused (NotFound).
+    apply(Api::<Role>::namespaced(client.clone(), &ns), &objs.role).await?;
+    apply(
+        Api::<RoleBinding>::namespaced(client.clone(), &ns),
+        &objs.role_binding,
+    )
+    .await?;
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns);
     match &objs.hpa {
         Some(h) => {
