@@ -12,11 +12,11 @@ CARGO ?= cargo
 
 include tests/e2e/cluster/cluster.mk
 
-.PHONY: help deps s3 ort venv build crds fmt-check clippy docs unit test test-rust test-runtime test-cluster demo bench
+.PHONY: help deps s3 ort venv build crds images fmt-check clippy docs unit test test-rust test-runtime test-cluster test-operator test-chart test-e2e demo bench
 
 help:
 	@echo "make test      - everything CI runs: fmt, clippy, docs, Rust tests (real ONNX Runtime), cluster tier"
-	@echo "make demo      - the main job end to end on a local cluster (arrives with issue 7)"
+	@echo "make demo      - the main job end to end on a local cluster (left running; make cluster-down)"
 	@echo "make crds      - regenerate crds/ from crates/api"
 	@echo "make cluster-up / cluster-down - the local single-node Kubernetes cluster"
 
@@ -37,6 +37,11 @@ build:
 
 crds:
 	$(CARGO) run -q -p kinfer-api --bin crdgen -- crds
+	charts/kinfer-operator/sync-crds.sh
+
+# The three container images (podman, local Debian base, no registry): images/README.md.
+images:
+	images/build.sh
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
@@ -50,23 +55,40 @@ docs:
 test-rust: deps
 	PATH="$(KINFER_VENV)/bin:$$PATH" $(CARGO) test --workspace
 
-# Runtime tier: real kinfer-runtime processes, real ONNX Runtime, real tritonclient (HTTP + gRPC).
+# Runtime tier: real kinfer-runtime processes, real ONNX Runtime, real tritonclient (HTTP + gRPC),
+# and the model-watcher against them with a real S3 server and real model_signing signatures.
 test-runtime: deps
-	$(CARGO) build -p kinfer-runtime
+	$(CARGO) build -p kinfer-runtime -p kinfer-watcher
 	$(KINFER_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/runtime
 
 # The cluster tier needs root (containerd, kubelet, iptables); CI runs as root.
 test-cluster: cluster-build
 	$(MAKE) cluster-test
 
-test: fmt-check clippy docs test-rust test-runtime test-cluster
+test: fmt-check clippy docs test-rust test-runtime test-cluster test-operator test-chart
 
-demo:
-	@echo "make demo arrives with issue 7 (helm chart, images, end-to-end story)."
-	@echo "Today: 'make cluster-up' starts the local cluster and 'kubectl apply -f crds/ -f examples/' works against it."
-	@exit 1
+# The main job end to end on the local cluster: build, cluster up, images, helm install, signed
+# models to S3, apply, infer, promote with a one-line edit, watch a bad version roll back.
+demo: deps
+	bash scripts/e2e-setup.sh
+	$(KINFER_VENV)/bin/python scripts/demo.py
+
+# Operator against a real kube-apiserver (tests/operator/run.sh starts what it needs).
+test-operator: cluster-build
+	bash tests/operator/run.sh
+
+# The Helm chart: lint, schema, and a server-side dry run against the real API server.
+test-chart: cluster-build
+	bash tests/e2e/chart/test_chart.sh
+
+# The e2e story on the local cluster with the chart installed by helm (tests/e2e/test_e2e.py).
+# The cluster is taken down afterwards unless KINFER_KEEP_CLUSTER=1. Not yet part of `make test`:
+# its first full run on this machine has not passed (see issue 7's note); step 1 passes.
+test-e2e: deps cluster-build
+	rc=0; $(KINFER_VENV)/bin/python -m pytest -q -x -p no:cacheprovider tests/e2e || rc=$$?; \
+	  [[ "$${KINFER_KEEP_CLUSTER:-0}" == 1 ]] || bash tests/e2e/cluster/down.sh; exit $$rc
 
 # BENCH=quick (one short repetition) or full (3 repetitions, medians) — see docs/benchmarks.md.
 BENCH ?= full
-bench: deps
-	bench/runtime.sh $(BENCH)
+bench: ort
+	bench/all.sh $(BENCH)

@@ -240,8 +240,10 @@ class Load:
         i, gap, nxt = 0, 1.0 / self.rate, time.perf_counter()
         while not self.stop.is_set():
             try:
+                # A new connection per request: kube-proxy balances connections, and one
+                # keep-alive connection would pin all the load to one pod.
                 r = self.session.post(self.url, data=self.bodies[i % 64], timeout=5,
-                                      headers={"content-type": "application/json"})
+                                      headers={"content-type": "application/json", "connection": "close"})
                 if r.status_code == 200:
                     self.ok += 1
                     v = r.json().get("model_version")
