@@ -3,8 +3,9 @@
 # (tests/python/requirements.txt). Idempotent: it reinstalls only when the requirements change.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
+# Another venv from another requirements file: KINFER_VENV=DIR KINFER_REQUIREMENTS=FILE (the bench's).
 venv="${KINFER_VENV:-$root/.venv}"
-req="$root/tests/python/requirements.txt"
+req="${KINFER_REQUIREMENTS:-$root/tests/python/requirements.txt}"
 stamp="$venv/.requirements.sha256"
 want="$(sha256sum "$req" | cut -d' ' -f1)"
 if [[ -x "$venv/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
