@@ -269,7 +269,8 @@ pub struct AnalysisSpec {
     #[x_kube(validation = Rule::new("self >= 0").message("analysis.minRequests must be >= 0"))]
     pub min_requests: i64,
     /// Largest allowed ratio of the new p99 to the previous version's p99 measured just before
-    /// the swap.
+    /// the swap. Until the new version has answered 1,000 requests its p90 is compared with the
+    /// previous p90 instead (the p99 of fewer requests rests on fewer than ten samples).
     #[serde(default = "default_max_p99_ratio")]
     #[x_kube(validation = Rule::new("self >= 1.0").message("analysis.maxP99Ratio must be >= 1"))]
     pub max_p99_ratio: f64,
@@ -305,7 +306,8 @@ pub struct DriftSpec {
     /// Drift statistic.
     #[serde(default)]
     pub metric: DriftMetric,
-    /// Largest allowed score. For PSI: < 0.1 no shift, 0.1–0.25 moderate, > 0.25 major.
+    /// Largest allowed score. For PSI: < 0.1 no shift, 0.1–0.25 moderate, > 0.25 major. The
+    /// part expected from sampling alone, (bins − 1)·(1/n₁ + 1/n₂), is taken off first.
     #[serde(default = "default_max_drift")]
     #[x_kube(validation = Rule::new("self >= 0.0").message("drift.maxScore must be >= 0"))]
     pub max_score: f64,

@@ -1,10 +1,17 @@
 //! The analysis verdict, as pure functions: compare a freshly promoted version's figures with
 //! the baseline the previous version had just before the swap, and say keep, wait or roll back.
 //!
-//! Figures come from the runtime's `GET /admin/stats` (see [`Figures::from_stats`]): p99 of the
-//! end-to-end request latency, error rate, and the output distribution (20 bins of a score in
-//! [0, 1], or the arg-max class). Drift is the Population Stability Index of the two output
+//! Figures come from the runtime's `GET /admin/stats` (see [`Figures::from_stats`]): p90 and p99
+//! of the end-to-end request latency, error rate, and the output distribution (20 bins of a score
+//! in [0, 1], or the arg-max class). Drift is the Population Stability Index of the two output
 //! distributions.
+//!
+//! Both tests account for how few requests a canary may have seen. The p99 of fewer than
+//! [`P99_MIN_REQUESTS`] requests rests on fewer than ten samples (at 100 requests it is the
+//! second slowest), so below that the p90 stands in for it against `maxP99Ratio`. The PSI of two
+//! samples of the same distribution is not 0 but about (bins − 1)·(1/n₁ + 1/n₂) (0.19 for 20 bins
+//! and 100 requests, next to a usual limit of 0.2), so that expected sampling part is taken off
+//! before the score is compared with `maxScore`.
 
 use std::time::Duration;
 
@@ -15,6 +22,9 @@ use serde_json::Value;
 /// Proportions below this are clamped before the PSI's logarithm (an empty bin on one side).
 const PSI_EPSILON: f64 = 1e-4;
 
+/// Requests from which the p99 is compared (ten samples beyond it); below, the p90 is.
+pub const P99_MIN_REQUESTS: u64 = 1000;
+
 /// One version's figures, read from the runtime's stats.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Figures {
@@ -22,6 +32,8 @@ pub struct Figures {
     pub requests: u64,
     /// Failed requests.
     pub errors: u64,
+    /// p90 of the request latency in seconds over the figures' span (0 with no requests).
+    pub p90: f64,
     /// p99 of the request latency in seconds over the figures' span (0 with no requests).
     pub p99: f64,
     /// Output distribution counts.
@@ -31,22 +43,23 @@ pub struct Figures {
 }
 
 impl Figures {
-    /// Reads `versions.<version>` of a stats answer. `recent` takes the p99 of the last minute
-    /// (the baseline: how the old version behaved just before the swap) instead of since load.
+    /// Reads `versions.<version>` of a stats answer. `recent` takes the latency of the last
+    /// minute (the baseline: how the old version behaved just before the swap) instead of since
+    /// load.
     pub fn from_stats(stats: &Value, version: &str, recent: bool) -> Option<Self> {
         let s = stats.get("versions")?.get(version)?.get("stats")?;
         let u = |v: &Value| v.as_u64().unwrap_or(0);
         let window = &s["request_window"];
-        let total = &s["request"];
-        let p99 = if recent && u(&window["count"]) > 0 {
-            window["p99"].as_f64()
+        let latency = if recent && u(&window["count"]) > 0 {
+            window
         } else {
-            total["p99"].as_f64()
+            &s["request"]
         };
         Some(Self {
             requests: u(&s["requests"]),
             errors: u(&s["errors"]),
-            p99: p99.unwrap_or(0.0),
+            p90: latency["p90"].as_f64().unwrap_or(0.0),
+            p99: latency["p99"].as_f64().unwrap_or(0.0),
             distribution: s["output_distribution"]
                 .as_array()
                 .map(|a| a.iter().map(u).collect())
@@ -88,6 +101,21 @@ pub fn psi(baseline: &[u64], current: &[u64]) -> Option<f64> {
             })
             .sum(),
     )
+}
+
+/// What two samples of one distribution give as PSI on average: (k − 1)·(1/n₁ + 1/n₂), k the
+/// bins that either side observed. `None` as for [`psi`].
+pub fn psi_sampling_noise(baseline: &[u64], current: &[u64]) -> Option<f64> {
+    let (nb, nc) = (baseline.iter().sum::<u64>(), current.iter().sum::<u64>());
+    if nb == 0 || nc == 0 || baseline.len() != current.len() {
+        return None;
+    }
+    let bins = baseline
+        .iter()
+        .zip(current)
+        .filter(|(b, c)| **b + **c > 0)
+        .count();
+    Some(bins.saturating_sub(1) as f64 * (1.0 / nb as f64 + 1.0 / nc as f64))
 }
 
 /// What the analysis says now.
@@ -180,37 +208,50 @@ pub fn judge(
     }
     // The baseline counts only with enough evidence of its own.
     let base = baseline.filter(|b| b.requests >= min.max(1));
-    if let Some(b) = base
+    let (quantile, cur_q, base_q) = if current.requests >= P99_MIN_REQUESTS {
+        ("p99", current.p99, base.map(|b| b.p99))
+    } else {
+        ("p90", current.p90, base.map(|b| b.p90))
+    };
+    if let Some(b_q) = base_q
         && current.requests > 0
-        && b.p99 > 0.0
+        && b_q > 0.0
     {
-        let ratio = current.p99 / b.p99;
-        if ratio > spec.max_p99_ratio && current.p99 - b.p99 > limits.p99_noise_floor.as_secs_f64()
-        {
+        let ratio = cur_q / b_q;
+        if ratio > spec.max_p99_ratio && cur_q - b_q > limits.p99_noise_floor.as_secs_f64() {
+            let stand_in = if quantile == "p90" {
+                format!(" (the p90 stands in for the p99 below {P99_MIN_REQUESTS} requests)")
+            } else {
+                String::new()
+            };
             return Judgement::Fail {
                 reason: reasons::LATENCY_REGRESSION,
                 message: format!(
-                    "p99 {} is {:.2}× the previous version's {} (maxP99Ratio {}) over {} requests",
-                    ms(current.p99),
+                    "{quantile} {} is {:.2}× the previous version's {} (maxP99Ratio {}) over {} requests{stand_in}; p99 {}",
+                    ms(cur_q),
                     ratio,
-                    ms(b.p99),
+                    ms(b_q),
                     spec.max_p99_ratio,
-                    current.requests
+                    current.requests,
+                    ms(current.p99),
                 ),
             };
         }
     }
-    if let (Some(drift), Some(score)) = (&spec.drift, f.drift)
-        && base.is_some()
-        && score > drift.max_score
+    if let (Some(drift), Some(score), Some(b)) = (&spec.drift, f.drift, base)
+        && b.output_kind == current.output_kind
     {
-        return Judgement::Fail {
-            reason: reasons::DRIFT_DETECTED,
-            message: format!(
-                "output distribution moved: PSI {:.3} exceeds maxScore {} over {} requests",
-                score, drift.max_score, current.requests
-            ),
-        };
+        let noise = psi_sampling_noise(&b.distribution, &current.distribution).unwrap_or(0.0);
+        if score - noise > drift.max_score {
+            return Judgement::Fail {
+                reason: reasons::DRIFT_DETECTED,
+                message: format!(
+                    "output distribution moved: PSI {score:.3} ({noise:.3} of it expected from \
+                     sampling alone) exceeds maxScore {} over {} requests",
+                    drift.max_score, current.requests
+                ),
+            };
+        }
     }
     let window = spec.window.get();
     if elapsed < window {
@@ -257,10 +298,12 @@ mod tests {
         }
     }
 
+    /// Figures whose p90 is 80% of the p99 (a version slower throughout).
     fn figs(requests: u64, errors: u64, p99_ms: f64, dist: &[u64]) -> Figures {
         Figures {
             requests,
             errors,
+            p90: 0.8 * p99_ms / 1e3,
             p99: p99_ms / 1e3,
             distribution: dist.to_vec(),
             output_kind: "value".into(),
@@ -299,10 +342,84 @@ mod tests {
         match judge(&limits(), Some(&b), &c, Duration::from_secs(1)) {
             Judgement::Fail { reason, message } => {
                 assert_eq!(reason, reasons::LATENCY_REGRESSION);
-                assert!(message.contains("3.00×"), "{message}");
+                assert!(message.contains("p90 2.400 ms is 3.00×"), "{message}");
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_few_slow_requests_are_not_a_p99_regression_until_the_p99_has_samples() {
+        // 200 requests: the "p99" is the second slowest. Two hiccups triple it, the p90 is
+        // unchanged: not evidence of a slower version.
+        let b = figs(5000, 0, 1.0, &EVEN);
+        let mut c = figs(200, 0, 3.0, &EVEN);
+        c.p90 = b.p90;
+        assert!(matches!(
+            judge(&limits(), Some(&b), &c, Duration::from_secs(11)),
+            Judgement::Pass(_)
+        ));
+        // With 1,000 requests the p99 has ten samples behind it and is compared.
+        c.requests = P99_MIN_REQUESTS;
+        match judge(&limits(), Some(&b), &c, Duration::from_secs(11)) {
+            Judgement::Fail { reason, message } => {
+                assert_eq!(reason, reasons::LATENCY_REGRESSION);
+                assert!(message.starts_with("p99 3.000 ms is 3.00×"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn psi_sampling_noise_is_taken_off_before_the_limit() {
+        // Same distribution, 100 requests each over 20 bins: the PSI of the two samples is
+        // around (20 − 1)·(1/100 + 1/100) = 0.38, over the 0.2 limit, and is not drift.
+        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+        let mut draw = |n: usize| {
+            let mut bins = vec![0u64; 20];
+            for _ in 0..n {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                bins[(rng % 20) as usize] += 1;
+            }
+            bins
+        };
+        let (b, c) = (draw(100), draw(100));
+        let raw = psi(&b, &c).unwrap();
+        let noise = psi_sampling_noise(&b, &c).unwrap();
+        assert!((noise - 0.38).abs() < 1e-9, "{noise}");
+        assert!(raw > 0.2, "raw PSI of two small samples {raw}");
+        let mut base = figs(100, 0, 1.0, &b);
+        base.distribution = b.clone();
+        let cur = Figures {
+            distribution: c,
+            ..base.clone()
+        };
+        assert!(matches!(
+            judge(&limits(), Some(&base), &cur, Duration::from_secs(11)),
+            Judgement::Pass(_)
+        ));
+        // A real shift stays well over the limit after the correction.
+        let shifted = Figures {
+            distribution: {
+                let mut v = vec![0; 20];
+                v[19] = 100;
+                v
+            },
+            ..base.clone()
+        };
+        match judge(&limits(), Some(&base), &shifted, Duration::from_secs(1)) {
+            Judgement::Fail { reason, message } => {
+                assert_eq!(reason, reasons::DRIFT_DETECTED);
+                assert!(
+                    message.contains("expected from sampling alone"),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(psi_sampling_noise(&[0, 0], &[1, 1]), None);
     }
 
     #[test]
@@ -373,11 +490,11 @@ mod tests {
     fn reads_runtime_stats() {
         let stats = serde_json::json!({"versions": {"v2": {"stats": {
             "requests": 10, "errors": 1,
-            "request": {"count": 10, "p99": 0.004},
-            "request_window": {"count": 5, "p99": 0.002},
+            "request": {"count": 10, "p90": 0.003, "p99": 0.004},
+            "request_window": {"count": 5, "p90": 0.001, "p99": 0.002},
             "output_kind": "value", "output_distribution": [1, 2, 3]}}}});
         let recent = Figures::from_stats(&stats, "v2", true).unwrap();
-        assert_eq!(recent.p99, 0.002);
+        assert_eq!((recent.p90, recent.p99), (0.001, 0.002));
         assert_eq!(recent.distribution, vec![1, 2, 3]);
         assert_eq!(Figures::from_stats(&stats, "v2", false).unwrap().p99, 0.004);
         assert!((recent.error_rate() - 0.1).abs() < 1e-12);

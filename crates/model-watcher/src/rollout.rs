@@ -98,6 +98,9 @@ pub struct Watcher {
     artifacts: HashMap<String, PathBuf>,
     /// The version this watcher made (or found) serving.
     serving: Option<String>,
+    /// The last report that refused or rolled back a version, kept so that being sent back to
+    /// the version that still serves does not overwrite the explanation on the pod.
+    rejection: Option<AnalysisReport>,
 }
 
 fn now() -> String {
@@ -121,6 +124,7 @@ impl Watcher {
             settings,
             artifacts: HashMap::new(),
             serving: None,
+            rejection: None,
         }
     }
 
@@ -205,6 +209,12 @@ impl Watcher {
         r.previous_version = serving.clone();
 
         if serving.as_deref() == Some(plan.name.as_str()) {
+            // Sent back here after a refusal or rollback: that report stays the pod's answer.
+            if let Some(rej) = &self.rejection
+                && rej.previous_version.as_deref() == Some(plan.name.as_str())
+            {
+                return rej.clone();
+            }
             return self
                 .done(
                     r,
@@ -255,7 +265,7 @@ impl Watcher {
     }
 
     async fn done(
-        &self,
+        &mut self,
         mut r: AnalysisReport,
         verdict: Verdict,
         reason: Option<&str>,
@@ -273,6 +283,7 @@ impl Watcher {
                 .await;
         }
         self.update(&mut r, AnalysisPhase::Done, message).await;
+        self.rejection = (verdict != Verdict::Passed).then(|| r.clone());
         r
     }
 
@@ -584,6 +595,7 @@ impl Watcher {
                         )
                         .await;
                     self.update(r, AnalysisPhase::Done, m).await;
+                    self.rejection = None;
                     self.collect_garbage(&[&plan.name, old]).await;
                     return Ok(());
                 }
