@@ -5,7 +5,7 @@
 //! composing twice from the same findings gives an equal status and the controller skips the
 //! write.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::Time};
 use kinfer_api::{
@@ -206,8 +206,32 @@ pub fn phase_name(p: RolloutPhase) -> &'static str {
     }
 }
 
+/// What a pod asks of its node beyond CPU and memory: extended resources (`nvidia.com/gpu: 1`)
+/// and its node selector, e.g. "nvidia.com/gpu: 1, nvidia.com/gpu.product=NVIDIA-A10". The
+/// scheduler's own message names only the first filter that failed ("didn't match Pod's node
+/// affinity/selector"), not what the pod wanted.
+fn node_asks(p: &Pod) -> Vec<String> {
+    let Some(spec) = p.spec.as_ref() else {
+        return Vec::new();
+    };
+    let mut asks = BTreeSet::new();
+    for c in &spec.containers {
+        let limits = c.resources.as_ref().and_then(|r| r.limits.as_ref());
+        for (k, v) in limits.into_iter().flatten() {
+            if k.contains('/') {
+                asks.insert(format!("{k}: {}", v.0));
+            }
+        }
+    }
+    let mut out: Vec<String> = asks.into_iter().collect();
+    for (k, v) in spec.node_selector.iter().flatten() {
+        out.push(format!("{k}={v}"));
+    }
+    out
+}
+
 /// The scheduler's message when one of these pods is Pending because it cannot be scheduled
-/// (for example no node has the GPU product asked for).
+/// (for example no node has the GPU product asked for), with what the pod asks of a node.
 pub fn unschedulable(pods: &[Pod]) -> Option<String> {
     pods.iter().find_map(|p| {
         let st = p.status.as_ref()?;
@@ -219,8 +243,14 @@ pub fn unschedulable(pods: &[Pod]) -> Option<String> {
                 && c.status == "False"
                 && c.reason.as_deref() == Some("Unschedulable"))
             .then(|| {
+                let asks = node_asks(p);
+                let wants = if asks.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (it needs a node with {})", asks.join(", "))
+                };
                 format!(
-                    "pod {} cannot be scheduled: {}",
+                    "pod {} cannot be scheduled{wants}: {}",
                     p.metadata.name.as_deref().unwrap_or("?"),
                     c.message.as_deref().unwrap_or("no reason given")
                 )
@@ -363,21 +393,52 @@ mod tests {
                 name: Some("fraud-abc".into()),
                 ..Default::default()
             },
+            spec: Some(k8s_openapi::api::core::v1::PodSpec {
+                containers: vec![k8s_openapi::api::core::v1::Container {
+                    name: "runtime".into(),
+                    resources: Some(k8s_openapi::api::core::v1::ResourceRequirements {
+                        limits: Some(
+                            [
+                                ("cpu".to_string(), k8s_openapi::apimachinery::pkg::api::resource::Quantity("1".into())),
+                                ("nvidia.com/gpu".to_string(), k8s_openapi::apimachinery::pkg::api::resource::Quantity("1".into())),
+                            ]
+                            .into(),
+                        ),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }],
+                node_selector: Some(
+                    [(
+                        "nvidia.com/gpu.product".to_string(),
+                        "NVIDIA-A10".to_string(),
+                    )]
+                    .into(),
+                ),
+                ..Default::default()
+            }),
             status: Some(PodStatus {
                 phase: Some("Pending".into()),
                 conditions: Some(vec![PodCondition {
                     type_: "PodScheduled".into(),
                     status: "False".into(),
                     reason: Some("Unschedulable".into()),
-                    message: Some("0/1 nodes are available: 1 Insufficient nvidia.com/gpu.".into()),
+                    message: Some(
+                        "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector."
+                            .into(),
+                    ),
                     ..Default::default()
                 }]),
                 ..Default::default()
             }),
-            ..Default::default()
         };
         let msg = unschedulable(&[pod]).unwrap();
-        assert!(msg.contains("Insufficient nvidia.com/gpu") && msg.contains("fraud-abc"));
+        assert_eq!(
+            msg,
+            "pod fraud-abc cannot be scheduled (it needs a node with nvidia.com/gpu: 1, \
+             nvidia.com/gpu.product=NVIDIA-A10): 0/1 nodes are available: 1 node(s) didn't match \
+             Pod's node affinity/selector."
+        );
         let d = serving("v7");
         let mut f = findings(&d);
         f.unschedulable = Some(msg);
