@@ -65,7 +65,7 @@ test-runtime: deps
 test-cluster: cluster-build
 	$(MAKE) cluster-test
 
-test: fmt-check clippy docs test-rust test-runtime test-cluster test-operator test-chart
+test: fmt-check clippy docs test-rust test-runtime test-cluster test-operator test-chart test-e2e
 
 # The main job end to end on the local cluster: build, cluster up, images, helm install, signed
 # models to S3, apply, infer, promote with a one-line edit, watch a bad version roll back.
@@ -82,8 +82,8 @@ test-chart: cluster-build
 	bash tests/e2e/chart/test_chart.sh
 
 # The e2e story on the local cluster with the chart installed by helm (tests/e2e/test_e2e.py).
-# The cluster is taken down afterwards unless KINFER_KEEP_CLUSTER=1. Not yet part of `make test`:
-# its first full run on this machine has not passed (see issue 7's note); step 1 passes.
+# The cluster is taken down afterwards unless KINFER_KEEP_CLUSTER=1 (KINFER_KEEP_E2E=1 also keeps
+# the test namespace for a look with kubectl).
 test-e2e: deps cluster-build
 	rc=0; $(KINFER_VENV)/bin/python -m pytest -q -x -p no:cacheprovider tests/e2e || rc=$$?; \
 	  [[ "$${KINFER_KEEP_CLUSTER:-0}" == 1 ]] || bash tests/e2e/cluster/down.sh; exit $$rc

@@ -46,8 +46,11 @@ def main():
         uris[v] = k.upload(d, f"demo/fraud/{v}")
         print(f"  fraud-{v}: {uris[v]}  ({k.VERSIONS[v]['about']})")
 
+    if k.kubectl("get", "namespace", NS, check=False).strip():
+        say(f"removing {NS} from an earlier run: kubectl delete namespace {NS}")
+        k.kubectl("delete", "namespace", NS, "--wait=true", timeout=300)
     say(f"namespace {NS}: S3 credentials Secret, trusted-keys ConfigMap, ModelVersions")
-    k.kubectl("create", "namespace", NS, check=False)
+    k.kubectl("create", "namespace", NS)
     k.apply(k.base_objects(NS, pub) + [k.model_version(NS, v, u) for v, u in uris.items()])
     manifest = WORK / "inferenceservice.yaml"
     manifest.write_text(yaml.safe_dump(k.inference_service(NS, "v1", replicas=2, webhook=receiver.url), sort_keys=False))
@@ -110,5 +113,6 @@ def main():
 if __name__ == "__main__":
     try:
         main()
-    except subprocess.CalledProcessError as e:
-        sys.exit(f"demo failed: {e}")
+    except (subprocess.CalledProcessError, RuntimeError, TimeoutError) as e:
+        sys.exit(f"demo failed: {e}\nlook with: eval \"$(make -s cluster-env)\"; "
+                 f"kubectl describe infsvc fraud -n {NS}; kubectl get events -n {NS}")
