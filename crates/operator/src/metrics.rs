@@ -147,7 +147,14 @@ impl Metrics {
             let _ = writeln!(o, "kinfer_reconcile_errors_total{{reason=\"{r}\"}} {v}");
         }
         o.push_str("# HELP kinfer_rollouts_total Finished rollouts by outcome.\n# TYPE kinfer_rollouts_total counter\n");
-        for (r, v) in lock(&self.rollouts) {
+        // Every outcome from 0: an alert on `increase(...[w]) > 0` cannot see a series' first
+        // sample, so a series born at 1 (the first refusal) would never fire it.
+        let mut rollouts: BTreeMap<String, u64> = crate::rollout::Outcome::ALL
+            .iter()
+            .map(|o| (o.label().to_owned(), 0))
+            .collect();
+        rollouts.extend(lock(&self.rollouts));
+        for (r, v) in rollouts {
             let _ = writeln!(o, "kinfer_rollouts_total{{outcome=\"{r}\"}} {v}");
         }
         o.push_str("# HELP kinfer_rollbacks_total Automatic rollbacks.\n# TYPE kinfer_rollbacks_total counter\n");
@@ -190,6 +197,8 @@ mod tests {
         ));
         assert!(t.contains("kinfer_reconcile_duration_seconds_count{kind=\"InferenceService\"} 2"));
         assert!(t.contains("kinfer_rollouts_total{outcome=\"promoted\"} 1"));
+        assert!(t.contains("kinfer_rollouts_total{outcome=\"refused\"} 0"));
+        assert!(t.contains("kinfer_rollouts_total{outcome=\"stopped\"} 0"));
         assert!(t.contains("kinfer_rollbacks_total 1"));
         assert!(t.contains("kinfer_leader 1"));
     }

@@ -122,6 +122,14 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome (their series are exported from 0, so that `increase()` sees the first one).
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Promoted,
+        Outcome::RolledBack,
+        Outcome::Refused,
+        Outcome::Stopped,
+    ];
+
     /// Metric label.
     pub fn label(self) -> &'static str {
         match self {

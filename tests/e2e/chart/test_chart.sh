@@ -285,7 +285,7 @@ if grep -qx 'kinfer.local/kinfer-operator:0.1.0' <<<"$images"; then
   fi
 else
   if [[ ${KINFER_CHART_REQUIRE_READY:-0} == 1 ]]; then ko "image kinfer.local/kinfer-operator:0.1.0 is not in the cluster (images/build.sh --import)"
-  else skip "operator pods Ready: image kinfer.local/kinfer-operator:0.1.0 not imported (images/build.sh --import)"; fi
+  else echo "NOTE: operator pods Ready is not checked here: the image kinfer.local/kinfer-operator:0.1.0 is not imported (images/build.sh --import); make test-e2e installs the chart with the images and waits for it"; fi
 fi
 
 # Upgrade with a changed value, then uninstall: the CRDs must stay.
