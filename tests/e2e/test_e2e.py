@@ -215,7 +215,8 @@ def test_6_gpu_and_cpu_pinning_pod_specs(receiver):
                      lambda: (lambda s: s if (k.condition(s, "Ready") or {}).get("status") == "False"
                               and "nvidia.com/gpu" in k.condition(s, "Ready")["message"] else None)(k.kget("inferenceservice", "fraud-gpu", NS)), timeout=120)
     assert k.kget("pod", p["metadata"]["name"], NS)["status"]["phase"] == "Pending"
-    assert svc
+    # No pod serves it, so no version is called serving.
+    assert not svc["status"].get("servingVersion") and svc["status"]["targetVersion"] == "fraud-v2", svc["status"]
     q = k.wait_for("the pinned pod running", lambda: [x for x in k.pods(NS, "fraud-pinned") if x["status"].get("qosClass")])[0]
     assert q["status"]["qosClass"] == "Guaranteed"
     rt = [c for c in q["spec"]["containers"] if c["name"] == "runtime"][0]

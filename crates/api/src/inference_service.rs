@@ -184,8 +184,9 @@ pub struct ResourcesSpec {
     /// GPUs for the runtime container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu: Option<GpuSpec>,
-    /// Pin the pod to whole CPUs: Guaranteed QoS (integer CPU, requests = limits on every
-    /// container), CPU load balancing and CFS quota disabled for the pod (CRI-O /
+    /// Pin the runtime to whole CPUs: Guaranteed QoS (requests = limits on every container; the
+    /// runtime's CPU a whole number, so the static CPU manager gives it exclusive CPUs; the
+    /// watcher 250m from the shared pool), CPU load balancing and CFS quota disabled for the pod (CRI-O /
     /// performance-profile annotations), and the runtime started with `--cpu-affinity auto` so
     /// ONNX Runtime's threads follow the pod's cpuset. Needs the kubelet's static CPU manager
     /// policy to take effect; requires `cpu` to be a whole number and `memory` to be set.

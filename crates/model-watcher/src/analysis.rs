@@ -220,20 +220,22 @@ pub fn judge(
         let ratio = cur_q / b_q;
         if ratio > spec.max_p99_ratio && cur_q - b_q > limits.p99_noise_floor.as_secs_f64() {
             let stand_in = if quantile == "p90" {
-                format!(" (the p90 stands in for the p99 below {P99_MIN_REQUESTS} requests)")
+                format!(
+                    " (the p90 stands in for the p99 below {P99_MIN_REQUESTS} requests; p99 {})",
+                    ms(current.p99)
+                )
             } else {
                 String::new()
             };
             return Judgement::Fail {
                 reason: reasons::LATENCY_REGRESSION,
                 message: format!(
-                    "{quantile} {} is {:.2}× the previous version's {} (maxP99Ratio {}) over {} requests{stand_in}; p99 {}",
+                    "{quantile} {} is {:.2}× the previous version's {} (maxP99Ratio {}) over {} requests{stand_in}",
                     ms(cur_q),
                     ratio,
                     ms(b_q),
                     spec.max_p99_ratio,
                     current.requests,
-                    ms(current.p99),
                 ),
             };
         }
@@ -364,6 +366,7 @@ mod tests {
         match judge(&limits(), Some(&b), &c, Duration::from_secs(11)) {
             Judgement::Fail { reason, message } => {
                 assert_eq!(reason, reasons::LATENCY_REGRESSION);
+                assert!(message.ends_with("over 1000 requests"), "{message}");
                 assert!(message.starts_with("p99 3.000 ms is 3.00×"), "{message}");
             }
             other => panic!("{other:?}"),

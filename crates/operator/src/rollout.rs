@@ -233,6 +233,15 @@ pub fn decide(input: &Input) -> Decision {
             VersionState::Rejected { reason, message } => {
                 refuse(&mut d, input, spec, reason, message);
             }
+            VersionState::Ready if !live.iter().any(|p| p.serving.as_deref() == Some(spec)) => {
+                // Verified, but no pod serves it yet (pods starting, or Pending: the Ready
+                // condition says why). servingVersion names only what a pod actually serves.
+                set(
+                    &mut d,
+                    RolloutPhase::Promoting,
+                    format!("first version {spec}: waiting for a pod to load and serve it"),
+                );
+            }
             VersionState::Ready => {
                 d.serving = Some(spec.to_owned());
                 d.target = None;
@@ -726,6 +735,16 @@ mod tests {
         assert_eq!(d.rollout.phase, RolloutPhase::Verifying);
         assert_eq!(d.serving, None);
         assert!(d.patches.is_empty());
+        i.target = VersionState::Ready;
+        let d = decide(&i);
+        // Verified, but no pod serves it yet: nothing is called serving.
+        assert_eq!(d.serving, None);
+        assert_eq!(d.target.as_deref(), Some("v7"));
+        assert_eq!(d.rollout.phase, RolloutPhase::Promoting);
+        assert!(d.outcome.is_none() && d.notice.is_none());
+        let mut pods = pods;
+        pods[0].serving = Some("v7".into());
+        let mut i = input("v7", &st, &pods);
         i.target = VersionState::Ready;
         let d = decide(&i);
         assert_eq!(d.serving.as_deref(), Some("v7"));

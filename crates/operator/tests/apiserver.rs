@@ -268,7 +268,28 @@ async fn reconciles_owned_objects_status_and_a_second_reconcile_writes_nothing()
         .unwrap();
     assert!(cm.data.unwrap()["policy.yaml"].contains("block"));
 
-    // Status: the first version serves; no pod is ready yet.
+    // Status before any pod serves: verified, but servingVersion names only what a pod serves.
+    let i = wait_for("the first version awaited", T, || async {
+        let i = isvc(&c, &ns, "fraud").await;
+        (i.status.as_ref()?.target_version.as_deref() == Some("fraud-v1")
+            && cond(&i, "Ready").is_some())
+        .then_some(i)
+    })
+    .await;
+    assert_eq!(i.status.as_ref().unwrap().serving_version, None);
+    assert_eq!(
+        cond(&i, "Ready").unwrap(),
+        ("False".into(), "NoServingVersion".into())
+    );
+    assert_eq!(
+        cond(&i, "Progressing").unwrap(),
+        ("True".into(), "Promoting".into())
+    );
+
+    // The pods' watchers load it: the first version serves; no pod is ready yet.
+    for n in ["p-0", "p-1", "p-2"] {
+        serving_pod(&c, &ns, "fraud", n, "fraud-v1").await;
+    }
     let i = wait_for("status.servingVersion", T, || async {
         let i = isvc(&c, &ns, "fraud").await;
         (i.status.as_ref()?.serving_version.as_deref() == Some("fraud-v1")
@@ -354,7 +375,7 @@ async fn rollout_marks_canaries_oldest_first_then_promotes_on_passed_verdicts() 
     )
     .await;
     for n in ["p-0", "p-1", "p-2"] {
-        serving_pod(&c, &ns, "fraud", n).await;
+        serving_pod(&c, &ns, "fraud", n, "fraud-v1").await;
     }
     let op = Operator::start(&ns, "op", &[]);
     wait_for("fraud-v1 serving", T, || async {
@@ -528,7 +549,7 @@ async fn regression_rolls_back_alerts_holds_and_retries_on_request() {
     )
     .await;
     for n in ["p-0", "p-1", "p-2"] {
-        serving_pod(&c, &ns, "fraud", n).await;
+        serving_pod(&c, &ns, "fraud", n, "fraud-v1").await;
     }
     let op = Operator::start(&ns, "op", &[]);
     wait_for("fraud-v1 serving", T, || async {

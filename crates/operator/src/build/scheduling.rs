@@ -1,11 +1,13 @@
 //! Scheduling: container resources, GPUs (limits, node selector on the product label,
-//! toleration) and CPU pinning (Guaranteed QoS with whole CPUs on every container, the CRI-O /
+//! toleration) and CPU pinning (Guaranteed QoS, whole CPUs for the runtime, the CRI-O /
 //! performance-profile annotations).
 //!
 //! Pinned pods: the runtime gets `resources.cpu` whole CPUs and `resources.memory`, requests =
-//! limits; the watcher gets [`PINNED_WATCHER_CPU`] CPU and [`PINNED_WATCHER_MEMORY`], requests =
-//! limits, because Guaranteed QoS needs requests = limits on *every* container and the static CPU
-//! manager only hands out exclusive CPUs for integer requests. Unpinned pods: requests from the
+//! limits; the watcher gets [`PINNED_WATCHER_CPU`] and [`PINNED_WATCHER_MEMORY`], requests =
+//! limits, because Guaranteed QoS needs requests = limits on *every* container. The static CPU
+//! manager gives exclusive CPUs only to containers with integer requests, so the runtime gets its
+//! own cores and the watcher (idle between rollouts) runs in the shared pool instead of taking a
+//! whole core of its own. Unpinned pods: requests from the
 //! spec, a memory limit equal to the request, no CPU limit (CFS throttling hurts tail latency),
 //! and a small burstable watcher.
 
@@ -18,8 +20,9 @@ use crate::validate::Validated;
 
 /// Node label the GPU product is selected on (NVIDIA GPU feature discovery).
 pub const GPU_PRODUCT_LABEL: &str = "nvidia.com/gpu.product";
-/// Watcher CPU in a pinned pod (a whole CPU: every container of a pinned pod has integer CPU).
-pub const PINNED_WATCHER_CPU: &str = "1";
+/// Watcher CPU in a pinned pod (requests = limits, from the shared pool: enough to hash and
+/// fetch an artifact at a few hundred MB/s).
+pub const PINNED_WATCHER_CPU: &str = "250m";
 /// Watcher memory in a pinned pod (requests = limits).
 pub const PINNED_WATCHER_MEMORY: &str = "128Mi";
 /// Watcher requests in an unpinned pod.
@@ -203,13 +206,12 @@ mod tests {
                     c.name
                 );
             }
-            let cpu = q(&r.requests, "cpu").unwrap();
-            assert!(
-                crate::quantity::whole_cpus(&cpu).is_some(),
-                "{} cpu {cpu}",
-                c.name
-            );
         }
+        // Exclusive cores for the runtime only; the watcher shares the pool.
+        let cpu = |i: usize| q(&p.containers[i].resources.as_ref().unwrap().requests, "cpu");
+        assert!(crate::quantity::whole_cpus(&cpu(0).unwrap()).is_some());
+        assert_eq!(p.containers[1].name, "watcher");
+        assert_eq!(cpu(1).as_deref(), Some(PINNED_WATCHER_CPU));
         assert_eq!(
             q(&p.containers[0].resources.as_ref().unwrap().limits, "cpu").as_deref(),
             Some("4")

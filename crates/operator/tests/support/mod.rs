@@ -194,14 +194,15 @@ pub fn http_get(addr: &str, path: &str) -> Option<String> {
 
 /// Creates a Pod standing for one of the Deployment's pods (same labels); it stays Pending
 /// because there is no node. Returns its name.
-pub async fn serving_pod(c: &Client, ns: &str, isvc: &str, name: &str) -> String {
+pub async fn serving_pod(c: &Client, ns: &str, isvc: &str, name: &str, version: &str) -> String {
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {
             "name": name,
             "labels": {
                 "app.kubernetes.io/name": "kinfer",
                 "kinfer.dev/inferenceservice": isvc,
-            }
+            },
+            "annotations": {"kinfer.dev/serving-version": version},
         },
         "spec": {"containers": [{"name": "runtime", "image": "kinfer.local/none:0"}]}
     }))
