@@ -165,6 +165,10 @@ def test_4_drift_tamper_and_golden_mismatch_are_refused(receiver):
         mv = k.wait_for(f"fraud-{bad} rejected", lambda: k.kget("modelversion", f"fraud-{bad}", NS)
                         if (k.condition(k.kget("modelversion", f"fraud-{bad}", NS), cond) or {}).get("status") == "False" else None)
         assert k.condition(mv, cond)["reason"] in ("SignatureInvalid", "NumericalMismatch")
+        # A refusal is final: the Job failed on its first pod (podFailurePolicy), no retries.
+        job = k.wait_for(f"the fraud-{bad} Job failed", lambda: (lambda j: j if k.condition(j, "Failed") else None)(
+            k.kget("job", f"fraud-{bad}-verify", NS)))
+        assert k.condition(job, "Failed")["reason"] == "PodFailurePolicy" and job["status"].get("failed") == 1, job["status"]
         k.wait_for(f"the service refusing fraud-{bad}", lambda: isvc()["status"].get("rejectedVersion") == f"fraud-{bad}", timeout=120)
         assert serving_annotations() == ["fraud-v2"] * 3, f"no pod ever serves fraud-{bad}"
 

@@ -14,6 +14,10 @@ use crate::inference_service::AnalysisFigures;
 pub const INFERENCE_SERVICE_LABEL: &str = "kinfer.dev/inferenceservice";
 /// Pod label with the logical model name (for dashboards).
 pub const MODEL_LABEL: &str = "kinfer.dev/model";
+/// Exit code of the verification Job's two checks (`kinfer-watcher check`, `kinfer-runtime
+/// --check`) when the artifact is refused: a property of the artifact, so the Job's
+/// `podFailurePolicy` fails it at once instead of retrying. Other failures exit 1 and are retried.
+pub const EXIT_REFUSED: i32 = 3;
 
 /// Event reasons, stable so users can grep them (`kubectl get events --field-selector reason=…`).
 pub mod reasons {

@@ -73,7 +73,9 @@ enum Command {
     /// Follow this pod's target version (in a cluster) or bring in one version (standalone).
     Run(Box<RunArgs>),
     /// Fetch and verify one artifact into DEST/current (the ModelVersion verification Job).
-    /// Prints one JSON object (also written to --termination-log); exit 0 when it holds.
+    /// Prints one JSON object (also written to --termination-log); exit 0 when it holds, 3 when
+    /// the artifact is refused (signature, digests, arguments: retrying cannot help), 1 when it
+    /// could not be fetched (worth a retry).
     Check {
         #[command(flatten)]
         source: SourceArgs,
@@ -387,7 +389,11 @@ async fn check(
             termination_log.display()
         );
     }
-    if result.is_ok() { 0 } else { 1 }
+    match &result {
+        Ok(_) => 0,
+        Err(("FetchFailed", _)) => 1,
+        Err(_) => kinfer_api::report::EXIT_REFUSED,
+    }
 }
 
 async fn run(a: RunArgs) -> anyhow::Result<i32> {

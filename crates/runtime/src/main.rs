@@ -80,7 +80,12 @@ async fn check(args: &Args, name: &str, options: &SessionOptions) -> i32 {
             args.termination_log.display()
         );
     }
-    if result["ok"] == json!(true) { 0 } else { 1 }
+    // Every "not ok" here is a property of the artifact: the same run would refuse it again.
+    if result["ok"] == json!(true) {
+        0
+    } else {
+        kinfer_api::report::EXIT_REFUSED
+    }
 }
 
 #[tokio::main]

@@ -8,7 +8,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::{
     api::{
-        batch::v1::{Job, JobSpec},
+        batch::v1::{
+            Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement,
+            PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
+        },
         core::v1::{
             ConfigMapVolumeSource, Container, EnvVar, EnvVarSource, PodSecurityContext, PodSpec,
             PodTemplateSpec, SecretKeySelector, SecretVolumeSource, Volume, VolumeMount,
@@ -16,7 +19,7 @@ use k8s_openapi::{
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
-use kinfer_api::ModelVersion;
+use kinfer_api::{ModelVersion, report::EXIT_REFUSED};
 use kube::{Resource, ResourceExt};
 
 use super::{
@@ -196,7 +199,31 @@ pub fn verification_job(mv: &ModelVersion, d: &Defaults) -> Option<Job> {
             ..Default::default()
         },
         spec: Some(JobSpec {
+            // Retries are for a flaky fetch; a refused artifact (exit 3 from either check) fails
+            // the Job at once, and an evicted pod does not count as a try.
             backoff_limit: Some(2),
+            pod_failure_policy: Some(PodFailurePolicy {
+                rules: [VERIFY_CONTAINER, VALIDATE_CONTAINER]
+                    .into_iter()
+                    .map(|c| PodFailurePolicyRule {
+                        action: "FailJob".into(),
+                        on_exit_codes: Some(PodFailurePolicyOnExitCodesRequirement {
+                            container_name: Some(c.into()),
+                            operator: "In".into(),
+                            values: vec![EXIT_REFUSED],
+                        }),
+                        on_pod_conditions: None,
+                    })
+                    .chain(std::iter::once(PodFailurePolicyRule {
+                        action: "Ignore".into(),
+                        on_exit_codes: None,
+                        on_pod_conditions: Some(vec![PodFailurePolicyOnPodConditionsPattern {
+                            type_: "DisruptionTarget".into(),
+                            status: "True".into(),
+                        }]),
+                    }))
+                    .collect(),
+            }),
             active_deadline_seconds: Some(900),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
@@ -255,8 +282,41 @@ pub(crate) mod tests {
             j.metadata.owner_references.as_ref().unwrap()[0].kind,
             "ModelVersion"
         );
-        let p = j.spec.unwrap().template.spec.unwrap();
+        let p = j.spec.clone().unwrap().template.spec.unwrap();
         assert_eq!(p.automount_service_account_token, Some(false));
+        let policy = j
+            .spec
+            .as_ref()
+            .unwrap()
+            .pod_failure_policy
+            .as_ref()
+            .unwrap();
+        let refused: Vec<_> = policy
+            .rules
+            .iter()
+            .filter(|r| r.action == "FailJob")
+            .map(|r| {
+                let e = r.on_exit_codes.as_ref().unwrap();
+                (
+                    e.container_name.as_deref().unwrap(),
+                    e.operator.as_str(),
+                    e.values.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            refused,
+            [
+                (VERIFY_CONTAINER, "In", vec![EXIT_REFUSED]),
+                (VALIDATE_CONTAINER, "In", vec![EXIT_REFUSED])
+            ]
+        );
+        assert!(
+            policy
+                .rules
+                .iter()
+                .any(|r| r.action == "Ignore" && r.on_pod_conditions.is_some())
+        );
         assert_eq!(p.restart_policy.as_deref(), Some("Never"));
         let init = &p.init_containers.as_ref().unwrap()[0];
         assert_eq!(
