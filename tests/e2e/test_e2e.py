@@ -188,7 +188,7 @@ def test_5_runtime_restart_and_operator_failover(receiver):
     assert version == "fraud-v2"
     # Operator failover during a rollout.
     lease = k.kget("lease", "kinfer-operator", SYSTEM_NS)
-    # The holder identity is "<pod>_<uid>" (as client-go writes it).
+    # The holder identity is "<pod name>_<random suffix>" (crates/operator/src/leader.rs).
     leader = lease["spec"]["holderIdentity"].split("_", 1)[0]
     with k.Load(k.service_ip(NS), rate=100) as load:
         apply_isvc("v7", receiver)
