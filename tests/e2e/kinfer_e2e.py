@@ -15,6 +15,7 @@ import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "runtime"))
+import load  # noqa: E402
 import models  # noqa: E402
 
 CACHE = pathlib.Path(os.environ.get("KINFER_CACHE", pathlib.Path.home() / ".cache" / "kinfer"))
@@ -216,55 +217,9 @@ def infer(host, rows, protocol="http", model="fraud"):
     return r.as_numpy("probs"), version
 
 
-class Load:
-    """Steady OIP requests through a Service from a thread (HTTP, keep-alive); counts failures and
-    the versions that answered."""
-
-    def __init__(self, host, rate=100, model="fraud"):
-        import requests
-
-        self.session = requests.Session()
-        self.url = f"http://{host}:8080/v2/models/{model}/infer"
-        self.rate, self.ok, self.failed, self.errors, self.versions = rate, 0, 0, [], {}
-        self.stop = threading.Event()
-        rng = np.random.default_rng(5)
-        self.bodies = [json.dumps({"inputs": [{"name": "x", "shape": [1, 8], "datatype": "FP32",
-                                               "data": rng.normal(size=8).astype(float).tolist()}]}) for _ in range(64)]
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join(10)
-
-    def _run(self):
-        i, gap, nxt = 0, 1.0 / self.rate, time.perf_counter()
-        while not self.stop.is_set():
-            try:
-                # A new connection per request: kube-proxy balances connections, and one
-                # keep-alive connection would pin all the load to one pod.
-                r = self.session.post(self.url, data=self.bodies[i % 64], timeout=5,
-                                      headers={"content-type": "application/json", "connection": "close"})
-                if r.status_code == 200:
-                    self.ok += 1
-                    v = r.json().get("model_version")
-                    self.versions[v] = self.versions.get(v, 0) + 1
-                else:
-                    self.failed += 1
-                    self.errors.append(f"{r.status_code} {r.text[:200]}")
-            except Exception as e:  # noqa: BLE001 - every failure counts
-                self.failed += 1
-                self.errors.append(str(e)[:200])
-            i += 1
-            nxt += gap
-            pause = nxt - time.perf_counter()
-            if pause > 0:
-                time.sleep(pause)
-            else:
-                nxt = time.perf_counter()
+def Load(host, rate=100, model="fraud"):  # noqa: N802 - reads as the class it wraps
+    """Steady OIP requests through a Service (a connection per request, so kube-proxy spreads them)."""
+    return load.Load(f"http://{host}:8080/v2/models/{model}/infer", rate, new_connection_per_request=True, seed=5)
 
 
 def pods(ns, name="fraud"):

@@ -4,7 +4,6 @@ through the Service by tritonclient. The steps build on each other, so they run 
 within one namespace (pytest runs tests in definition order)."""
 import json
 import os
-import pathlib
 import random
 import string
 import subprocess

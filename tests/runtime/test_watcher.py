@@ -13,11 +13,10 @@ import threading
 import time
 
 import boto3
-import numpy as np
 import pytest
-import requests
 
 import models
+from load import Load as _Load
 from conftest import ROOT, TARGET, free_port
 
 WATCHER = pathlib.Path(os.environ.get("KINFER_WATCHER_BIN", TARGET / "debug" / "kinfer-watcher"))
@@ -127,53 +126,9 @@ def artifact(workdir, name, model_fn, golden_from=None, sign_key=None, tamper=Fa
     return d
 
 
-class Load:
-    """Sends OIP v2 requests at a steady pace from a thread; counts failures."""
-
-    def __init__(self, runtime, rate=400):
-        self.url = runtime.url(f"/v2/models/{runtime.name}/infer")
-        self.rate, self.ok, self.failed, self.errors = rate, 0, 0, []
-        self.versions = {}
-        self.stop_flag = threading.Event()
-        self.thread = threading.Thread(target=self.loop, daemon=True)
-        rng = np.random.default_rng(11)
-        self.bodies = [json.dumps({"inputs": [{"name": "x", "shape": [1, 8], "datatype": "FP32",
-                                               "data": rng.normal(size=8).astype(float).tolist()}]})
-                       for _ in range(64)]
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop_flag.set()
-        self.thread.join(10)
-
-    def loop(self):
-        s = requests.Session()
-        i, gap = 0, 1.0 / self.rate
-        nxt = time.perf_counter()
-        while not self.stop_flag.is_set():
-            try:
-                r = s.post(self.url, data=self.bodies[i % len(self.bodies)], timeout=5,
-                           headers={"content-type": "application/json"})
-                if r.status_code == 200:
-                    self.ok += 1
-                    v = r.json().get("model_version")
-                    self.versions[v] = self.versions.get(v, 0) + 1
-                else:
-                    self.failed += 1
-                    self.errors.append(r.text[:200])
-            except requests.RequestException as e:
-                self.failed += 1
-                self.errors.append(str(e)[:200])
-            i += 1
-            nxt += gap
-            pause = nxt - time.perf_counter()
-            if pause > 0:
-                time.sleep(pause)
-            else:
-                nxt = time.perf_counter()
+def Load(runtime, rate=400):  # noqa: N802 - reads as the class it wraps
+    """Keep-alive load on one runtime process."""
+    return _Load(runtime.url(f"/v2/models/{runtime.name}/infer"), rate)
 
 
 def run_watcher(runtime, workdir, s3, source, version, *flags, timeout=120, creds=None, keys=None):
