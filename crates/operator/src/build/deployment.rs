@@ -81,14 +81,7 @@ pub fn deployment(v: &Validated, d: &Defaults) -> Deployment {
         readiness_gates: Some(vec![PodReadinessGate {
             condition_type: MODEL_READY_CONDITION.into(),
         }]),
-        security_context: Some(PodSecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(RUN_AS),
-            run_as_group: Some(RUN_AS),
-            fs_group: Some(RUN_AS),
-            seccomp_profile: Some(runtime_default_seccomp()),
-            ..Default::default()
-        }),
+        security_context: Some(pod_security_context()),
         containers: vec![runtime_container(v, d), watcher_container(v, d)],
         volumes: Some(volumes),
         node_selector,
@@ -251,6 +244,19 @@ pub fn policy_config_map(v: &Validated) -> Option<ConfigMap> {
         data: Some(BTreeMap::from([(POLICY_FILE.into(), text)])),
         ..Default::default()
     })
+}
+
+/// The pod security context of every pod the operator creates (serving pods and the verification
+/// Job): non-root as [`RUN_AS`], files owned by that group, the runtime's default seccomp profile.
+pub fn pod_security_context() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS),
+        run_as_group: Some(RUN_AS),
+        fs_group: Some(RUN_AS),
+        seccomp_profile: Some(runtime_default_seccomp()),
+        ..Default::default()
+    }
 }
 
 /// Non-root, read-only root filesystem, no privilege escalation, every capability dropped,

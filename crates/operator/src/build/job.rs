@@ -13,8 +13,8 @@ use k8s_openapi::{
             PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
         },
         core::v1::{
-            ConfigMapVolumeSource, Container, EnvVar, EnvVarSource, PodSecurityContext, PodSpec,
-            PodTemplateSpec, SecretKeySelector, SecretVolumeSource, Volume, VolumeMount,
+            ConfigMapVolumeSource, Container, EnvVar, EnvVarSource, PodSpec, PodTemplateSpec,
+            SecretKeySelector, SecretVolumeSource, Volume, VolumeMount,
         },
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
@@ -25,8 +25,7 @@ use kube::{Resource, ResourceExt};
 use super::{
     Defaults,
     deployment::{
-        RUN_AS, container_security_context, empty_dir, env, mount, requirements,
-        runtime_default_seccomp,
+        container_security_context, empty_dir, env, mount, pod_security_context, requirements,
     },
 };
 
@@ -234,14 +233,7 @@ pub fn verification_job(mv: &ModelVersion, d: &Defaults) -> Option<Job> {
                     restart_policy: Some("Never".into()),
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(RUN_AS),
-                        run_as_group: Some(RUN_AS),
-                        fs_group: Some(RUN_AS),
-                        seccomp_profile: Some(runtime_default_seccomp()),
-                        ..Default::default()
-                    }),
+                    security_context: Some(pod_security_context()),
                     init_containers: Some(vec![verify]),
                     containers: vec![validate],
                     volumes: Some(vec![empty_dir("work"), keys_volume, empty_dir("tmp")]),
