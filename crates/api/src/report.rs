@@ -35,6 +35,9 @@ pub mod reasons {
     pub const LOAD_FAILED: &str = "LoadFailed";
     /// The golden set does not match within atol/rtol/minAgreement (Warning; refused).
     pub const NUMERICAL_MISMATCH: &str = "NumericalMismatch";
+    /// The golden set cannot be read: not an `.npz`, a malformed, 0-d or oversized array, or
+    /// arrays with different sample counts (Warning; refused).
+    pub const GOLDEN_SET_INVALID: &str = "GoldenSetInvalid";
     /// Shadow traffic disagreed with the serving version (Warning; refused).
     pub const SHADOW_DISAGREEMENT: &str = "ShadowDisagreement";
     /// p99 over the ratio or the budget (Warning; rolled back).

@@ -23,7 +23,7 @@ use crate::{
     golden,
     models::{
         registry::{Registry, RegistryError},
-        session::{LoadedVersion, SessionOptions},
+        version::{LoadOptions, LoadedVersion},
     },
 };
 
@@ -32,7 +32,7 @@ pub struct Admin {
     /// The model's versions.
     pub registry: Arc<Registry>,
     /// How new versions are loaded.
-    pub options: SessionOptions,
+    pub options: LoadOptions,
 }
 
 fn err(status: StatusCode, msg: impl std::fmt::Display) -> Response {
@@ -170,7 +170,7 @@ async fn stats(State(a): State<Arc<Admin>>) -> Response {
         .map(|v| {
             (
                 v.info.version.clone(),
-                json!({"queueDepth": v.queue_depth(), "stats": v.stats.snapshot()}),
+                json!({"queueDepth": v.queue_depth(), "batching": v.batching, "stats": v.stats.snapshot()}),
             )
         })
         .collect();

@@ -1,8 +1,66 @@
-//! Command-line flags (with `KINFER_*` environment fallbacks), parsed once into [`Args`].
+//! Command-line flags (with `KINFER_*` environment fallbacks), parsed once into [`Args`]. Every
+//! count and duration has an upper bound, so a value that cannot work is refused at start with
+//! a message naming the flag, never taken as a reason to allocate or wait without end.
 
-use std::{net::IpAddr, path::PathBuf};
+use std::{net::IpAddr, path::PathBuf, time::Duration};
+
+use clap::builder::RangedU64ValueParser;
 
 use crate::models::session::Provider;
+
+/// Upper bounds of the flags (the InferenceService CRD has the same ones).
+pub mod bounds {
+    use std::time::Duration;
+    /// `--max-batch-size`.
+    pub const MAX_BATCH_SIZE: u64 = 4096;
+    /// `--max-request-rows`.
+    pub const MAX_REQUEST_ROWS: u64 = 1 << 20;
+    /// `--queue-capacity`.
+    pub const QUEUE_CAPACITY: u64 = 65536;
+    /// `--instances`.
+    pub const INSTANCES: u64 = 64;
+    /// `--intra-op-threads`, `--inter-op-threads`.
+    pub const THREADS: u64 = 256;
+    /// `--warmup-runs`.
+    pub const WARMUP_RUNS: u64 = 100;
+    /// `--max-message-bytes` (1 GiB; gRPC's length prefix allows 4 GiB).
+    pub const MESSAGE_BYTES: u64 = 1 << 30;
+    /// `--max-inflight-bytes` (64 GiB).
+    pub const INFLIGHT_BYTES: u64 = 1 << 36;
+    /// `--max-queue-delay`.
+    pub const QUEUE_DELAY: Duration = Duration::from_secs(1);
+    /// `--request-timeout`.
+    pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3600);
+    /// `--drain-timeout`.
+    pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(600);
+}
+
+fn bounded_duration(v: &str, max: Duration) -> Result<Duration, String> {
+    let d = kinfer_api::duration::parse(v).map_err(|e| e.to_string())?;
+    if d > max {
+        return Err(format!("{v} is longer than the most allowed, {max:?}"));
+    }
+    Ok(d)
+}
+
+fn queue_delay(v: &str) -> Result<Duration, String> {
+    bounded_duration(v, bounds::QUEUE_DELAY)
+}
+
+fn request_timeout(v: &str) -> Result<Duration, String> {
+    bounded_duration(v, bounds::REQUEST_TIMEOUT)
+}
+
+fn drain_timeout(v: &str) -> Result<Duration, String> {
+    bounded_duration(v, bounds::DRAIN_TIMEOUT)
+}
+
+fn fraction(v: &str) -> Result<f64, String> {
+    match v.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err(format!("{v} is not a fraction between 0 and 1")),
+    }
+}
 
 /// `kinfer-runtime`: serve an ONNX model over the Open Inference Protocol v2.
 #[derive(clap::Parser, Debug, Clone)]
@@ -45,42 +103,59 @@ pub struct Args {
     #[arg(long, env = "KINFER_OPT_LEVEL", default_value_t = 3)]
     pub optimization_level: u8,
     /// Intra-op threads per session; the CPUs of the process's affinity mask when empty.
-    #[arg(long, env = "KINFER_INTRA_OP_THREADS")]
+    #[arg(long, env = "KINFER_INTRA_OP_THREADS",
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=bounds::THREADS))]
     pub intra_op_threads: Option<usize>,
     /// Inter-op threads per session.
-    #[arg(long, env = "KINFER_INTER_OP_THREADS", default_value_t = 1)]
+    #[arg(long, env = "KINFER_INTER_OP_THREADS", default_value_t = 1,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=bounds::THREADS))]
     pub inter_op_threads: usize,
     /// Session instances (worker threads) per loaded version.
-    #[arg(long, env = "KINFER_INSTANCES", default_value_t = 1)]
+    #[arg(long, env = "KINFER_INSTANCES", default_value_t = 1,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=bounds::INSTANCES))]
     pub instances: usize,
     /// `auto`: pin ORT intra-op threads to the CPUs in this process's affinity mask (what a
     /// Guaranteed pod with the static CPU manager gets).
     #[arg(long, env = "KINFER_CPU_AFFINITY")]
     pub cpu_affinity: Option<String>,
     /// Largest batch in rows; 1 disables dynamic batching.
-    #[arg(long, env = "KINFER_MAX_BATCH_SIZE", default_value_t = 1)]
+    #[arg(long, env = "KINFER_MAX_BATCH_SIZE", default_value_t = 1,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=bounds::MAX_BATCH_SIZE))]
     pub max_batch_size: usize,
     /// Largest batch dimension a single request may carry.
-    #[arg(long, env = "KINFER_MAX_REQUEST_ROWS", default_value_t = 4096)]
+    #[arg(long, env = "KINFER_MAX_REQUEST_ROWS", default_value_t = 4096,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=bounds::MAX_REQUEST_ROWS))]
     pub max_request_rows: usize,
-    /// Longest wait for a batch to fill, e.g. `2ms`.
-    #[arg(long, env = "KINFER_MAX_QUEUE_DELAY", default_value = "1ms")]
-    pub max_queue_delay: String,
+    /// Longest a batch waits to fill once its first request is taken, e.g. `2ms`; 0 (the
+    /// default) batches only what queued while the worker was busy and adds no latency.
+    #[arg(long, env = "KINFER_MAX_QUEUE_DELAY", default_value = "0s", value_parser = queue_delay)]
+    pub max_queue_delay: Duration,
     /// Requests that may wait per version before 503 / RESOURCE_EXHAUSTED.
-    #[arg(long, env = "KINFER_QUEUE_CAPACITY", default_value_t = 1024)]
+    #[arg(long, env = "KINFER_QUEUE_CAPACITY", default_value_t = 1024,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=bounds::QUEUE_CAPACITY))]
     pub queue_capacity: usize,
     /// Deadline of a request (queue + run), e.g. `100ms`; clients may ask for less.
-    #[arg(long, env = "KINFER_REQUEST_TIMEOUT")]
-    pub request_timeout: Option<String>,
-    /// Largest HTTP request body in bytes.
-    #[arg(long, env = "KINFER_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
-    pub max_body_bytes: usize,
+    #[arg(long, env = "KINFER_REQUEST_TIMEOUT", value_parser = request_timeout)]
+    pub request_timeout: Option<Duration>,
+    /// Largest request message, HTTP body or gRPC message, in bytes; also the most bytes the
+    /// tensors of one request may hold once decoded.
+    #[arg(long, visible_alias = "max-body-bytes", env = "KINFER_MAX_MESSAGE_BYTES",
+          default_value_t = 64 * 1024 * 1024,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1024..=bounds::MESSAGE_BYTES))]
+    pub max_message_bytes: usize,
+    /// Request bytes (messages as they arrive and their decoded tensors) all requests in flight
+    /// may hold together; past it a request is refused with 503 / RESOURCE_EXHAUSTED. At least
+    /// --max-message-bytes.
+    #[arg(long, env = "KINFER_MAX_INFLIGHT_BYTES", default_value_t = 256 * 1024 * 1024,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1024..=bounds::INFLIGHT_BYTES))]
+    pub max_inflight_bytes: usize,
     /// Warm-up runs per session before a version is ready.
-    #[arg(long, env = "KINFER_WARMUP_RUNS", default_value_t = 3)]
+    #[arg(long, env = "KINFER_WARMUP_RUNS", default_value_t = 3,
+          value_parser = RangedU64ValueParser::<usize>::new().range(0..=bounds::WARMUP_RUNS))]
     pub warmup_runs: usize,
     /// How long in-flight requests may take to finish after SIGTERM.
-    #[arg(long, env = "KINFER_DRAIN_TIMEOUT", default_value = "10s")]
-    pub drain_timeout: String,
+    #[arg(long, env = "KINFER_DRAIN_TIMEOUT", default_value = "10s", value_parser = drain_timeout)]
+    pub drain_timeout: Duration,
     /// Decision policy file (YAML or JSON: output, thresholds, default): adds a `decision` output.
     #[arg(long, env = "KINFER_POLICY")]
     pub policy: Option<PathBuf>,
@@ -88,7 +163,7 @@ pub struct Args {
     #[arg(long, env = "KINFER_DECISION_LOG")]
     pub decision_log: Option<PathBuf>,
     /// Fraction of requests written to the decision log.
-    #[arg(long, env = "KINFER_DECISION_LOG_SAMPLE", default_value_t = 1.0)]
+    #[arg(long, env = "KINFER_DECISION_LOG_SAMPLE", default_value_t = 1.0, value_parser = fraction)]
     pub decision_log_sample: f64,
     /// Check mode (the ModelVersion verification Job): load --model, run --golden if given,
     /// print one JSON object (and write it to --termination-log), exit 0 when it passes, 1 when not.
@@ -147,6 +222,41 @@ pub fn parse_cpu_list(s: &str) -> Vec<usize> {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
+    use super::Args;
+
+    fn parse(flags: &[&str]) -> Result<Args, String> {
+        Args::try_parse_from(["kinfer-runtime"].iter().chain(flags)).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn counts_and_durations_are_bounded() {
+        let a = parse(&[]).unwrap();
+        assert_eq!(a.max_queue_delay, std::time::Duration::ZERO);
+        assert_eq!(a.max_message_bytes, 64 << 20);
+        for (flag, value) in [
+            ("--queue-capacity", "2147483647"),
+            ("--queue-capacity", "0"),
+            ("--max-batch-size", "100000"),
+            ("--instances", "1000"),
+            ("--max-queue-delay", "2s"),
+            ("--request-timeout", "100h"),
+            ("--max-message-bytes", "99999999999"),
+            ("--decision-log-sample", "1.5"),
+        ] {
+            let e = parse(&[flag, value]).unwrap_err();
+            assert!(e.contains(flag), "{flag} {value}: {e}");
+        }
+        // The old name of the message limit still works.
+        assert_eq!(
+            parse(&["--max-body-bytes", "65536"])
+                .unwrap()
+                .max_message_bytes,
+            65536
+        );
+    }
+
     #[test]
     fn parses_cpu_lists() {
         assert_eq!(

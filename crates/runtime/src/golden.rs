@@ -2,15 +2,23 @@
 //! every model input and `output.<name>` reference outputs, all with the samples along dimension
 //! 0 — what `numpy.savez` writes from the training framework. [`evaluate`] runs a loaded version
 //! on the inputs and compares with numpy's `allclose` rule: `|a - e| <= atol + rtol * |e|`.
+//!
+//! A golden set comes from the artifact, so it is read as hostile input: sizes declared in the
+//! zip directory and in `.npy` headers are only believed once the bytes are there (at most
+//! [`MAX_GOLDEN_BYTES`] in all once decompressed), and 0-d, negative, overflowing or mismatched
+//! arrays are refused with a message naming the array.
 
 use std::{collections::BTreeMap, io::Read, path::Path};
 
 use serde::Serialize;
 
 use crate::{
-    models::session::LoadedVersion,
-    protocol::tensor::{DataType, Tensor},
+    models::version::LoadedVersion,
+    tensor::{DataType, Tensor, byte_size, element_count, to_f64, validate_inputs},
 };
+
+/// The most bytes a golden set may hold once decompressed.
+pub const MAX_GOLDEN_BYTES: u64 = 256 * 1024 * 1024;
 
 /// The arrays of a golden set by name.
 pub struct GoldenSet {
@@ -38,26 +46,37 @@ fn npy_dtype(descr: &str) -> Option<DataType> {
     })
 }
 
-/// Parses one `.npy` file (format 1.0–3.0, little-endian, C order).
-pub fn parse_npy(name: &str, bytes: &[u8]) -> Result<Tensor, String> {
-    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+/// Parses one `.npy` file (format 1.0–3.0, little-endian, C order) of at least one dimension.
+pub fn parse_npy(name: &str, mut bytes: Vec<u8>) -> Result<Tensor, String> {
+    if bytes.get(..6) != Some(b"\x93NUMPY".as_slice()) {
         return Err(format!("{name}: not a .npy array"));
     }
-    let (hlen, start) = match bytes[6] {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (
-            u32::from_le_bytes(bytes[8..12].try_into().expect("4")) as usize,
+    let (hlen, start) = match (bytes.get(6), bytes.get(8..10), bytes.get(8..12)) {
+        (Some(1), Some(&[a, b]), _) => (usize::from(u16::from_le_bytes([a, b])), 10usize),
+        (Some(2 | 3), _, Some(&[a, b, c, d])) => (
+            usize::try_from(u32::from_le_bytes([a, b, c, d])).unwrap_or(usize::MAX),
             12,
         ),
-        v => return Err(format!("{name}: unsupported .npy version {v}")),
+        (Some(v), _, _) => {
+            return Err(format!("{name}: unsupported or truncated .npy version {v}"));
+        }
+        (None, _, _) => return Err(format!("{name}: not a .npy array")),
     };
-    let header = bytes
-        .get(start..start + hlen)
-        .and_then(|h| std::str::from_utf8(h).ok())
+    let end = start
+        .checked_add(hlen)
+        .filter(|&e| e <= bytes.len())
         .ok_or_else(|| format!("{name}: truncated .npy header"))?;
+    let header = bytes
+        .get(start..end)
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .ok_or_else(|| format!("{name}: .npy header is not text"))?;
     let field = |key: &str| -> Option<&str> {
         let i = header.find(&format!("'{key}'"))? + key.len() + 2;
-        let rest = header[i..].trim_start().strip_prefix(':')?.trim_start();
+        let rest = header
+            .get(i..)?
+            .trim_start()
+            .strip_prefix(':')?
+            .trim_start();
         Some(rest)
     };
     let descr = field("descr")
@@ -84,13 +103,21 @@ pub fn parse_npy(name: &str, bytes: &[u8]) -> Result<Tensor, String> {
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|s| {
-            s.parse()
-                .map_err(|_| format!("{name}: bad shape {shape_txt}"))
+            s.parse::<i64>()
+                .ok()
+                .filter(|&d| d >= 0)
+                .ok_or_else(|| format!("{name}: bad shape ({shape_txt})"))
         })
         .collect::<Result<_, _>>()?;
-    let data = bytes[start + hlen..].to_vec();
-    let want = crate::protocol::tensor::element_count(&shape).unwrap_or(usize::MAX)
-        * dtype.size().unwrap_or(1);
+    if shape.is_empty() {
+        return Err(format!(
+            "{name}: a 0-d array; golden arrays hold the samples along dimension 0"
+        ));
+    }
+    let want = element_count(&shape)
+        .and_then(|n| byte_size(dtype, n))
+        .ok_or_else(|| format!("{name}: shape {shape:?} is too large"))?;
+    let data = bytes.split_off(end);
     if data.len() != want {
         return Err(format!(
             "{name}: shape {shape:?} needs {want} bytes, file has {}",
@@ -110,6 +137,11 @@ impl GoldenSet {
     pub fn read(path: &Path) -> Result<Self, String> {
         let file = std::fs::File::open(path)
             .map_err(|e| format!("cannot open golden set {}: {e}", path.display()))?;
+        let file_len = file
+            .metadata()
+            .map_err(|e| format!("cannot read golden set {}: {e}", path.display()))?
+            .len();
+        let mut left = MAX_GOLDEN_BYTES;
         let mut zip = zip::ZipArchive::new(file)
             .map_err(|e| format!("golden set {} is not an .npz: {e}", path.display()))?;
         let mut set = GoldenSet {
@@ -123,14 +155,29 @@ impl GoldenSet {
             let Some(stem) = entry.name().strip_suffix(".npy").map(str::to_owned) else {
                 continue;
             };
-            let mut bytes = Vec::with_capacity(entry.size() as usize);
-            entry
+            // The directory's size is a claim: it only bounds the first allocation, together
+            // with the file's real size and what is left of the limit.
+            let hint = entry.size().min(file_len).min(left);
+            let mut bytes = Vec::with_capacity(usize::try_from(hint).unwrap_or(0));
+            let read = (&mut entry)
+                .take(left.saturating_add(1))
                 .read_to_end(&mut bytes)
-                .map_err(|e| format!("golden set {}: {e}", path.display()))?;
+                .map_err(|e| format!("golden set {}: {stem}.npy: {e}", path.display()))?;
+            left = left
+                .checked_sub(u64::try_from(read).unwrap_or(u64::MAX))
+                .ok_or_else(|| {
+                    format!(
+                        "golden set {} holds more than {MAX_GOLDEN_BYTES} bytes once decompressed",
+                        path.display()
+                    )
+                })?;
+            let err = |e: String| format!("golden set {}: {e}", path.display());
             if let Some(n) = stem.strip_prefix("input.") {
-                set.inputs.insert(n.to_owned(), parse_npy(n, &bytes)?);
+                set.inputs
+                    .insert(n.to_owned(), parse_npy(n, bytes).map_err(err)?);
             } else if let Some(n) = stem.strip_prefix("output.") {
-                set.outputs.insert(n.to_owned(), parse_npy(n, &bytes)?);
+                set.outputs
+                    .insert(n.to_owned(), parse_npy(n, bytes).map_err(err)?);
             }
         }
         if set.inputs.is_empty() || set.outputs.is_empty() {
@@ -138,6 +185,26 @@ impl GoldenSet {
                 "golden set {} needs arrays named input.<name> and output.<name>; found none of one kind",
                 path.display()
             ));
+        }
+        let mut dims = set
+            .inputs
+            .iter()
+            .map(|(n, t)| (format!("input.{n}"), t))
+            .chain(set.outputs.iter().map(|(n, t)| (format!("output.{n}"), t)))
+            .map(|(n, t)| (n, t.shape.first().copied().unwrap_or(0)));
+        if let Some((first, samples)) = dims.next() {
+            if samples == 0 {
+                return Err(format!(
+                    "golden set {}: {first} has no samples",
+                    path.display()
+                ));
+            }
+            if let Some((other, n)) = dims.find(|(_, n)| *n != samples) {
+                return Err(format!(
+                    "golden set {}: {first} has {samples} samples but {other} has {n}; every array holds the same samples along dimension 0",
+                    path.display()
+                ));
+            }
         }
         Ok(set)
     }
@@ -182,16 +249,29 @@ fn decisions(values: &[f64], samples: usize) -> Vec<usize> {
         .collect()
 }
 
-fn rows(t: &Tensor, from: usize, n: usize, total: usize) -> Tensor {
+fn rows(t: &Tensor, from: usize, n: usize, total: usize) -> Result<Tensor, String> {
     let row = t.data.len() / total.max(1);
     let mut shape = t.shape.clone();
-    shape[0] = n as i64;
-    Tensor {
+    if let Some(d) = shape.first_mut() {
+        *d = i64::try_from(n).map_err(|e| e.to_string())?;
+    }
+    let data = t
+        .data
+        .get(from * row..(from + n) * row)
+        .ok_or_else(|| {
+            format!(
+                "golden input.{} has fewer than {} samples",
+                t.name,
+                from + n
+            )
+        })?
+        .to_vec();
+    Ok(Tensor {
         name: t.name.clone(),
         dtype: t.dtype,
         shape,
-        data: t.data[from * row..(from + n) * row].to_vec(),
-    }
+        data,
+    })
 }
 
 /// Runs the golden inputs through `v` and compares with the references.
@@ -219,23 +299,30 @@ pub async fn evaluate(
         }
         inputs.push(t.clone());
     }
-    let samples = inputs[0].shape.first().copied().unwrap_or(1).max(0) as usize;
+    let samples = inputs
+        .first()
+        .and_then(|t| t.rows())
+        .ok_or("the model has no inputs to run the golden set on")?;
     let chunk = v.max_batch().unwrap_or(samples.max(1)).max(1);
     let mut got: Vec<Vec<Tensor>> = Vec::new();
     let mut from = 0;
     while from < samples.max(1) {
         let n = chunk.min(samples.max(1) - from);
         let part: Vec<Tensor> = if v.max_batch().is_some() {
-            inputs.iter().map(|t| rows(t, from, n, samples)).collect()
+            inputs
+                .iter()
+                .map(|t| rows(t, from, n, samples))
+                .collect::<Result<_, _>>()?
         } else {
             inputs.clone()
         };
         let rows_n = if v.max_batch().is_some() { n } else { 1 };
-        crate::protocol::tensor::validate_inputs(
+        validate_inputs(
             &v.info.name,
             &v.info.inputs,
             &part,
             v.max_batch(),
+            usize::MAX,
         )
         .map_err(|e| format!("golden inputs do not fit the model: {e}"))?;
         let out = v
@@ -267,9 +354,9 @@ pub async fn evaluate(
         compared += 1;
         let actual: Vec<f64> = got
             .iter()
-            .flat_map(|outs| crate::protocol::tensor::to_f64(&outs[oi]))
+            .flat_map(|outs| outs.get(oi).map(to_f64).unwrap_or_default())
             .collect();
-        let expected = crate::protocol::tensor::to_f64(expected);
+        let expected = to_f64(expected);
         if actual.len() != expected.len() {
             return Err(format!(
                 "output '{}': the model produced {} values but the golden set has {}",
@@ -325,25 +412,29 @@ mod tests {
             .iter()
             .flat_map(|f| f.to_le_bytes())
             .collect();
-        let t = parse_npy("x", &npy("<f4", "(2, 2)", &data)).unwrap();
+        let t = parse_npy("x", npy("<f4", "(2, 2)", &data)).unwrap();
         assert_eq!((t.dtype, t.shape.clone()), (DataType::Fp32, vec![2, 2]));
-        let t = parse_npy("s", &npy("<i8", "(3,)", &[0; 24])).unwrap();
+        let t = parse_npy("s", npy("<i8", "(3,)", &[0; 24])).unwrap();
         assert_eq!(t.shape, vec![3]);
-        assert!(
-            parse_npy("x", &npy("<f4", "(2, 2)", &data[..8]))
-                .unwrap_err()
-                .contains("needs 16 bytes")
-        );
-        assert!(
-            parse_npy("x", &npy(">f4", "(1,)", &data[..4]))
-                .unwrap_err()
-                .contains("big-endian")
-        );
-        assert!(
-            parse_npy("x", b"hello world")
-                .unwrap_err()
-                .contains("not a .npy")
-        );
+        let refused = [
+            (npy("<f4", "(2, 2)", &data[..8]), "needs 16 bytes"),
+            (npy(">f4", "(1,)", &data[..4]), "big-endian"),
+            (b"hello world".to_vec(), "not a .npy"),
+            (npy("<f4", "()", &data[..4]), "0-d array"),
+            (npy("<f4", "(-1,)", &[]), "bad shape"),
+            (npy("<f4", "(4611686018427387904, 8)", &[]), "too large"),
+            (npy("<f8", "(3037000500, 3037000500)", &[]), "too large"),
+            (
+                b"\x93NUMPY\x01\x00\xff\xff{".to_vec(),
+                "truncated .npy header",
+            ),
+            (b"\x93NUMPY\x02\x00".to_vec(), "truncated .npy version 2"),
+            (b"\x93NUMPY".to_vec(), "not a .npy"),
+        ];
+        for (bytes, want) in refused {
+            let e = parse_npy("x", bytes).unwrap_err();
+            assert!(e.contains(want), "{e} lacks {want}");
+        }
     }
 
     #[test]

@@ -5,30 +5,34 @@ use std::{
     net::SocketAddr,
     os::unix::fs::PermissionsExt,
     sync::{Arc, atomic::Ordering},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::{Context, bail};
 use clap::Parser;
 use kinfer_runtime::{
     admin::{self, Admin},
+    batching::BatchOptions,
     config::{Args, allowed_cpus},
     metrics,
     models::{
         registry::Registry,
-        session::{LoadedVersion, SessionOptions, init_ort},
+        session::{SessionOptions, init_ort},
+        version::{LoadOptions, LoadedVersion},
     },
-    protocol::{grpc::GrpcService, http, infer::Server},
+    protocol::{
+        grpc::GrpcService,
+        http,
+        metered::MeterLayer,
+        panic::{CatchPanicLayer, grpc_panic_response},
+    },
+    server::{Limits, Server, budget::Budget},
 };
 use tokio::net::{TcpListener, UnixListener};
 
-fn parse_duration(flag: &str, v: &str) -> anyhow::Result<Duration> {
-    kinfer_api::duration::parse(v).with_context(|| format!("--{flag} {v:?}"))
-}
-
 /// `--check`: loads the model and runs the golden set; prints and records one JSON object.
-/// Returns the exit code (0 passed, 1 refused).
-async fn check(args: &Args, name: &str, options: &SessionOptions) -> i32 {
+/// Returns the exit code (0 passed, 3 refused).
+async fn check(args: &Args, name: &str, options: &LoadOptions) -> i32 {
     use serde_json::json;
     let model = args
         .model
@@ -42,8 +46,10 @@ async fn check(args: &Args, name: &str, options: &SessionOptions) -> i32 {
                 json!({"ok": true, "message": format!("{} loads; no golden set configured", model.display())})
             }
             Some(g) => match kinfer_runtime::golden::GoldenSet::read(g) {
-                Err(e) => json!({"ok": false, "reason": "NumericalMismatch",
-                                 "message": format!("golden set {}: {e}", g.display())}),
+                Err(e) => {
+                    json!({"ok": false, "reason": kinfer_api::report::reasons::GOLDEN_SET_INVALID,
+                                 "message": e})
+                }
                 Ok(set) => {
                     match kinfer_runtime::golden::evaluate(&v, &set, args.atol, args.rtol).await {
                         Err(e) => json!({"ok": false, "reason": "NumericalMismatch", "message": e}),
@@ -117,26 +123,33 @@ async fn main() -> anyhow::Result<()> {
         Some("cpu") => true,
         Some(other) => bail!("--ep-fallback {other:?}: the only fallback is `cpu`"),
     };
-    let options = SessionOptions {
-        provider: args.execution_provider,
-        fallback_cpu,
-        optimization_level: args.optimization_level,
-        intra_threads: args.intra_op_threads.unwrap_or(cpus.len().max(1)),
-        inter_threads: args.inter_op_threads,
-        instances: args.instances.max(1),
-        affinity,
-        max_batch: args.max_batch_size.max(1),
-        max_request_rows: args.max_request_rows.max(1),
-        max_delay: parse_duration("max-queue-delay", &args.max_queue_delay)?,
-        queue_capacity: args.queue_capacity,
+    let options = LoadOptions {
+        session: SessionOptions {
+            provider: args.execution_provider,
+            fallback_cpu,
+            optimization_level: args.optimization_level,
+            intra_threads: args.intra_op_threads.unwrap_or(cpus.len().clamp(1, 256)),
+            inter_threads: args.inter_op_threads,
+            affinity,
+        },
+        batching: BatchOptions {
+            max_batch: args.max_batch_size,
+            max_delay: args.max_queue_delay,
+            queue_capacity: args.queue_capacity,
+        },
+        instances: args.instances,
+        max_request_rows: args.max_request_rows,
         warmup_runs: args.warmup_runs,
     };
-    let request_timeout = args
-        .request_timeout
-        .as_deref()
-        .map(|v| parse_duration("request-timeout", v))
-        .transpose()?;
-    let drain = parse_duration("drain-timeout", &args.drain_timeout)?;
+    if args.max_inflight_bytes < args.max_message_bytes {
+        bail!(
+            "--max-inflight-bytes {} is smaller than --max-message-bytes {}: no request of the largest size could ever be served",
+            args.max_inflight_bytes,
+            args.max_message_bytes
+        );
+    }
+    let request_timeout = args.request_timeout;
+    let drain = args.drain_timeout;
 
     let name = match (&args.model_name, &args.model) {
         (Some(n), _) => n.clone(),
@@ -156,7 +169,11 @@ async fn main() -> anyhow::Result<()> {
         registry.stage(v)?;
         registry.promote(&args.model_version)?;
     }
-    let mut server = Server::new(registry.clone(), request_timeout, args.max_body_bytes);
+    let limits = Limits {
+        max_message_bytes: args.max_message_bytes,
+    };
+    let budget = Budget::new(args.max_inflight_bytes);
+    let mut server = Server::new(registry.clone(), request_timeout, limits, budget.clone());
     if let Some(p) = &args.policy {
         let policy = kinfer_runtime::policy::Policy::read(p).map_err(anyhow::Error::msg)?;
         if let Some(v) = registry.serving()
@@ -207,6 +224,8 @@ async fn main() -> anyhow::Result<()> {
         let incoming =
             tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
         tonic::transport::Server::builder()
+            .layer(CatchPanicLayer::new(grpc_panic_response))
+            .layer(MeterLayer::new(budget.clone(), limits.max_message_bytes))
             .add_service(GrpcService::new(server.clone()))
             .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()))
     });

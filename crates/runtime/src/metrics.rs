@@ -1,12 +1,34 @@
 //! Prometheus text exposition (`GET /metrics` on `--metrics-port`) of the names in DESIGN.md §5,
-//! rendered on scrape from the lock-free per-version statistics.
+//! rendered on scrape from the lock-free per-version statistics. Label values (model, version and
+//! policy label names come from users) are escaped as the text format requires.
 
-use std::{fmt::Write, sync::atomic::Ordering::Relaxed};
+use std::{
+    fmt::{self, Write},
+    sync::atomic::Ordering::Relaxed,
+};
 
 use crate::{
+    error::PANICS,
     models::stats::{Histogram, VersionStats, prometheus_buckets},
-    protocol::infer::{CODES, Protocol, Server},
+    server::{CODES, Protocol, Server},
 };
+
+/// A label value escaped as the text format requires: backslash, double quote and newline.
+pub struct Label<'a>(pub &'a str);
+
+impl fmt::Display for Label<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in self.0.chars() {
+            match c {
+                '\\' => f.write_str("\\\\")?,
+                '"' => f.write_str("\\\"")?,
+                '\n' => f.write_str("\\n")?,
+                c => f.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
 
 const BOUNDS: [f64; 16] = [
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -28,13 +50,13 @@ fn histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
 pub fn render(s: &Server) -> String {
     let r = &s.registry;
     let mut out = String::with_capacity(16 * 1024);
-    let model = &r.name;
+    let model = Label(&r.name);
     out.push_str("# HELP kinfer_request_duration_seconds End-to-end inference latency.\n# TYPE kinfer_request_duration_seconds histogram\n");
     for v in r.all() {
         for p in [Protocol::Http, Protocol::Grpc] {
             let labels = format!(
                 "model=\"{model}\",version=\"{}\",protocol=\"{}\"",
-                v.info.version,
+                Label(&v.info.version),
                 p.label()
             );
             histogram(
@@ -59,7 +81,7 @@ pub fn render(s: &Server) -> String {
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         for v in r.all() {
-            let labels = format!("model=\"{model}\",version=\"{}\"", v.info.version);
+            let labels = format!("model=\"{model}\",version=\"{}\"", Label(&v.info.version));
             histogram(&mut out, name, &labels, pick(&v.stats));
         }
     }
@@ -67,7 +89,7 @@ pub fn render(s: &Server) -> String {
         "# HELP kinfer_batch_size Rows per session.run.\n# TYPE kinfer_batch_size histogram\n",
     );
     for v in r.all() {
-        let labels = format!("model=\"{model}\",version=\"{}\"", v.info.version);
+        let labels = format!("model=\"{model}\",version=\"{}\"", Label(&v.info.version));
         let mut cum = 0;
         for (i, b) in v.stats.batch_sizes.iter().enumerate() {
             cum += b.load(Relaxed);
@@ -97,7 +119,7 @@ pub fn render(s: &Server) -> String {
         let _ = writeln!(
             out,
             "kinfer_queue_depth{{model=\"{model}\",version=\"{}\"}} {}",
-            v.info.version,
+            Label(&v.info.version),
             v.queue_depth()
         );
     }
@@ -131,8 +153,9 @@ pub fn render(s: &Server) -> String {
                 let n = v.stats.decisions[i].load(Relaxed);
                 let _ = writeln!(
                     out,
-                    "kinfer_decisions_total{{model=\"{model}\",version=\"{}\",label=\"{label}\"}} {n}",
-                    v.info.version
+                    "kinfer_decisions_total{{model=\"{model}\",version=\"{}\",label=\"{}\"}} {n}",
+                    Label(&v.info.version),
+                    Label(label),
                 );
             }
         }
@@ -145,6 +168,18 @@ pub fn render(s: &Server) -> String {
             log.dropped.load(Relaxed)
         );
     }
+    out.push_str("# HELP kinfer_panics_total Panics caught while handling requests (each a bug, answered with an error).\n# TYPE kinfer_panics_total counter\n");
+    let _ = writeln!(
+        out,
+        "kinfer_panics_total{{model=\"{model}\"}} {}",
+        PANICS.load(Relaxed)
+    );
+    out.push_str("# HELP kinfer_inflight_bytes Request bytes held by requests in flight (--max-inflight-bytes bounds it).\n# TYPE kinfer_inflight_bytes gauge\n");
+    let _ = writeln!(
+        out,
+        "kinfer_inflight_bytes{{model=\"{model}\"}} {}",
+        s.budget.in_use()
+    );
     out.push_str(
         "# HELP kinfer_serving Whether a version serves (1) or not.\n# TYPE kinfer_serving gauge\n",
     );
@@ -158,4 +193,15 @@ pub fn render(s: &Server) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Label;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(Label("a\"b\\c\nd").to_string(), "a\\\"b\\\\c\\nd");
+        assert_eq!(Label("fraud-v2").to_string(), "fraud-v2");
+    }
 }

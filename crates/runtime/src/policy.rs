@@ -1,21 +1,27 @@
 //! Decision policy (DESIGN.md §3 `policy`): thresholds on one output's score mapped to labels,
 //! returned as an extra `BYTES` output named `decision`, counted per label and version, and
-//! written to the sampled decision log. Pure functions; the log writer is a task fed by a
-//! bounded channel so the request path never waits on disk.
+//! written to the sampled decision log. A score that is NaN or infinite matches no threshold and
+//! gets the reserved label `invalid` (never the default: a broken score must not fail open).
+//! Pure functions; the log writer is a task fed by a bounded channel so the request path never
+//! waits on disk.
 
 use std::{path::Path, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::{
+use crate::{
     error::InferError,
-    tensor::{DataType, Tensor},
+    tensor::{DataType, Tensor, first_per_row, push_bytes_element},
 };
 
 /// Name of the extra output.
 pub const DECISION_OUTPUT: &str = "decision";
-/// Most labels a policy may have (including the default), so counters stay fixed-size.
-pub const MAX_LABELS: usize = 8;
+/// Most thresholds a policy may have.
+pub const MAX_THRESHOLDS: usize = 7;
+/// Most labels: the thresholds', the default and [`INVALID_LABEL`], so counters stay fixed-size.
+pub const MAX_LABELS: usize = MAX_THRESHOLDS + 2;
+/// The label of a row whose score is NaN or infinite; no policy may use it.
+pub const INVALID_LABEL: &str = "invalid";
 
 /// One threshold.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -60,8 +66,17 @@ impl Policy {
         if self.thresholds.is_empty() {
             return Err("thresholds must not be empty".into());
         }
-        if self.thresholds.len() + 1 > MAX_LABELS {
-            return Err(format!("at most {} thresholds", MAX_LABELS - 1));
+        if self.thresholds.len() > MAX_THRESHOLDS {
+            return Err(format!("at most {MAX_THRESHOLDS} thresholds"));
+        }
+        if let Some(l) = self
+            .labels()
+            .take(self.thresholds.len() + 1)
+            .find(|l| *l == INVALID_LABEL)
+        {
+            return Err(format!(
+                "label '{l}' is reserved for rows whose score is NaN or infinite; choose another"
+            ));
         }
         if let Some(t) = self.thresholds.iter().find(|t| !t.min.is_finite()) {
             return Err(format!(
@@ -72,20 +87,30 @@ impl Policy {
         Ok(())
     }
 
-    /// Every label, thresholds first (highest `min` first) and the default last.
+    /// Every label: thresholds first (highest `min` first), then the default, then
+    /// [`INVALID_LABEL`].
     pub fn labels(&self) -> impl Iterator<Item = &str> {
         self.thresholds
             .iter()
             .map(|t| t.label.as_str())
-            .chain([self.default.as_str()])
+            .chain([self.default.as_str(), INVALID_LABEL])
     }
 
-    /// Index (into [`Policy::labels`]) of the label for one score.
+    /// Index (into [`Policy::labels`]) of the label for one score; NaN and infinities get
+    /// [`INVALID_LABEL`].
     pub fn classify(&self, score: f64) -> usize {
+        if !score.is_finite() {
+            return self.thresholds.len() + 1;
+        }
         self.thresholds
             .iter()
             .position(|t| score >= t.min)
             .unwrap_or(self.thresholds.len())
+    }
+
+    /// The label at an index of [`Policy::labels`].
+    pub fn label(&self, i: usize) -> &str {
+        self.labels().nth(i).unwrap_or(INVALID_LABEL)
     }
 
     /// Refuses NaN in floating-point inputs: a NaN score has no label.
@@ -95,15 +120,15 @@ impl Policy {
                 DataType::Fp32 => t
                     .data
                     .chunks_exact(4)
-                    .position(|c| f32::from_le_bytes(c.try_into().expect("4")).is_nan()),
+                    .position(|c| c.try_into().is_ok_and(|b| f32::from_le_bytes(b).is_nan())),
                 DataType::Fp64 => t
                     .data
                     .chunks_exact(8)
-                    .position(|c| f64::from_le_bytes(c.try_into().expect("8")).is_nan()),
-                DataType::Fp16 => t
-                    .data
-                    .chunks_exact(2)
-                    .position(|c| half::f16::from_le_bytes([c[0], c[1]]).is_nan()),
+                    .position(|c| c.try_into().is_ok_and(|b| f64::from_le_bytes(b).is_nan())),
+                DataType::Fp16 => t.data.chunks_exact(2).position(|c| {
+                    c.try_into()
+                        .is_ok_and(|b| half::f16::from_le_bytes(b).is_nan())
+                }),
                 _ => None,
             };
             if let Some(i) = nan {
@@ -134,10 +159,8 @@ impl Policy {
                 t.dtype.as_oip()
             )));
         }
-        let values = crate::protocol::tensor::to_f64(t);
-        let rows = t.shape.first().copied().unwrap_or(1).max(1) as usize;
-        let per = (values.len() / rows).max(1);
-        Ok(values.chunks(per).map(|r| r[0]).collect())
+        let values = crate::tensor::to_f64(t);
+        Ok(first_per_row(&values, t.rows().unwrap_or(1).max(1)))
     }
 
     /// The `decision` output for these scores: BYTES, one label per row.
@@ -145,14 +168,14 @@ impl Policy {
         let names: Vec<&str> = self.labels().collect();
         let mut data = Vec::new();
         for &i in labels {
-            let l = names[i].as_bytes();
-            data.extend_from_slice(&(l.len() as u32).to_le_bytes());
-            data.extend_from_slice(l);
+            let l = names.get(i).copied().unwrap_or(INVALID_LABEL);
+            // Labels are short names from the policy file: far below a 4 GiB prefix.
+            let _ = push_bytes_element(&mut data, l.as_bytes());
         }
         Tensor {
             name: DECISION_OUTPUT.into(),
             dtype: DataType::Bytes,
-            shape: vec![labels.len() as i64],
+            shape: vec![i64::try_from(labels.len()).unwrap_or(i64::MAX)],
             data,
         }
     }
@@ -281,14 +304,28 @@ mod tests {
         assert_eq!(labels[p.classify(0.9)], "block");
         assert_eq!(labels[p.classify(0.6)], "review");
         assert_eq!(labels[p.classify(0.1)], "allow");
-        assert_eq!(labels[p.classify(f64::NAN)], "allow");
+        // A broken score never falls through to the default.
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            assert_eq!(labels[p.classify(bad)], INVALID_LABEL);
+        }
+    }
+
+    #[test]
+    fn the_invalid_label_is_reserved() {
+        let mut p = policy();
+        p.default = INVALID_LABEL.into();
+        assert!(p.check().unwrap_err().contains("reserved"));
+        let mut p = policy();
+        p.thresholds[0].label = INVALID_LABEL.into();
+        assert!(p.check().unwrap_err().contains("reserved"));
+        assert!(policy().check().is_ok());
     }
 
     #[test]
     fn decision_tensor_is_triton_bytes() {
         let t = policy().decision_tensor(&[0, 2]);
         assert_eq!(t.shape, vec![2]);
-        let items: Vec<&[u8]> = crate::protocol::tensor::split_bytes(&t.data).collect();
+        let items: Vec<&[u8]> = crate::tensor::split_bytes(&t.data).collect();
         assert_eq!(items, vec![&b"block"[..], &b"allow"[..]]);
     }
 

@@ -378,16 +378,10 @@ fn raw(
         optimization_level: 3,
         intra_threads: threads,
         inter_threads: 1,
-        instances: 1,
         affinity: None,
-        max_batch: 1,
-        max_request_rows: rows,
-        max_delay: Duration::ZERO,
-        queue_capacity: 16,
-        warmup_runs: 0,
     };
     // The same session kinfer builds, called in a tight loop: the limit for any server.
-    let mut session = kinfer_runtime::models::session::build_session_for_bench(model, &opts)?;
+    let mut session = kinfer_runtime::models::session::build_session(model, &opts)?;
     let value = ort::value::Tensor::<f32>::from_array((
         vec![rows as i64, features as i64],
         input_values(features, rows),

@@ -1,6 +1,28 @@
-//! Models: ONNX Runtime sessions and their workers, the registry of loaded versions, and the
-//! per-version statistics.
+//! Models: ONNX Runtime sessions, the loaded versions with their queues and workers, the registry
+//! of which version serves, and the per-version statistics.
 
 pub mod registry;
 pub mod session;
 pub mod stats;
+pub mod version;
+
+use std::path::PathBuf;
+
+use crate::tensor::TensorSpec;
+
+/// What a loaded version is: names, tensors, whether it batches on dimension 0.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    /// Model name.
+    pub name: String,
+    /// Version label.
+    pub version: String,
+    /// Inputs.
+    pub inputs: Vec<TensorSpec>,
+    /// Outputs.
+    pub outputs: Vec<TensorSpec>,
+    /// Every input and output has a dynamic first dimension, so requests can be stacked.
+    pub batchable: bool,
+    /// The file it came from.
+    pub path: PathBuf,
+}

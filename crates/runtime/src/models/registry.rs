@@ -14,8 +14,8 @@ use std::{
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 
-use super::{session::LoadedVersion, stats::Histogram};
-use crate::protocol::error::InferError;
+use super::{stats::Histogram, version::LoadedVersion};
+use crate::error::InferError;
 
 /// Why an admin operation was refused.
 #[derive(Debug, thiserror::Error)]

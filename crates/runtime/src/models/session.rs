@@ -1,32 +1,20 @@
 //! ONNX Runtime at the edge: loading the shared library, building sessions, reading a model's
-//! real inputs and outputs, and the instance workers that own the sessions.
-//!
-//! `ort`'s `Session::run` takes `&mut self`, so a session is never shared: each loaded version
-//! has `instances` worker threads, each owning one session (Triton's instance groups). Requests
-//! reach them through one bounded queue per version; a worker that finds a request forms a batch
-//! from what else is queued (up to `max_batch` rows, waiting at most `max_delay` for the first
-//! batch to fill), drops requests whose deadline has passed without running them, runs one
-//! `session.run`, and splits the outputs back per request.
+//! declared inputs and outputs, and running a session on tensors ([`OrtExecutor`], what one
+//! batching worker owns).
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, OnceLock},
-    time::{Duration, Instant},
+    sync::OnceLock,
 };
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use ort::{
     session::{Session, builder::GraphOptimizationLevel},
     value::{DynValue, Tensor as OrtTensor, TensorElementType, ValueType},
 };
-use tokio::sync::oneshot;
 
 use crate::{
-    models::stats::VersionStats,
-    protocol::{
-        error::InferError,
-        tensor::{DataType, Tensor, TensorSpec},
-    },
+    batching::Executor,
+    tensor::{DataType, Tensor, TensorSpec},
 };
 
 /// Why ONNX Runtime or a model could not be loaded.
@@ -108,7 +96,7 @@ pub enum Provider {
     Tensorrt,
 }
 
-/// How sessions of a version are built and run.
+/// How a session is built.
 #[derive(Debug, Clone)]
 pub struct SessionOptions {
     /// Execution provider.
@@ -121,37 +109,8 @@ pub struct SessionOptions {
     pub intra_threads: usize,
     /// Inter-op threads per session.
     pub inter_threads: usize,
-    /// Session instances (worker threads) per version.
-    pub instances: usize,
     /// CPUs to pin intra-op threads to (`--cpu-affinity auto`).
     pub affinity: Option<Vec<usize>>,
-    /// Largest batch in rows that the batcher forms; 1 disables batching.
-    pub max_batch: usize,
-    /// Largest batch dimension one request may carry.
-    pub max_request_rows: usize,
-    /// Longest wait for a batch to fill.
-    pub max_delay: Duration,
-    /// Queue capacity per version.
-    pub queue_capacity: usize,
-    /// Warm-up runs before the version is ready.
-    pub warmup_runs: usize,
-}
-
-/// What a loaded version is: names, tensors, whether it batches on dimension 0.
-#[derive(Debug, Clone)]
-pub struct ModelInfo {
-    /// Model name.
-    pub name: String,
-    /// Version label.
-    pub version: String,
-    /// Inputs.
-    pub inputs: Vec<TensorSpec>,
-    /// Outputs.
-    pub outputs: Vec<TensorSpec>,
-    /// Every input and output has a dynamic first dimension, so requests can be stacked.
-    pub batchable: bool,
-    /// The file it came from.
-    pub path: PathBuf,
 }
 
 fn to_dtype(t: TensorElementType) -> Option<DataType> {
@@ -172,7 +131,8 @@ fn to_dtype(t: TensorElementType) -> Option<DataType> {
     })
 }
 
-fn specs(
+/// The declared inputs or outputs of a session, as kinfer serves them.
+pub fn specs(
     path: &Path,
     what: &str,
     outlets: &[ort::value::Outlet],
@@ -199,7 +159,8 @@ fn specs(
         .collect()
 }
 
-fn build_session(path: &Path, opts: &SessionOptions) -> Result<Session, LoadError> {
+/// Builds one session of the model at `path`.
+pub fn build_session(path: &Path, opts: &SessionOptions) -> Result<Session, LoadError> {
     let fail = |e: String| LoadError::Model {
         path: path.to_owned(),
         reason: e,
@@ -268,190 +229,6 @@ fn build_session(path: &Path, opts: &SessionOptions) -> Result<Session, LoadErro
     builder
         .commit_from_file(path)
         .map_err(|e| fail(e.to_string()))
-}
-
-/// Builds one session exactly as a loaded version's workers do (for the raw `session.run`
-/// baseline of `kinfer-bench`).
-pub fn build_session_for_bench(path: &Path, opts: &SessionOptions) -> Result<Session, LoadError> {
-    build_session(path, opts)
-}
-
-/// A queued request.
-pub struct Job {
-    /// Validated inputs, in the order of the model's inputs.
-    pub inputs: Vec<Tensor>,
-    /// Rows in dimension 0 (1 for a model that does not batch).
-    pub rows: usize,
-    /// When the request must be answered by.
-    pub deadline: Option<Instant>,
-    /// When it entered the queue.
-    pub enqueued: Instant,
-    /// Where the answer goes.
-    pub reply: oneshot::Sender<Result<RunOutput, InferError>>,
-}
-
-/// A request's answer.
-#[derive(Debug)]
-pub struct RunOutput {
-    /// All outputs of the model for this request's rows.
-    pub outputs: Vec<Tensor>,
-    /// Time in the queue.
-    pub queue: Duration,
-    /// Time in `session.run` (shared by the batch).
-    pub compute: Duration,
-    /// Rows of the batch it ran in.
-    pub batch_rows: usize,
-}
-
-/// A loaded, warmed version: its metadata, its queue and its workers. Dropping the last handle
-/// closes the queue; the workers finish what is queued and exit.
-pub struct LoadedVersion {
-    /// Metadata.
-    pub info: ModelInfo,
-    /// Latency, counts and output distribution.
-    pub stats: Arc<VersionStats>,
-    queue: Sender<Job>,
-    queue_capacity: usize,
-    max_request_rows: usize,
-}
-
-impl std::fmt::Debug for LoadedVersion {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedVersion")
-            .field("info", &self.info)
-            .finish()
-    }
-}
-
-impl LoadedVersion {
-    /// Loads `path` as `name`/`version`: builds `instances` sessions, warms each, starts workers.
-    pub fn load(
-        name: &str,
-        version: &str,
-        path: &Path,
-        opts: &SessionOptions,
-    ) -> Result<Arc<Self>, LoadError> {
-        let mut sessions = Vec::with_capacity(opts.instances.max(1));
-        for _ in 0..opts.instances.max(1) {
-            sessions.push(build_session(path, opts)?);
-        }
-        let inputs = specs(path, "input", sessions[0].inputs())?;
-        let outputs = specs(path, "output", sessions[0].outputs())?;
-        let batchable = inputs
-            .iter()
-            .chain(&outputs)
-            .all(|s| s.shape.first() == Some(&-1));
-        let info = ModelInfo {
-            name: name.to_owned(),
-            version: version.to_owned(),
-            inputs,
-            outputs,
-            batchable,
-            path: path.to_owned(),
-        };
-        for s in &mut sessions {
-            for _ in 0..opts.warmup_runs {
-                warm(s, &info).map_err(|e| LoadError::Model {
-                    path: path.to_owned(),
-                    reason: format!("warm-up run failed: {e}"),
-                })?;
-            }
-        }
-        let (tx, rx) = crossbeam_channel::bounded(opts.queue_capacity.max(1));
-        let stats = Arc::new(VersionStats::new(&info));
-        let max_batch = if batchable { opts.max_batch.max(1) } else { 1 };
-        for (i, session) in sessions.into_iter().enumerate() {
-            let worker = Worker {
-                session,
-                rx: rx.clone(),
-                info: info.clone(),
-                max_batch,
-                max_delay: opts.max_delay,
-                stats: stats.clone(),
-            };
-            std::thread::Builder::new()
-                .name(format!("ort-{version}-{i}"))
-                .spawn(move || worker.run())
-                .map_err(|e| LoadError::Model {
-                    path: path.to_owned(),
-                    reason: format!("cannot start a worker thread: {e}"),
-                })?;
-        }
-        Ok(Arc::new(Self {
-            info,
-            stats,
-            queue: tx,
-            queue_capacity: opts.queue_capacity.max(1),
-            max_request_rows: opts.max_request_rows.max(1),
-        }))
-    }
-
-    /// Largest batch dimension per request this version accepts; `None` when the model has no
-    /// dynamic batch dimension.
-    pub fn max_batch(&self) -> Option<usize> {
-        self.info.batchable.then_some(self.max_request_rows)
-    }
-
-    /// Requests waiting now.
-    pub fn queue_depth(&self) -> usize {
-        self.queue.len()
-    }
-
-    /// Queues a validated request and waits for its answer.
-    pub async fn infer(
-        &self,
-        inputs: Vec<Tensor>,
-        rows: usize,
-        deadline: Option<Instant>,
-    ) -> Result<RunOutput, InferError> {
-        let (reply, rx) = oneshot::channel();
-        let job = Job {
-            inputs,
-            rows,
-            deadline,
-            enqueued: Instant::now(),
-            reply,
-        };
-        match self.queue.try_send(job) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                return Err(InferError::Overloaded(format!(
-                    "model '{}' version '{}' has {} requests queued (the limit); retry shortly",
-                    self.info.name, self.info.version, self.queue_capacity
-                )));
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                return Err(InferError::Unavailable(format!(
-                    "model '{}' version '{}' is unloading",
-                    self.info.name, self.info.version
-                )));
-            }
-        }
-        rx.await.map_err(|_| {
-            InferError::Internal(format!(
-                "worker for version '{}' stopped before answering",
-                self.info.version
-            ))
-        })?
-    }
-}
-
-fn warm(session: &mut Session, info: &ModelInfo) -> Result<(), String> {
-    let inputs: Vec<Tensor> = info
-        .inputs
-        .iter()
-        .map(|s| {
-            let shape: Vec<i64> = s.shape.iter().map(|&d| if d < 0 { 1 } else { d }).collect();
-            let n = crate::protocol::tensor::element_count(&shape).unwrap_or(0);
-            Tensor {
-                name: s.name.clone(),
-                dtype: s.dtype,
-                data: vec![0; n * s.dtype.size().unwrap_or(0)],
-                shape,
-            }
-        })
-        .collect();
-    run_session(session, info, &inputs).map(|_| ())
 }
 
 fn to_value(t: &Tensor) -> Result<DynValue, String> {
@@ -526,173 +303,30 @@ fn from_value(name: &str, dtype: DataType, v: &DynValue) -> Result<Tensor, Strin
     })
 }
 
-/// Runs one set of inputs (already in model input order) through a session.
-fn run_session(
-    session: &mut Session,
-    info: &ModelInfo,
-    inputs: &[Tensor],
-) -> Result<Vec<Tensor>, String> {
-    let mut values = Vec::with_capacity(inputs.len());
-    for t in inputs {
-        values.push((t.name.as_str(), to_value(t)?));
-    }
-    let outputs = session.run(values).map_err(|e| e.to_string())?;
-    info.outputs
-        .iter()
-        .map(|spec| {
-            let v = outputs
-                .get(spec.name.as_str())
-                .ok_or_else(|| format!("output '{}' missing from the run", spec.name))?;
-            from_value(&spec.name, spec.dtype, v)
-        })
-        .collect()
+/// A session and the outputs to read from it: what one worker owns.
+pub struct OrtExecutor {
+    /// The session.
+    pub session: Session,
+    /// The model's outputs, in the order they are returned.
+    pub outputs: Vec<TensorSpec>,
 }
 
-struct Worker {
-    session: Session,
-    rx: Receiver<Job>,
-    info: ModelInfo,
-    max_batch: usize,
-    max_delay: Duration,
-    stats: Arc<VersionStats>,
-}
-
-impl Worker {
-    fn run(mut self) {
-        let mut batch: Vec<Job> = Vec::with_capacity(self.max_batch);
-        let mut carry: Option<Job> = None;
-        loop {
-            let first = match carry.take() {
-                Some(j) => j,
-                None => match self.rx.recv() {
-                    Ok(j) => j,
-                    Err(_) => return, // queue closed: the version was unloaded
-                },
-            };
-            let mut rows = first.rows;
-            batch.push(first);
-            if self.max_batch > 1 {
-                let until = Instant::now() + self.max_delay;
-                while rows < self.max_batch {
-                    match self.rx.recv_deadline(until) {
-                        Ok(j) if rows + j.rows > self.max_batch => {
-                            carry = Some(j);
-                            break;
-                        }
-                        Ok(j) => {
-                            rows += j.rows;
-                            batch.push(j);
-                        }
-                        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
-                    }
-                }
-            }
-            self.run_batch(&mut batch);
+impl Executor for OrtExecutor {
+    /// Runs one set of inputs (already in the model's input order) through the session.
+    fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
+        let mut values = Vec::with_capacity(inputs.len());
+        for t in inputs {
+            values.push((t.name.as_str(), to_value(t)?));
         }
-    }
-
-    fn run_batch(&mut self, batch: &mut Vec<Job>) {
-        let now = Instant::now();
-        // Expired requests never reach the model.
-        batch.retain_mut(|j| {
-            if j.deadline.is_some_and(|d| d <= now) {
-                let (tx, _) = oneshot::channel();
-                let reply = std::mem::replace(&mut j.reply, tx);
-                let _ = reply.send(Err(InferError::Deadline(format!(
-                    "deadline passed after {:?} in the queue; the request was not run",
-                    now - j.enqueued
-                ))));
-                false
-            } else {
-                true
-            }
-        });
-        if batch.is_empty() {
-            return;
-        }
-        let rows: usize = batch.iter().map(|j| j.rows).sum();
-        let span = tracing::debug_span!("batch", version = %self.info.version, requests = batch.len(), rows);
-        let _entered = span.enter();
-        let started = Instant::now();
-        let result = if batch.len() == 1 {
-            run_session(&mut self.session, &self.info, &batch[0].inputs)
-        } else {
-            let stacked = stack(&self.info, batch, rows);
-            run_session(&mut self.session, &self.info, &stacked)
-        };
-        let compute = started.elapsed();
-        self.stats.record_batch(rows, compute);
-        match result {
-            Ok(outputs) if batch.len() == 1 => {
-                let j = batch.pop().expect("one job");
-                let _ = j.reply.send(Ok(RunOutput {
-                    outputs,
-                    queue: started - j.enqueued,
-                    compute,
-                    batch_rows: rows,
-                }));
-            }
-            Ok(outputs) => {
-                let mut offset = 0;
-                for j in batch.drain(..) {
-                    let part = outputs
-                        .iter()
-                        .map(|o| slice_rows(o, offset, j.rows, rows))
-                        .collect();
-                    offset += j.rows;
-                    let _ = j.reply.send(Ok(RunOutput {
-                        outputs: part,
-                        queue: started - j.enqueued,
-                        compute,
-                        batch_rows: rows,
-                    }));
-                }
-            }
-            Err(e) => {
-                for j in batch.drain(..) {
-                    let _ = j.reply.send(Err(InferError::Internal(format!(
-                        "model '{}' version '{}' failed: {e}",
-                        self.info.name, self.info.version
-                    ))));
-                }
-            }
-        }
-    }
-}
-
-/// Concatenates the jobs' inputs along dimension 0.
-fn stack(info: &ModelInfo, batch: &[Job], rows: usize) -> Vec<Tensor> {
-    info.inputs
-        .iter()
-        .enumerate()
-        .map(|(i, spec)| {
-            let mut shape = batch[0].inputs[i].shape.clone();
-            shape[0] = rows as i64;
-            let mut data = Vec::with_capacity(batch.iter().map(|j| j.inputs[i].data.len()).sum());
-            for j in batch {
-                data.extend_from_slice(&j.inputs[i].data);
-            }
-            Tensor {
-                name: spec.name.clone(),
-                dtype: spec.dtype,
-                shape,
-                data,
-            }
-        })
-        .collect()
-}
-
-/// Rows `[offset, offset + n)` of an output whose dimension 0 has `total` rows.
-fn slice_rows(t: &Tensor, offset: usize, n: usize, total: usize) -> Tensor {
-    let row_bytes = t.data.len() / total.max(1);
-    let mut shape = t.shape.clone();
-    if let Some(d) = shape.first_mut() {
-        *d = n as i64;
-    }
-    Tensor {
-        name: t.name.clone(),
-        dtype: t.dtype,
-        shape,
-        data: t.data[offset * row_bytes..(offset + n) * row_bytes].to_vec(),
+        let outputs = self.session.run(values).map_err(|e| e.to_string())?;
+        self.outputs
+            .iter()
+            .map(|spec| {
+                let v = outputs
+                    .get(spec.name.as_str())
+                    .ok_or_else(|| format!("output '{}' missing from the run", spec.name))?;
+                from_value(&spec.name, spec.dtype, v)
+            })
+            .collect()
     }
 }

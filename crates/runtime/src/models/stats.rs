@@ -11,8 +11,7 @@ use std::{
 
 use serde::Serialize;
 
-use super::session::ModelInfo;
-use crate::protocol::tensor::Tensor;
+use crate::tensor::{Tensor, TensorSpec};
 
 /// Sub-buckets per power of two: 16 → each bucket spans 1/16 of an octave (~4.4%).
 const SUB: u32 = 16;
@@ -276,12 +275,11 @@ pub fn error_index(label: &str) -> usize {
 }
 
 impl VersionStats {
-    /// Fresh statistics for a version.
-    pub fn new(info: &ModelInfo) -> Self {
+    /// Fresh statistics for a version with these outputs.
+    pub fn new(outputs: &[TensorSpec]) -> Self {
         let now = Instant::now();
         let slot = Duration::from_secs(10);
-        let per_row: i64 = info
-            .outputs
+        let per_row: i64 = outputs
             .first()
             .map(|o| o.shape.iter().skip(1).filter(|&&d| d > 0).product())
             .unwrap_or(1);
@@ -312,7 +310,7 @@ impl VersionStats {
 
     /// Records the first output's values of a successful request into the distribution.
     pub fn record_output(&self, first: &Tensor) {
-        use crate::protocol::tensor::element_f64;
+        use crate::tensor::element_f64;
         let Some(size) = first.dtype.size() else {
             return;
         };
@@ -451,18 +449,13 @@ mod tests {
 
     #[test]
     fn output_distribution_bins_scores_and_argmax() {
-        use crate::protocol::tensor::{DataType, TensorSpec};
-        let info = |shape: Vec<i64>| ModelInfo {
-            name: "m".into(),
-            version: "1".into(),
-            inputs: vec![],
-            outputs: vec![TensorSpec {
+        use crate::tensor::DataType;
+        let info = |shape: Vec<i64>| {
+            vec![TensorSpec {
                 name: "y".into(),
                 dtype: DataType::Fp32,
                 shape,
-            }],
-            batchable: true,
-            path: "m.onnx".into(),
+            }]
         };
         let t = |shape: Vec<i64>, v: &[f32]| Tensor {
             name: "y".into(),

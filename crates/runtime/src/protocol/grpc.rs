@@ -1,17 +1,51 @@
 //! OIP v2 over gRPC (`inference.GRPCInferenceService`, tonic): health, metadata and ModelInfer
 //! with `raw_input_contents` / `raw_output_contents` (and typed `contents` on input). The
-//! client's deadline (`grpc-timeout`) becomes the request's deadline.
+//! client's deadline (`grpc-timeout`) and Triton's `timeout` parameter (microseconds) bound the
+//! request's deadline.
+//!
+//! Messages are limited to `--max-message-bytes` and metered by [`super::metered`] before tonic
+//! decodes them; each input's shape is checked against the model before typed `contents` are
+//! converted, and raw contents are moved, not copied.
+
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::{sync::Arc, time::Duration};
 
 use tonic::{Request, Response, Status};
 
 use super::{
-    error::InferError,
-    infer::{Protocol, Server},
-    pb::{self, grpc_inference_service_server::GrpcInferenceService},
-    tensor::{DataType, Tensor, TensorSpec, element_count},
+    metered::charge_of,
+    pb::{
+        self, grpc_inference_service_server::GrpcInferenceService, infer_parameter::ParameterChoice,
+    },
 };
+use crate::{
+    error::InferError,
+    server::{self, Protocol, Server},
+    tensor::{
+        DataType, Expect, Tensor, TensorSpec, add_tensor_bytes, check_shape, decoded_bytes,
+        push_bytes_element,
+    },
+};
+
+impl From<InferError> for Status {
+    fn from(e: InferError) -> Self {
+        let code = match e {
+            InferError::Invalid(_) => tonic::Code::InvalidArgument,
+            InferError::NotFound(_) => tonic::Code::NotFound,
+            InferError::Overloaded(_) => tonic::Code::ResourceExhausted,
+            InferError::Unavailable(_) => tonic::Code::Unavailable,
+            InferError::Deadline(_) => tonic::Code::DeadlineExceeded,
+            InferError::Internal(_) => tonic::Code::Internal,
+        };
+        Status::new(code, e.to_string())
+    }
+}
 
 /// The gRPC service.
 pub struct GrpcService {
@@ -23,20 +57,24 @@ impl GrpcService {
     pub fn new(
         server: Arc<Server>,
     ) -> pb::grpc_inference_service_server::GrpcInferenceServiceServer<Self> {
+        // The metering layer refuses an oversize message first, with a message naming the flag;
+        // tonic's own limit is the backstop. Answers are not limited: they are the model's.
+        let max = server.limits.max_message_bytes;
         pb::grpc_inference_service_server::GrpcInferenceServiceServer::new(Self { server })
-            .max_decoding_message_size(usize::MAX)
+            .max_decoding_message_size(max)
             .max_encoding_message_size(usize::MAX)
     }
 }
 
-/// Parses the `grpc-timeout` header (`<digits><unit>`, unit one of H M S m u n).
+/// Parses the `grpc-timeout` header (`<digits><unit>`, unit one of H M S m u n); any value is
+/// safe (saturating), the server core clamps it.
 fn grpc_timeout<T>(req: &Request<T>) -> Option<Duration> {
     let v = req.metadata().get("grpc-timeout")?.to_str().ok()?;
-    let (num, unit) = v.split_at(v.len().checked_sub(1)?);
+    let (num, unit) = v.split_at_checked(v.len().checked_sub(1)?)?;
     let n: u64 = num.parse().ok()?;
     Some(match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
         "S" => Duration::from_secs(n),
         "m" => Duration::from_millis(n),
         "u" => Duration::from_micros(n),
@@ -56,16 +94,15 @@ fn tensor_meta(specs: &[TensorSpec]) -> Vec<pb::model_metadata_response::TensorM
         .collect()
 }
 
-/// Typed `contents` to little-endian bytes.
+/// Typed `contents` to little-endian bytes; `n` is the element count the checked shape needs,
+/// compared with what was sent before anything is allocated.
 fn contents_bytes(
     name: &str,
     dtype: DataType,
     shape: &[i64],
+    n: usize,
     c: &pb::InferTensorContents,
 ) -> Result<Vec<u8>, InferError> {
-    let n = element_count(shape).ok_or_else(|| {
-        InferError::invalid(format!("input '{name}': shape {shape:?} is invalid"))
-    })?;
     let wrong = |got: usize| {
         InferError::invalid(format!(
             "input '{name}': shape {shape:?} needs {n} elements but contents has {got} for {}",
@@ -77,7 +114,7 @@ fn contents_bytes(
             if c.$field.len() != n {
                 return Err(wrong(c.$field.len()));
             }
-            let mut out = Vec::with_capacity(n * std::mem::size_of::<$t>());
+            let mut out = Vec::with_capacity(n.saturating_mul(std::mem::size_of::<$t>()));
             for (i, &v) in c.$field.iter().enumerate() {
                 let x = <$t>::try_from(v).map_err(|_| {
                     InferError::invalid(format!(
@@ -133,18 +170,27 @@ fn contents_bytes(
                 .collect()
         }
         DataType::Bytes => {
+            if c.bytes_contents.len() != n {
+                return Err(wrong(c.bytes_contents.len()));
+            }
             let mut out = Vec::new();
-            for b in &c.bytes_contents {
-                out.extend_from_slice(&(b.len() as u32).to_le_bytes());
-                out.extend_from_slice(b);
+            for (i, b) in c.bytes_contents.iter().enumerate() {
+                push_bytes_element(&mut out, b).map_err(|e| {
+                    InferError::invalid(format!("input '{name}': element {i}: {e}"))
+                })?;
             }
             out
         }
     })
 }
 
-/// Decodes a ModelInferRequest's inputs.
-fn decode_inputs(req: &mut pb::ModelInferRequest) -> Result<Vec<Tensor>, InferError> {
+/// Decodes a ModelInferRequest's inputs: each input's datatype and shape are checked against
+/// the model (and the message limit) before its data is taken; raw contents are moved out of
+/// the request, typed contents converted.
+pub fn decode_inputs(
+    req: &mut pb::ModelInferRequest,
+    expect: Expect<'_>,
+) -> Result<Vec<Tensor>, InferError> {
     if req.inputs.is_empty() {
         return Err(InferError::invalid("request has no inputs"));
     }
@@ -157,6 +203,7 @@ fn decode_inputs(req: &mut pb::ModelInferRequest) -> Result<Vec<Tensor>, InferEr
         )));
     }
     let mut raw = raw.into_iter();
+    let mut total = 0usize;
     req.inputs
         .iter()
         .map(|i| {
@@ -166,10 +213,18 @@ fn decode_inputs(req: &mut pb::ModelInferRequest) -> Result<Vec<Tensor>, InferEr
                     i.name, i.datatype
                 ))
             })?;
+            let spec = expect.spec(&i.name)?;
+            let count = check_shape(spec, dtype, &i.shape, expect.max_rows)?;
+            total = add_tensor_bytes(
+                total,
+                &i.name,
+                decoded_bytes(dtype, count),
+                expect.max_bytes,
+            )?;
             let data = match raw.next() {
-                Some(bytes) => bytes.to_vec(),
+                Some(bytes) => bytes,
                 None => match &i.contents {
-                    Some(c) => contents_bytes(&i.name, dtype, &i.shape, c)?,
+                    Some(c) => contents_bytes(&i.name, dtype, &i.shape, count, c)?,
                     None => {
                         return Err(InferError::invalid(format!(
                             "input '{}' has neither contents nor raw_input_contents",
@@ -186,6 +241,21 @@ fn decode_inputs(req: &mut pb::ModelInferRequest) -> Result<Vec<Tensor>, InferEr
             })
         })
         .collect()
+}
+
+/// Triton's `timeout` request parameter: microseconds, a non-negative integer.
+fn timeout_param(req: &pb::ModelInferRequest) -> Result<Option<Duration>, InferError> {
+    let Some(p) = req.parameters.get("timeout") else {
+        return Ok(None);
+    };
+    let us = match p.parameter_choice {
+        Some(ParameterChoice::Int64Param(n)) => u64::try_from(n).ok(),
+        Some(ParameterChoice::Uint64Param(n)) => Some(n),
+        _ => None,
+    };
+    us.map(|us| Some(Duration::from_micros(us))).ok_or_else(|| {
+        InferError::invalid("parameter 'timeout' must be a non-negative integer (microseconds)")
+    })
 }
 
 #[tonic::async_trait]
@@ -255,20 +325,48 @@ impl GrpcInferenceService for GrpcService {
         &self,
         req: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
-        let timeout = grpc_timeout(&req);
+        let deadline = grpc_timeout(&req);
+        let charge = charge_of(req.extensions());
         let mut r = req.into_inner();
         let s = &self.server;
         let result = async {
-            let inputs = decode_inputs(&mut r)?;
+            let v = s.resolve(&r.model_name, Some(&r.model_version))?;
+            let inputs = decode_inputs(
+                &mut r,
+                Expect {
+                    model: &v.info.name,
+                    inputs: &v.info.inputs,
+                    max_rows: v.max_batch(),
+                    max_bytes: s.limits.max_message_bytes,
+                },
+            )?;
+            if let Some(c) = &charge {
+                // Raw contents were moved (already charged as received); typed ones were converted.
+                let converted: usize = r
+                    .inputs
+                    .iter()
+                    .zip(&inputs)
+                    .filter(|(i, _)| i.contents.is_some())
+                    .map(|(_, t)| t.data.len())
+                    .sum();
+                c.add(converted)?;
+            }
+            let param = timeout_param(&r)?;
+            let timeout = match (deadline, param) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let requested: Vec<String> = r.outputs.iter().map(|o| o.name.clone()).collect();
             s.infer(
-                Protocol::Grpc,
-                Some(r.id.as_str()).filter(|i| !i.is_empty()),
-                &r.model_name,
-                Some(&r.model_version),
-                inputs,
-                &requested,
-                timeout,
+                v,
+                server::Request {
+                    protocol: Protocol::Grpc,
+                    id: Some(r.id.as_str()).filter(|i| !i.is_empty()),
+                    named_version: !r.model_version.is_empty(),
+                    inputs,
+                    requested: &requested,
+                    timeout,
+                },
             )
             .await
         }

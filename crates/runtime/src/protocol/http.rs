@@ -1,8 +1,12 @@
 //! OIP v2 over HTTP/REST (axum): health, metadata and inference with JSON tensors and Triton's
 //! binary tensor extension (`Inference-Header-Content-Length`). Errors are `{"error": "..."}`
 //! with 400/404/503 (+`Retry-After`)/504/500.
+//!
+//! A body is read only after the version it names is resolved, within `--max-message-bytes`
+//! (a larger `Content-Length` is refused before a byte is read) and charged to the in-flight
+//! budget as it arrives, together with its decoded tensors, until the answer is produced.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use axum::{
     Router,
@@ -12,13 +16,17 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
 
 use super::{
+    json::{decode_request, encode_response},
+    panic::{CatchPanicLayer, http_panic_response},
+};
+use crate::{
     error::InferError,
-    infer::{InferOutput, Protocol, Server},
-    tensor::{DataType, Tensor, TensorSpec, decode_json_data, encode_json_data},
+    server::{Protocol, Request, Server, budget::Charge},
+    tensor::{Expect, TensorSpec},
 };
 
 /// The header Triton's binary extension uses for the JSON part's length.
@@ -56,6 +64,7 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/v2/models/{model}/infer", post(infer))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer_v))
         .with_state(server)
+        .layer(CatchPanicLayer::new(http_panic_response))
 }
 
 async fn server_metadata() -> impl IntoResponse {
@@ -136,177 +145,50 @@ async fn model_ready_v(
     }
 }
 
-#[derive(Deserialize)]
-struct RequestJson {
-    #[serde(default)]
-    id: Option<String>,
-    #[serde(default)]
-    parameters: Map<String, Value>,
-    inputs: Vec<InputJson>,
-    #[serde(default)]
-    outputs: Vec<OutputJson>,
-}
-
-#[derive(Deserialize)]
-struct InputJson {
-    name: String,
-    shape: Vec<i64>,
-    datatype: String,
-    #[serde(default)]
-    parameters: Map<String, Value>,
-    #[serde(default)]
-    data: Option<Value>,
-}
-
-#[derive(Deserialize)]
-struct OutputJson {
-    name: String,
-    #[serde(default)]
-    parameters: Map<String, Value>,
-}
-
-/// A decoded HTTP inference request.
-#[derive(Debug)]
-struct Decoded {
-    id: Option<String>,
-    inputs: Vec<Tensor>,
-    requested: Vec<String>,
-    /// Output names to return as binary; `all_binary` for every output.
-    binary: Vec<String>,
-    all_binary: bool,
-    timeout: Option<Duration>,
-}
-
-fn param_bool(p: &Map<String, Value>, key: &str) -> bool {
-    p.get(key).and_then(Value::as_bool).unwrap_or(false)
-}
-
-/// Decodes a request body: JSON, or JSON header + binary tensors when `header_len` is given.
-fn decode(body: &[u8], header_len: Option<usize>) -> Result<Decoded, InferError> {
-    let (json_part, mut binary) = match header_len {
-        Some(n) if n > body.len() => {
-            return Err(InferError::invalid(format!(
-                "Inference-Header-Content-Length is {n} but the body has only {} bytes",
-                body.len()
-            )));
-        }
-        Some(n) => (&body[..n], &body[n..]),
-        None => (body, &body[..0]),
+/// Reads a request body within the message limit, charging its bytes as they arrive.
+async fn read_body(
+    s: &Server,
+    headers: &HeaderMap,
+    mut body: Body,
+    charge: &Charge,
+) -> Result<Bytes, InferError> {
+    let max = s.limits.max_message_bytes;
+    let too_big = |n: String| {
+        InferError::invalid(format!(
+            "request body of {n} bytes exceeds the limit of {max} bytes (--max-message-bytes)"
+        ))
     };
-    let req: RequestJson = serde_json::from_slice(json_part)
-        .map_err(|e| InferError::invalid(format!("malformed inference request JSON: {e}")))?;
-    if req.inputs.is_empty() {
-        return Err(InferError::invalid("request has no inputs"));
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let mut capacity = 0;
+    if let Some(n) = declared {
+        let n = usize::try_from(n)
+            .ok()
+            .filter(|&n| n <= max)
+            .ok_or_else(|| too_big(n.to_string()))?;
+        charge.add(n)?;
+        capacity = n;
     }
-    let mut inputs = Vec::with_capacity(req.inputs.len());
-    for i in req.inputs {
-        let dtype = DataType::from_oip(&i.datatype).ok_or_else(|| {
-            InferError::invalid(format!(
-                "input '{}': unknown datatype '{}'",
-                i.name, i.datatype
-            ))
-        })?;
-        let data = match (i.parameters.get("binary_data_size"), &i.data) {
-            (Some(size), _) => {
-                let size = size.as_u64().ok_or_else(|| {
-                    InferError::invalid(format!(
-                        "input '{}': binary_data_size must be a non-negative integer",
-                        i.name
-                    ))
-                })? as usize;
-                if size > binary.len() {
-                    return Err(InferError::invalid(format!(
-                        "input '{}': binary_data_size {size} exceeds the {} binary bytes left in the body",
-                        i.name,
-                        binary.len()
-                    )));
-                }
-                let (mine, rest) = binary.split_at(size);
-                binary = rest;
-                mine.to_vec()
-            }
-            (None, Some(d)) => decode_json_data(&i.name, dtype, &i.shape, d)?,
-            (None, None) => {
-                return Err(InferError::invalid(format!(
-                    "input '{}' has neither data nor binary_data_size",
-                    i.name
-                )));
-            }
+    let mut buf = bytes::BytesMut::with_capacity(capacity);
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| InferError::invalid(format!("cannot read the request body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
         };
-        inputs.push(Tensor {
-            name: i.name,
-            dtype,
-            shape: i.shape,
-            data,
-        });
+        let len = buf.len().saturating_add(data.len());
+        if len > max {
+            return Err(too_big(format!("more than {len}")));
+        }
+        // A chunked body (or one longer than it declared) is charged as it grows.
+        if len > charge.held() {
+            charge.add(len - charge.held())?;
+        }
+        buf.extend_from_slice(&data);
     }
-    if !binary.is_empty() {
-        return Err(InferError::invalid(format!(
-            "{} binary bytes after the inputs are not claimed by any binary_data_size",
-            binary.len()
-        )));
-    }
-    let all_binary = param_bool(&req.parameters, "binary_data_output");
-    let binary_outputs = req
-        .outputs
-        .iter()
-        .filter(|o| param_bool(&o.parameters, "binary_data"))
-        .map(|o| o.name.clone())
-        .collect();
-    // Triton's `timeout` request parameter is in microseconds.
-    let timeout = match req.parameters.get("timeout") {
-        None => None,
-        Some(v) => Some(Duration::from_micros(v.as_u64().ok_or_else(|| {
-            InferError::invalid("parameter 'timeout' must be a non-negative integer (microseconds)")
-        })?)),
-    };
-    Ok(Decoded {
-        id: req.id,
-        inputs,
-        requested: req.outputs.into_iter().map(|o| o.name).collect(),
-        binary: binary_outputs,
-        all_binary,
-        timeout,
-    })
-}
-
-fn encode(
-    model: &str,
-    id: Option<String>,
-    out: InferOutput,
-    binary: &[String],
-    all_binary: bool,
-) -> Response {
-    let mut raw: Vec<u8> = Vec::new();
-    let outputs: Vec<Value> = out
-        .outputs
-        .iter()
-        .map(|t| {
-            if all_binary || binary.contains(&t.name) {
-                raw.extend_from_slice(&t.data);
-                json!({"name": t.name, "datatype": t.dtype.as_oip(), "shape": t.shape,
-                       "parameters": {"binary_data_size": t.data.len()}})
-            } else {
-                json!({"name": t.name, "datatype": t.dtype.as_oip(), "shape": t.shape,
-                       "data": encode_json_data(t.dtype, &t.data)})
-            }
-        })
-        .collect();
-    let mut head = json!({"model_name": model, "model_version": out.version, "outputs": outputs});
-    if let Some(id) = id {
-        head["id"] = Value::String(id);
-    }
-    let head = serde_json::to_vec(&head).expect("JSON value serialises");
-    if raw.is_empty() {
-        return ([(header::CONTENT_TYPE, "application/json")], head).into_response();
-    }
-    let len = head.len();
-    let mut body = head;
-    body.extend_from_slice(&raw);
-    let mut resp = ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response();
-    resp.headers_mut()
-        .insert(HEADER_LENGTH, HeaderValue::from(len));
-    resp
+    Ok(buf.freeze())
 }
 
 async fn infer(
@@ -327,6 +209,22 @@ async fn infer_v(
     run(s, model, Some(version), headers, body).await
 }
 
+fn header_length(headers: &HeaderMap) -> Result<Option<usize>, InferError> {
+    match headers.get(HEADER_LENGTH) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .map(Some)
+            .ok_or_else(|| {
+                InferError::invalid(
+                    "Inference-Header-Content-Length must be a non-negative integer",
+                )
+            }),
+    }
+}
+
 async fn run(
     s: Arc<Server>,
     model: String,
@@ -334,86 +232,64 @@ async fn run(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let charge = s.budget.charge();
     let result = async {
-        let bytes: Bytes = axum::body::to_bytes(body, s.max_body).await.map_err(|_| {
-            InferError::invalid(format!(
-                "request body exceeds the limit of {} bytes (--max-body-bytes)",
-                s.max_body
-            ))
-        })?;
-        let header_len = match headers.get(HEADER_LENGTH) {
-            None => None,
-            Some(v) => Some(
-                v.to_str()
-                    .ok()
-                    .and_then(|v| v.trim().parse::<usize>().ok())
-                    .ok_or_else(|| {
-                        InferError::invalid(
-                            "Inference-Header-Content-Length must be a non-negative integer",
-                        )
-                    })?,
-            ),
-        };
-        let d = decode(&bytes, header_len)?;
+        let v = s.resolve(&model, version.as_deref())?;
+        let header_len = header_length(&headers)?;
+        let bytes = read_body(&s, &headers, body, &charge).await?;
+        let d = decode_request(
+            &bytes,
+            header_len,
+            Expect {
+                model: &model,
+                inputs: &v.info.inputs,
+                max_rows: v.max_batch(),
+                max_bytes: s.limits.max_message_bytes,
+            },
+        )?;
+        drop(bytes);
+        charge.add(d.inputs.iter().map(|t| t.data.len()).sum())?;
         let out = s
             .infer(
-                Protocol::Http,
-                d.id.as_deref(),
-                &model,
-                version.as_deref(),
-                d.inputs,
-                &d.requested,
-                d.timeout,
+                v,
+                Request {
+                    protocol: Protocol::Http,
+                    id: d.id.as_deref(),
+                    named_version: version.as_deref().is_some_and(|v| !v.is_empty()),
+                    inputs: d.inputs,
+                    requested: &d.requested,
+                    timeout: d.timeout,
+                },
             )
             .await?;
-        Ok::<_, InferError>((d.id, out, d.binary, d.all_binary))
+        let encoded = encode_response(&model, &out.version, d.id.as_deref(), &out.outputs, |n| {
+            d.all_binary || d.binary.iter().any(|b| b == n)
+        })?;
+        Ok::<_, InferError>(encoded)
     }
     .await;
     match result {
-        Ok((id, out, binary, all_binary)) => {
+        Ok(encoded) => {
             s.count(Protocol::Http, Ok(()));
-            encode(&model, id, out, &binary, all_binary)
+            match encoded.header_len {
+                None => {
+                    ([(header::CONTENT_TYPE, "application/json")], encoded.body).into_response()
+                }
+                Some(len) => {
+                    let mut resp = (
+                        [(header::CONTENT_TYPE, "application/octet-stream")],
+                        encoded.body,
+                    )
+                        .into_response();
+                    resp.headers_mut()
+                        .insert(HEADER_LENGTH, HeaderValue::from(len));
+                    resp
+                }
+            }
         }
         Err(e) => {
             s.count(Protocol::Http, Err(&e));
             e.into_response()
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn decodes_json_and_binary_inputs() {
-        let body = br#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1.0,2.0]}],
-            "outputs":[{"name":"y","parameters":{"binary_data":true}}],"parameters":{"timeout":5000}}"#;
-        let d = decode(body, None).unwrap();
-        assert_eq!(d.inputs[0].data.len(), 8);
-        assert_eq!(d.binary, vec!["y".to_string()]);
-        assert_eq!(d.timeout, Some(Duration::from_millis(5)));
-
-        let head = br#"{"inputs":[{"name":"x","shape":[2],"datatype":"INT32","parameters":{"binary_data_size":8}}]}"#;
-        let mut body = head.to_vec();
-        body.extend_from_slice(&[1, 0, 0, 0, 2, 0, 0, 0]);
-        let d = decode(&body, Some(head.len())).unwrap();
-        assert_eq!(d.inputs[0].data, vec![1, 0, 0, 0, 2, 0, 0, 0]);
-    }
-
-    #[test]
-    fn refuses_lying_binary_headers() {
-        let head = br#"{"inputs":[{"name":"x","shape":[2],"datatype":"INT32","parameters":{"binary_data_size":8}}]}"#;
-        let mut body = head.to_vec();
-        body.extend_from_slice(&[1, 0, 0, 0]);
-        let e = decode(&body, Some(head.len())).unwrap_err().to_string();
-        assert!(e.contains("exceeds the 4 binary bytes"), "{e}");
-        let e = decode(&body, Some(10_000)).unwrap_err().to_string();
-        assert!(
-            e.contains("Inference-Header-Content-Length is 10000"),
-            "{e}"
-        );
-        let e = decode(b"{nope", None).unwrap_err().to_string();
-        assert!(e.contains("malformed inference request JSON"), "{e}");
     }
 }

@@ -1,10 +1,13 @@
-//! The Open Inference Protocol v2: tensors, errors, the shared inference path, HTTP/REST and gRPC.
+//! The Open Inference Protocol v2 on the wire: HTTP/REST (JSON and Triton's binary extension)
+//! and gRPC, their size metering and their last-resort panic guard. Protocols decode requests
+//! into tensors, hand them to the server core (`crate::server`) and encode its answers; they
+//! decide nothing about what a request means.
 
-pub mod error;
 pub mod grpc;
 pub mod http;
-pub mod infer;
-pub mod tensor;
+pub mod json;
+pub mod metered;
+pub mod panic;
 
 /// Generated from `proto/grpc_predict_v2.proto`.
 #[allow(missing_docs, clippy::all)] // generated code

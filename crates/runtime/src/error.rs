@@ -1,10 +1,9 @@
-//! The one error type of a request, and its mapping to HTTP statuses and gRPC codes
-//! (DESIGN.md §5): bad input 400 / INVALID_ARGUMENT, unknown model 404 / NOT_FOUND, overload 503
-//! with `Retry-After` / RESOURCE_EXHAUSTED, deadline 504 / DEADLINE_EXCEEDED, model failure 500 /
-//! INTERNAL, shutting down or not ready 503 / UNAVAILABLE.
+//! The one error type of a request and its status (DESIGN.md §5): bad input 400, unknown model
+//! 404, overload 503 with `Retry-After`, deadline 504, model failure 500, shutting down or not
+//! ready 503. The wire mappings (gRPC codes, HTTP bodies) live with each protocol.
 
 /// Why a request failed.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InferError {
     /// The request is malformed or does not match the model.
     #[error("{0}")]
@@ -43,18 +42,6 @@ impl InferError {
         }
     }
 
-    /// The gRPC status code.
-    pub fn grpc_code(&self) -> tonic::Code {
-        match self {
-            Self::Invalid(_) => tonic::Code::InvalidArgument,
-            Self::NotFound(_) => tonic::Code::NotFound,
-            Self::Overloaded(_) => tonic::Code::ResourceExhausted,
-            Self::Unavailable(_) => tonic::Code::Unavailable,
-            Self::Deadline(_) => tonic::Code::DeadlineExceeded,
-            Self::Internal(_) => tonic::Code::Internal,
-        }
-    }
-
     /// The label used in `kinfer_requests_total{code}`.
     pub fn metric_label(&self) -> &'static str {
         match self {
@@ -67,8 +54,6 @@ impl InferError {
     }
 }
 
-impl From<InferError> for tonic::Status {
-    fn from(e: InferError) -> Self {
-        tonic::Status::new(e.grpc_code(), e.to_string())
-    }
-}
+/// Panics caught on the request path since the process started (`kinfer_panics_total`): each is
+/// a bug that was answered with an error instead of taking other requests down with it.
+pub static PANICS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

@@ -1,0 +1,309 @@
+//! The server core both protocols call: resolve the version a request names, check its tensors
+//! against the model and the limits, queue it with its deadline, apply the decision policy,
+//! record statistics and the decision log, pick the requested outputs. Protocols decode and
+//! encode; everything a request means is decided here.
+
+pub mod budget;
+pub mod shadow;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::{Duration, Instant},
+};
+
+use budget::Budget;
+
+use crate::{
+    error::InferError,
+    models::{registry::Registry, stats::error_index, version::LoadedVersion},
+    policy::{DECISION_OUTPUT, DecisionLog, DecisionRecord, Policy, now_ms},
+    tensor::{Tensor, first_per_row, to_f64, validate_inputs},
+};
+
+/// Which front end a request came through (the `protocol` metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/REST.
+    Http = 0,
+    /// gRPC.
+    Grpc = 1,
+}
+
+impl Protocol {
+    /// Metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Grpc => "grpc",
+        }
+    }
+}
+
+/// Status codes counted in `kinfer_requests_total{code}`.
+pub const CODES: [&str; 6] = ["200", "400", "404", "500", "503", "504"];
+
+/// The longest deadline honoured; a longer one (or an overflowing one) is clamped to it.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// The size limits of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request message (HTTP body, gRPC message) and largest total of decoded tensor
+    /// bytes in one request (`--max-message-bytes`).
+    pub max_message_bytes: usize,
+}
+
+/// Server-wide state shared by the front ends.
+pub struct Server {
+    /// The model's versions.
+    pub registry: Arc<Registry>,
+    /// Default deadline of a request (queue + run).
+    pub request_timeout: Option<Duration>,
+    /// Size limits.
+    pub limits: Limits,
+    /// Request bytes in flight (`--max-inflight-bytes`).
+    pub budget: Budget,
+    /// Requests by protocol and code (index of [`CODES`]).
+    pub requests: [[AtomicU64; 6]; 2],
+    /// Decision policy (`--policy`).
+    pub policy: Option<Policy>,
+    /// Sampled decision log (`--decision-log`).
+    pub decision_log: Option<DecisionLog>,
+}
+
+/// A successful inference.
+#[derive(Debug)]
+pub struct InferOutput {
+    /// The version that computed the outputs.
+    pub version: String,
+    /// Requested outputs, in the model's order.
+    pub outputs: Vec<Tensor>,
+}
+
+/// One decoded request.
+#[derive(Debug)]
+pub struct Request<'a> {
+    /// Front end.
+    pub protocol: Protocol,
+    /// The request's `id`.
+    pub id: Option<&'a str>,
+    /// Whether the request named its version (then it is not mirrored to a shadow).
+    pub named_version: bool,
+    /// Inputs, any order.
+    pub inputs: Vec<Tensor>,
+    /// Output names to return; empty means all.
+    pub requested: &'a [String],
+    /// The deadline the client asked for.
+    pub timeout: Option<Duration>,
+}
+
+/// The deadline of a request that started at `started`: the smaller of the server's and the
+/// client's timeouts, clamped to [`MAX_TIMEOUT`] so any value is safe.
+pub fn deadline(
+    started: Instant,
+    server: Option<Duration>,
+    client: Option<Duration>,
+) -> Option<Instant> {
+    let t = match (server, client) {
+        (Some(a), Some(b)) => a.min(b),
+        (a, b) => a.or(b)?,
+    };
+    started.checked_add(t.min(MAX_TIMEOUT))
+}
+
+impl Server {
+    /// New server state.
+    pub fn new(
+        registry: Arc<Registry>,
+        request_timeout: Option<Duration>,
+        limits: Limits,
+        budget: Budget,
+    ) -> Self {
+        Self {
+            registry,
+            request_timeout,
+            limits,
+            budget,
+            requests: Default::default(),
+            policy: None,
+            decision_log: None,
+        }
+    }
+
+    /// Counts a finished request.
+    pub fn count(&self, proto: Protocol, result: Result<(), &InferError>) {
+        let code = match result {
+            Ok(()) => 0,
+            Err(e) => CODES
+                .iter()
+                .position(|c| *c == e.metric_label())
+                .unwrap_or(3),
+        };
+        if let Some(c) = self
+            .requests
+            .get(proto as usize)
+            .and_then(|row| row.get(code))
+        {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// The version a request names (the serving one when `version` is empty).
+    pub fn resolve(
+        &self,
+        model: &str,
+        version: Option<&str>,
+    ) -> Result<Arc<LoadedVersion>, InferError> {
+        self.registry.resolve(model, version)
+    }
+
+    /// Runs one request on `v` (from [`Server::resolve`]).
+    pub async fn infer(
+        &self,
+        v: Arc<LoadedVersion>,
+        req: Request<'_>,
+    ) -> Result<InferOutput, InferError> {
+        let started = Instant::now();
+        // Disabled callsites cost one branch; enable with RUST_LOG=kinfer_runtime=debug.
+        let span = tracing::debug_span!("infer", protocol = req.protocol.label(), model = %v.info.name, version = %v.info.version);
+        let _entered = span.enter();
+        let proto = req.protocol;
+        let result = self.run(&v, req, started).await;
+        let elapsed = started.elapsed();
+        v.stats.request.record(elapsed);
+        if let Some(h) = v.stats.protocol.get(proto as usize) {
+            h.record(elapsed);
+        }
+        match result {
+            Ok(outputs) => {
+                v.stats.ok.fetch_add(1, Relaxed);
+                Ok(InferOutput {
+                    version: v.info.version.clone(),
+                    outputs,
+                })
+            }
+            Err(e) => {
+                if let Some(c) = v.stats.errors.get(error_index(e.metric_label())) {
+                    c.fetch_add(1, Relaxed);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn run(
+        &self,
+        v: &LoadedVersion,
+        req: Request<'_>,
+        started: Instant,
+    ) -> Result<Vec<Tensor>, InferError> {
+        let Request {
+            id,
+            named_version,
+            mut inputs,
+            requested,
+            timeout,
+            ..
+        } = req;
+        let model = v.info.name.as_str();
+        for r in requested {
+            let is_decision = self.policy.is_some() && r == DECISION_OUTPUT;
+            if !is_decision && !v.info.outputs.iter().any(|o| &o.name == r) {
+                let known: Vec<&str> = v.info.outputs.iter().map(|o| o.name.as_str()).collect();
+                return Err(InferError::invalid(format!(
+                    "model '{model}' has no output '{r}'; its outputs are {known:?}"
+                )));
+            }
+        }
+        let max_bytes = self.limits.max_message_bytes;
+        let rows = validate_inputs(model, &v.info.inputs, &inputs, v.max_batch(), max_bytes)?;
+        if let Some(p) = &self.policy {
+            p.check_inputs(&inputs)?;
+        }
+        // The model's order, so batches can be stacked position by position.
+        inputs.sort_by_key(|t| v.info.inputs.iter().position(|s| s.name == t.name));
+        let deadline = deadline(started, self.request_timeout, timeout);
+        // Shadow only live traffic to the serving version; inputs are copied only when sampled.
+        let shadow = if named_version {
+            None
+        } else {
+            self.registry.shadow_sample()
+        };
+        let mirror = shadow.as_ref().map(|_| inputs.clone());
+        let mut out = v.infer(inputs, rows, deadline).await?;
+        if let (Some(sh), Some(inputs), Some(first)) = (shadow, mirror, out.outputs.first()) {
+            shadow::mirror(sh, inputs, rows, first.clone(), max_bytes);
+        }
+        let mut labels = Vec::new();
+        if let Some(p) = &self.policy {
+            let scores = p.scores(&out.outputs)?;
+            labels = scores.iter().map(|&s| p.classify(s)).collect();
+            for &l in &labels {
+                if let Some(c) = v.stats.decisions.get(l) {
+                    c.fetch_add(1, Relaxed);
+                }
+            }
+            out.outputs.push(p.decision_tensor(&labels));
+        }
+        if let Some(log) = &self.decision_log
+            && log.sample()
+        {
+            let decisions = match &self.policy {
+                Some(p) => labels.iter().map(|&l| p.label(l).to_owned()).collect(),
+                None => Vec::new(),
+            };
+            log.record(DecisionRecord {
+                ts_ms: now_ms(),
+                request_id: id.map(str::to_owned),
+                model: model.to_owned(),
+                version: v.info.version.clone(),
+                latency_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                decisions,
+                scores: out
+                    .outputs
+                    .first()
+                    .map(|t| first_per_row(&to_f64(t), t.rows().unwrap_or(1).max(1)))
+                    .unwrap_or_default(),
+            });
+        }
+        v.stats.queue.record(out.queue);
+        if let Some(first) = out.outputs.first() {
+            v.stats.record_output(first);
+        }
+        Ok(if requested.is_empty() {
+            out.outputs
+        } else {
+            out.outputs
+                .into_iter()
+                .filter(|o| requested.contains(&o.name))
+                .collect()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_of_any_value_clamp_instead_of_overflowing() {
+        let now = Instant::now();
+        let huge = Duration::from_secs(u64::MAX);
+        assert_eq!(deadline(now, None, None), None);
+        assert_eq!(
+            deadline(now, None, Some(huge)),
+            now.checked_add(MAX_TIMEOUT)
+        );
+        assert_eq!(
+            deadline(now, Some(huge), Some(huge)),
+            now.checked_add(MAX_TIMEOUT)
+        );
+        let ms = Duration::from_millis(5);
+        assert_eq!(deadline(now, Some(huge), Some(ms)), Some(now + ms));
+        assert_eq!(deadline(now, Some(ms), None), Some(now + ms));
+        assert_eq!(deadline(now, None, Some(Duration::ZERO)), Some(now));
+    }
+}
