@@ -168,3 +168,74 @@ def scorer(path, seed=0, features=8, classes=4, hidden=32, weight_noise=0.0, log
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", features])],
                           [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", classes])], inits)
     return _save(g, path)
+
+
+def seq_model(path, fused=False):
+    """x[batch, seq] FP32 (seq dynamic) -> y = 2x + 1 [batch, seq] and s = sum(x*x) [batch, 1]:
+    outputs whose shape follows the request's, so mixing lengths in one batch would show.
+    With `fused`, s is Mul then ReduceSum, which ONNX Runtime fuses into a kernel whose result
+    for a row depends on the batch it runs in (for lengths that are not a multiple of 4); the
+    plain model uses ReduceSumSquare, whose rows are computed alike at any batch size."""
+    square = ([helper.make_node("Mul", ["x", "x"], ["xx"]),
+               helper.make_node("ReduceSum", ["xx", "axes"], ["s"], keepdims=1)] if fused else
+              [helper.make_node("ReduceSumSquare", ["x"], ["s"], axes=[1], keepdims=1)])
+    g = helper.make_graph(
+        [
+            helper.make_node("Mul", ["x", "two"], ["x2"]),
+            helper.make_node("Add", ["x2", "one"], ["y"]),
+            *square,
+        ],
+        "seq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq"])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq"]),
+            helper.make_tensor_value_info("s", TensorProto.FLOAT, ["batch", 1]),
+        ],
+        [
+            numpy_helper.from_array(np.array([2.0], np.float32), "two"),
+            numpy_helper.from_array(np.array([1.0], np.float32), "one"),
+            numpy_helper.from_array(np.array([1], np.int64), "axes"),
+        ],
+    )
+    return _save(g, path)
+
+
+def gather_model(path, vocab=16, dim=4, seed=3):
+    """ids[batch, seq] INT64 -> emb[batch, seq, dim], rows of an embedding table: an id outside
+    [-vocab, vocab) makes ONNX Runtime fail the run (a request that fails on its data)."""
+    table = np.random.default_rng(seed).normal(size=(vocab, dim)).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["emb"], axis=0)],
+        "gather",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("emb", TensorProto.FLOAT, ["batch", "seq", dim])],
+        [numpy_helper.from_array(table, "table")],
+    )
+    return _save(g, path)
+
+
+def sqrt_scorer(path):
+    """x[batch, 1] FP32 -> score = sqrt(x): NaN for a negative input, infinity for an infinite one
+    (scores a decision policy must not map to its default label)."""
+    g = helper.make_graph(
+        [helper.make_node("Sqrt", ["x"], ["score"])],
+        "sqrt",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", 1])],
+    )
+    return _save(g, path)
+
+
+def batch_mixer(path):
+    """x[batch, 2] FP32 -> y = x - mean(x over the batch): every row depends on the others, so
+    stacking requests would change their answers (the runtime must not batch it)."""
+    g = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["x"], ["m"], axes=[0], keepdims=1),
+            helper.make_node("Sub", ["x", "m"], ["y"]),
+        ],
+        "mixer",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
+    )
+    return _save(g, path)

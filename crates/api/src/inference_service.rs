@@ -123,21 +123,23 @@ pub struct RuntimeSpec {
     /// Threads for one operator (ORT intra-op). Defaults to the CPUs of the pod; with
     /// `resources.cpuPinning` it is always the number of pinned CPUs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self >= 1").message("runtime.intraOpThreads must be >= 1"))]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 256").message("runtime.intraOpThreads must be between 1 and 256"))]
     pub intra_op_threads: Option<i32>,
     /// Threads across independent operators (ORT inter-op); 1 when empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self >= 1").message("runtime.interOpThreads must be >= 1"))]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 256").message("runtime.interOpThreads must be between 1 and 256"))]
     pub inter_op_threads: Option<i32>,
     /// Number of session instances (workers) per loaded version; 1 when empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self >= 1").message("runtime.instances must be >= 1"))]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 64").message("runtime.instances must be between 1 and 64"))]
     pub instances: Option<i32>,
     /// Dynamic batching. Without it every request runs alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batching: Option<Batching>,
-    /// Deadline for one request, queueing included (`100ms`); clients may ask for less.
+    /// Deadline for one request, queueing included (`100ms`, at most `1h`); clients may ask
+    /// for less.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) <= duration('1h')").message("runtime.requestTimeout must be at most 1h"))]
     pub request_timeout: Option<Duration>,
 }
 
@@ -154,20 +156,24 @@ pub enum ExecutionProvider {
     Tensorrt,
 }
 
-/// Dynamic batching: requests wait up to `maxQueueDelay` to be run together.
+/// Dynamic batching: a worker stacks the queued requests whose dimensions after the first match
+/// (the shape signature) into one run. By default it takes what queued while it was busy and adds
+/// no delay; `maxQueueDelay` waits that long for a batch to fill (latency for throughput).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Batching {
-    /// Largest batch (sum of the requests' batch dimensions) for one `session.run`.
+    /// Largest batch (sum of the requests' batch dimensions) for one `session.run`, 1 to 4096.
     #[serde(default = "default_max_batch")]
-    #[x_kube(validation = Rule::new("self >= 1").message("batching.maxBatchSize must be >= 1"))]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 4096").message("batching.maxBatchSize must be between 1 and 4096"))]
     pub max_batch_size: i32,
-    /// Longest time the first request of a batch waits for others (`2ms`).
+    /// Longest time the first request of a batch waits for others (`0s`: none; at most `1s`).
     #[serde(default = "default_queue_delay")]
+    #[x_kube(validation = Rule::new("duration(self) <= duration('1s')").message("batching.maxQueueDelay must be at most 1s"))]
     pub max_queue_delay: Duration,
-    /// Requests that may wait; one more is refused at once with 503 / RESOURCE_EXHAUSTED.
+    /// Requests that may wait, 1 to 65536; one more is refused at once with 503 /
+    /// RESOURCE_EXHAUSTED.
     #[serde(default = "default_queue_capacity")]
-    #[x_kube(validation = Rule::new("self >= 1").message("batching.queueCapacity must be >= 1"))]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 65536").message("batching.queueCapacity must be between 1 and 65536"))]
     pub queue_capacity: i32,
 }
 
@@ -344,11 +350,14 @@ pub struct ShadowSpec {
 pub struct DecisionPolicy {
     /// The model output (a score per batch row) the thresholds apply to.
     pub output: String,
-    /// Checked from the highest `min` down; the first with `score >= min` gives the label.
-    #[x_kube(validation = Rule::new("self.size() > 0").message("policy.thresholds must not be empty"))]
+    /// Checked from the highest `min` down; the first with `score >= min` gives the label. A
+    /// score that is NaN or infinite gets the reserved label `invalid`.
+    #[x_kube(validation = Rule::new("self.size() > 0 && self.size() <= 7").message("policy.thresholds must have 1 to 7 entries"))]
+    #[x_kube(validation = Rule::new("self.all(t, t.label != 'invalid')").message("policy label 'invalid' is reserved for NaN or infinite scores"))]
     pub thresholds: Vec<Threshold>,
     /// Label when no threshold matches.
     #[serde(default = "default_label")]
+    #[x_kube(validation = Rule::new("self != 'invalid'").message("policy label 'invalid' is reserved for NaN or infinite scores"))]
     pub default: String,
 }
 
@@ -519,7 +528,7 @@ fn default_max_batch() -> i32 {
     32
 }
 fn default_queue_delay() -> Duration {
-    "2ms".parse().expect("valid literal")
+    "0s".parse().expect("valid literal")
 }
 fn default_queue_capacity() -> i32 {
     1024

@@ -323,6 +323,54 @@ fn each_invariant_refuses_with_its_own_message() {
             "invalid duration",
         ),
         (
+            "request timeout too long",
+            isvc(json!({"modelVersion": "a", "runtime": {"requestTimeout": "2h"}})),
+            "requestTimeout must be at most 1h",
+        ),
+        (
+            "queue capacity too large",
+            isvc(
+                json!({"modelVersion": "a", "runtime": {"batching": {"queueCapacity": 2147483647}}}),
+            ),
+            "queueCapacity must be between 1 and 65536",
+        ),
+        (
+            "batch size too large",
+            isvc(json!({"modelVersion": "a", "runtime": {"batching": {"maxBatchSize": 100000}}})),
+            "maxBatchSize must be between 1 and 4096",
+        ),
+        (
+            "queue delay too long",
+            isvc(
+                json!({"modelVersion": "a", "runtime": {"batching": {"maxQueueDelay": "1500ms"}}}),
+            ),
+            "maxQueueDelay must be at most 1s",
+        ),
+        (
+            "too many instances",
+            isvc(json!({"modelVersion": "a", "runtime": {"instances": 1000}})),
+            "instances must be between 1 and 64",
+        ),
+        (
+            "too many threads",
+            isvc(json!({"modelVersion": "a", "runtime": {"intraOpThreads": 100000}})),
+            "intraOpThreads must be between 1 and 256",
+        ),
+        (
+            "reserved policy label",
+            isvc(
+                json!({"modelVersion": "a", "policy": {"output": "s", "default": "invalid", "thresholds": [{"min": 0.5, "label": "x"}]}}),
+            ),
+            "label 'invalid' is reserved",
+        ),
+        (
+            "reserved threshold label",
+            isvc(
+                json!({"modelVersion": "a", "policy": {"output": "s", "thresholds": [{"min": 0.5, "label": "invalid"}]}}),
+            ),
+            "label 'invalid' is reserved",
+        ),
+        (
             "unknown provider",
             isvc(json!({"modelVersion": "a", "runtime": {"executionProvider": "tpu"}})),
             "tpu",

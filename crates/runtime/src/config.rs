@@ -6,7 +6,7 @@ use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use clap::builder::RangedU64ValueParser;
 
-use crate::models::session::Provider;
+use crate::models::{session::Provider, version::BatchRounding};
 
 /// Upper bounds of the flags (the InferenceService CRD has the same ones).
 pub mod bounds {
@@ -130,6 +130,16 @@ pub struct Args {
     /// default) batches only what queued while the worker was busy and adds no latency.
     #[arg(long, env = "KINFER_MAX_QUEUE_DELAY", default_value = "0s", value_parser = queue_delay)]
     pub max_queue_delay: Duration,
+    /// `exact`: a version batches only when a probe at load finds its batched rows bit for bit
+    /// the rows run alone; `tolerate`: rounding-level differences are accepted too. Rows that
+    /// depend on each other never batch.
+    #[arg(
+        long,
+        env = "KINFER_BATCH_ROUNDING",
+        value_enum,
+        default_value = "exact"
+    )]
+    pub batch_rounding: BatchRounding,
     /// Requests that may wait per version before 503 / RESOURCE_EXHAUSTED.
     #[arg(long, env = "KINFER_QUEUE_CAPACITY", default_value_t = 1024,
           value_parser = RangedU64ValueParser::<usize>::new().range(1..=bounds::QUEUE_CAPACITY))]

@@ -140,6 +140,7 @@ async fn main() -> anyhow::Result<()> {
         instances: args.instances,
         max_request_rows: args.max_request_rows,
         warmup_runs: args.warmup_runs,
+        batch_rounding: args.batch_rounding,
     };
     if args.max_inflight_bytes < args.max_message_bytes {
         bail!(

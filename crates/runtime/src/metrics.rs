@@ -189,7 +189,7 @@ pub fn render(s: &Server) -> String {
         let _ = writeln!(
             out,
             "kinfer_serving{{model=\"{model}\",version=\"{}\"}} {on}",
-            v.info.version
+            Label(&v.info.version)
         );
     }
     out

@@ -1,7 +1,10 @@
 //! A loaded version: its sessions (one per worker thread, Triton's instance groups), warmed, its
-//! queue and its statistics. Before a version batches, a probe checks that stacking two rows
-//! gives each row the bytes it gets alone; a model that mixes rows (batch statistics, a reshape
-//! that folds the batch) or refuses a batch of two runs every request alone instead.
+//! queue and its statistics. Before a version batches, a probe checks that stacking three rows
+//! gives each row exactly the bytes it gets alone, with its dynamic dimensions after the first
+//! at 1 and at 7 (a length where vectorised kernels take their remainder paths). A model that
+//! mixes rows (batch statistics, a reshape that folds the batch), refuses a batch, or whose
+//! kernels round a row differently inside a batch runs every request alone instead, so an answer
+//! never depends on which other requests shared its run.
 
 use std::{path::Path, sync::Arc, time::Instant};
 
@@ -13,7 +16,7 @@ use super::{
 use crate::{
     batching::{BatchOptions, Executor, RunOutput, batcher::Batcher, queue},
     error::InferError,
-    tensor::{DataType, Tensor, TensorSpec, element_count},
+    tensor::{DataType, Tensor, TensorSpec, element_count, to_f64},
 };
 
 /// How a version is loaded.
@@ -29,6 +32,8 @@ pub struct LoadOptions {
     pub max_request_rows: usize,
     /// Warm-up runs per session before the version is ready.
     pub warmup_runs: usize,
+    /// Whether rounding-level differences inside a batch are accepted.
+    pub batch_rounding: BatchRounding,
 }
 
 /// A loaded, warmed version. Dropping the last handle closes the queue; the workers finish what
@@ -53,13 +58,22 @@ impl std::fmt::Debug for LoadedVersion {
     }
 }
 
-/// Inputs of one row per input (dynamic dimensions 1) whose values depend on `row`, so two rows
-/// differ; zeros for `row` None (the warm-up).
-fn probe_inputs(specs: &[TensorSpec], row: Option<usize>) -> Vec<Tensor> {
+/// Inputs of one row per input, dynamic dimensions after the first at `len`, whose values depend
+/// on `row` so rows differ; zeros for `row` None (the warm-up).
+fn probe_inputs(specs: &[TensorSpec], row: Option<usize>, len: i64) -> Vec<Tensor> {
     specs
         .iter()
         .map(|s| {
-            let shape: Vec<i64> = s.shape.iter().map(|&d| if d < 0 { 1 } else { d }).collect();
+            let shape: Vec<i64> = s
+                .shape
+                .iter()
+                .enumerate()
+                .map(|(i, &d)| match (i, d < 0) {
+                    (_, false) => d,
+                    (0, true) => 1,
+                    (_, true) => len,
+                })
+                .collect();
             let n = element_count(&shape).unwrap_or(0);
             let data = match row {
                 None => vec![0; n * s.dtype.size().unwrap_or(0)],
@@ -75,11 +89,24 @@ fn probe_inputs(specs: &[TensorSpec], row: Option<usize>) -> Vec<Tensor> {
         .collect()
 }
 
-/// Element `k` of probe row `r`: small values every model accepts (0/1 for integer inputs, which
-/// are often indices), different between rows.
+/// A deterministic pseudo-random draw for (`k`, `r`) (splitmix64).
+fn mix(k: usize, r: usize, salt: u64) -> u64 {
+    let mut z = (k as u64)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add((r as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9))
+        .wrapping_add(salt);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Element `k` of probe row `r`: normally distributed floats (full mantissas, so rounding
+/// differences show) and 0/1 for integers and booleans (often indices), different between rows.
 fn probe_value(dtype: DataType, k: usize, r: usize) -> Vec<u8> {
-    let f = ((k * 7 + r * 3) % 11) as f32 / 10.0 - 0.5;
-    let bit = ((k + r) % 2) as u8;
+    let u1 = ((mix(k, r, 1) >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+    let u2 = (mix(k, r, 2) >> 11) as f64 / (1u64 << 53) as f64;
+    let f = ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32;
+    let bit = (mix(k, r, 3) & 1) as u8;
     match dtype {
         DataType::Fp32 => f.to_le_bytes().to_vec(),
         DataType::Fp64 => f64::from(f).to_le_bytes().to_vec(),
@@ -93,37 +120,113 @@ fn probe_value(dtype: DataType, k: usize, r: usize) -> Vec<u8> {
     }
 }
 
-/// Stacking two different rows gives each row exactly the bytes it gets alone.
-fn rows_independent(exec: &mut OrtExecutor, info: &ModelInfo) -> Result<(), String> {
-    let (a, b) = (
-        probe_inputs(&info.inputs, Some(0)),
-        probe_inputs(&info.inputs, Some(1)),
-    );
-    let both: Vec<Tensor> = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| {
-            let mut t = x.clone();
-            t.shape[0] = 2;
-            t.data.extend_from_slice(&y.data);
-            t
-        })
-        .collect();
-    let (oa, ob) = (exec.run(&a)?, exec.run(&b)?);
-    let ab = exec
-        .run(&both)
-        .map_err(|e| format!("a batch of two rows fails: {e}"))?;
-    for ((x, y), z) in oa.iter().zip(&ob).zip(&ab) {
-        let mut want = x.data.clone();
-        want.extend_from_slice(&y.data);
-        if z.shape.first() != Some(&2) || z.shape.get(1..) != x.shape.get(1..) || z.data != want {
-            return Err(format!(
-                "output '{}' of a batch of two rows differs from the rows run alone",
-                z.name
-            ));
+/// Dynamic lengths the probe tries after the batch dimension.
+const PROBE_LENGTHS: [i64; 2] = [1, 7];
+/// Rows the probe stacks.
+const PROBE_ROWS: usize = 4;
+/// Largest relative difference between a batched and an unbatched row that is still rounding;
+/// beyond it the rows depend on each other.
+const ROUNDING: f64 = 1e-4;
+
+/// Whether a version may stack requests (`--batch-rounding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum BatchRounding {
+    /// Batch only when every batched row is bit for bit the row run alone.
+    #[default]
+    Exact,
+    /// Also batch when batched rows differ from the rows run alone by rounding only (kernels
+    /// that reduce in another order inside a batch); rows that depend on each other never batch.
+    Tolerate,
+}
+
+/// What the probe found.
+#[derive(Debug, Clone, PartialEq)]
+enum Probe {
+    /// Batched rows are the rows run alone, bit for bit.
+    Exact,
+    /// Batched rows differ from the rows alone by at most this relative amount.
+    Rounding(f64),
+    /// The model refuses a batch or its rows depend on each other.
+    Refused(String),
+}
+
+/// Largest relative difference between two float outputs; `None` when they differ in a way that
+/// is not rounding (another length, NaN against a number, integers that differ).
+fn rounding_between(a: &Tensor, b: &Tensor) -> Option<f64> {
+    if a.data.len() != b.data.len() {
+        return None;
+    }
+    if !a.dtype.is_float() {
+        return (a.data == b.data).then_some(0.0);
+    }
+    let mut worst = 0f64;
+    for (x, y) in to_f64(a).into_iter().zip(to_f64(b)) {
+        if x.is_nan() != y.is_nan() {
+            return None;
+        }
+        if x != y {
+            worst = worst.max((x - y).abs() / x.abs().max(y.abs()).max(1.0));
         }
     }
-    Ok(())
+    Some(worst)
+}
+
+/// Stacks different rows and compares each with the row run alone. A length other than 1 that
+/// the model cannot run at all gives no verdict.
+fn probe_rows(exec: &mut OrtExecutor, info: &ModelInfo) -> Probe {
+    let has_dynamic = info
+        .inputs
+        .iter()
+        .any(|s| s.shape.iter().skip(1).any(|&d| d < 0));
+    let mut worst = 0f64;
+    for len in PROBE_LENGTHS {
+        if len != 1 && !has_dynamic {
+            break;
+        }
+        let rows: Vec<Vec<Tensor>> = (0..PROBE_ROWS)
+            .map(|r| probe_inputs(&info.inputs, Some(r), len))
+            .collect();
+        let alone: Result<Vec<Vec<Tensor>>, String> = rows.iter().map(|r| exec.run(r)).collect();
+        let alone = match alone {
+            Ok(a) => a,
+            Err(_) if len != 1 => continue,
+            Err(e) => return Probe::Refused(format!("a row alone fails: {e}")),
+        };
+        let stacked: Vec<Tensor> = (0..info.inputs.len())
+            .map(|i| {
+                let mut t = rows[0][i].clone();
+                t.shape[0] = PROBE_ROWS as i64;
+                for r in &rows[1..] {
+                    t.data.extend_from_slice(&r[i].data);
+                }
+                t
+            })
+            .collect();
+        let batched = match exec.run(&stacked) {
+            Ok(b) => b,
+            Err(e) => return Probe::Refused(format!("a batch of {PROBE_ROWS} rows fails: {e}")),
+        };
+        for (k, z) in batched.iter().enumerate() {
+            let mut want = alone[0][k].clone();
+            want.data = alone.iter().flat_map(|a| a[k].data.clone()).collect();
+            let same_shape = z.shape.first() == Some(&(PROBE_ROWS as i64))
+                && z.shape.get(1..) == want.shape.get(1..);
+            match rounding_between(z, &want) {
+                Some(d) if same_shape && d <= ROUNDING => worst = worst.max(d),
+                _ => {
+                    return Probe::Refused(format!(
+                        "output '{}' of a batch of {PROBE_ROWS} rows (length {len}) is not the rows run alone: the rows depend on each other",
+                        z.name
+                    ));
+                }
+            }
+        }
+    }
+    if worst == 0.0 {
+        Probe::Exact
+    } else {
+        Probe::Rounding(worst)
+    }
 }
 
 impl LoadedVersion {
@@ -161,7 +264,7 @@ impl LoadedVersion {
                 outputs: info.outputs.clone(),
             })
             .collect();
-        let warm = probe_inputs(&info.inputs, None);
+        let warm = probe_inputs(&info.inputs, None, 1);
         for e in &mut execs {
             for _ in 0..opts.warmup_runs {
                 e.run(&warm).map_err(|e| LoadError::Model {
@@ -171,9 +274,21 @@ impl LoadedVersion {
             }
         }
         let mut batching = batchable && opts.batching.max_batch > 1;
-        if batching && let Err(why) = rows_independent(&mut execs[0], &info) {
-            tracing::warn!(%version, %why, "batching disabled for this version: every request runs alone");
-            batching = false;
+        if batching {
+            match (probe_rows(&mut execs[0], &info), opts.batch_rounding) {
+                (Probe::Exact, _) => {}
+                (Probe::Rounding(d), BatchRounding::Tolerate) => {
+                    tracing::info!(%version, max_relative_difference = d, "batched rows differ from unbatched ones by rounding only; batching (--batch-rounding tolerate)");
+                }
+                (Probe::Rounding(d), BatchRounding::Exact) => {
+                    tracing::warn!(%version, max_relative_difference = d, "batching disabled for this version: its kernels round a row differently inside a batch, and --batch-rounding is exact; every request runs alone (--batch-rounding tolerate batches it)");
+                    batching = false;
+                }
+                (Probe::Refused(why), _) => {
+                    tracing::warn!(%version, %why, "batching disabled for this version: every request runs alone");
+                    batching = false;
+                }
+            }
         }
         let label = format!("model '{name}' version '{version}'");
         let (queue, rx) = queue::bounded(opts.batching.queue_capacity, label.clone());
