@@ -2,6 +2,8 @@
 # Every benchmark figure of docs/benchmarks.md in one run (issue 8), then the report:
 #   bench/anchors.py    raw session.run · kinfer-runtime HTTP/gRPC, batching off/on · FastAPI ·
 #                       KServe — saturation and a fixed-rate sweep per model, N repetitions
+#   bench/batching.py   batching on (default delay 0) against off at 1, 8, 32, 128 connections
+#   bench/flood.py      peak RSS under 16 parallel 12 MB bodies (the in-flight byte budget)
 #   bench/lifecycle.py  hot swap under load, 1,000 swaps drift, cold start per model, rollback
 #   bench/report.py     markdown tables (bench-results/report-<mode>.md, and the generated part of
 #                       docs/benchmarks.md) and the PNG plots in docs/bench/
@@ -33,6 +35,8 @@ $py bench/models.py "$out"
 } > "$out/conditions-$mode.txt"
 taskset -c $cli_cpu $py bench/anchors.py --mode "$mode" --bin "$bin" --py "$py" \
   --models "${BENCH_MODELS:-small,large,minilm}" --skip "${BENCH_SKIP:-}"
+taskset -c $cli_cpu $py bench/batching.py --mode "$mode" --bin "$bin"
+taskset -c $cli_cpu $py bench/flood.py --bin "$bin"
 taskset -c $cli_cpu $py bench/lifecycle.py --mode "$mode" --bin "$bin" --py "$py" --skip "${BENCH_SKIP:-}"
 echo "end=$(date -Is) uptime: $(uptime)" >> "$out/conditions-$mode.txt"
 $py bench/report.py --mode "$mode"

@@ -121,13 +121,13 @@ def supports_value_scale(bin_dir):
     return _SCALE[bin_dir]
 
 
-def bench(a, proto, features, rate, seconds, warmup, label, port=HTTP, extra=()):
+def bench(a, proto, features, rate, seconds, warmup, label, port=HTTP, extra=(), connections=CONNECTIONS):
     if VALUE_SCALE.get(getattr(a, "current", None)) and supports_value_scale(a.bin):
         extra = (*extra, "--value-scale", str(VALUE_SCALE[a.current]))
     addr = f"127.0.0.1:{port + 1 if proto == 'grpc' else port}"
     cmd = ["taskset", "-c", CLI_CPU, f"{a.bin}/kinfer-bench", proto, "--addr", addr, "--model",
            "mlp", "--features", str(features), "--rate", str(rate), "--connections",
-           str(CONNECTIONS), "--seconds", str(seconds), "--warmup", str(warmup), "--label", label,
+           str(connections), "--seconds", str(seconds), "--warmup", str(warmup), "--label", label,
            *extra]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if out.returncode != 0:

@@ -176,7 +176,8 @@ pub struct Args {
     #[arg(long, env = "KINFER_DECISION_LOG_SAMPLE", default_value_t = 1.0, value_parser = fraction)]
     pub decision_log_sample: f64,
     /// Check mode (the ModelVersion verification Job): load --model, run --golden if given,
-    /// print one JSON object (and write it to --termination-log), exit 0 when it passes, 1 when not.
+    /// print one JSON object (and write it to --termination-log), exit 0 when it passes, 3 when the
+    /// artifact is refused (load failure, golden-set mismatch, unreadable golden set).
     #[arg(long, requires = "model")]
     pub check: bool,
     /// Golden set (.npz with `input.<name>` / `output.<name>` arrays) for --check.

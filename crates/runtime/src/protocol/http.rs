@@ -184,7 +184,7 @@ async fn read_body(
         }
         // A chunked body (or one longer than it declared) is charged as it grows.
         if len > charge.held() {
-            charge.add(len - charge.held())?;
+            charge.add(len.saturating_sub(charge.held()))?;
         }
         buf.extend_from_slice(&data);
     }

@@ -95,7 +95,8 @@ pub struct MeteredBody {
 impl MeteredBody {
     fn check(&mut self, data: &[u8]) -> Result<(), tonic::Status> {
         if self.prefix_len < PREFIX {
-            for (slot, &b) in self.prefix[self.prefix_len..].iter_mut().zip(data) {
+            let free = self.prefix.get_mut(self.prefix_len..).unwrap_or_default();
+            for (slot, &b) in free.iter_mut().zip(data) {
                 *slot = b;
                 self.prefix_len += 1;
             }

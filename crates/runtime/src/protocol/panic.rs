@@ -136,6 +136,7 @@ pub fn grpc_panic_response() -> ::http::Response<tonic::body::Body> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)] // tests
 mod tests {
     use std::convert::Infallible;
 

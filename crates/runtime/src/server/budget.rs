@@ -94,6 +94,7 @@ impl Drop for Charge {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)] // tests
 mod tests {
     use super::*;
 

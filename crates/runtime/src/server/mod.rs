@@ -3,6 +3,13 @@
 //! record statistics and the decision log, pick the requested outputs. Protocols decode and
 //! encode; everything a request means is decided here.
 
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 pub mod budget;
 pub mod shadow;
 
@@ -285,6 +292,7 @@ impl Server {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)] // tests
 mod tests {
     use super::*;
 
