@@ -10,7 +10,8 @@ over HTTP/JSON and gRPC:
   fixed rate    half the unbatched 32-connection throughput, open loop with coordinated-omission
                 correction: the latency each mode gives at the same load
 
-Server on CPU 1, load generator on CPU 0 (taskset), one intra-op thread; every run is one JSON
+Both servers on CPU 1 (side by side; each cell measured for both modes back to back), the load
+generator on CPU 0 (taskset), one intra-op thread; every run is one JSON
 line in bench-results/batching-<mode>.jsonl, and the table (medians of the repetitions, ratio
 on/off per cell) goes to bench-results/batching-<mode>.md.
 
@@ -42,41 +43,60 @@ def stats(sock):
 
 
 def run(a, res):
+    """Both servers are up side by side (the idle one costs nothing) and every cell is measured
+    for both modes back to back, the order alternating between repetitions, so drift in the
+    machine's load falls on both alike."""
+    ports = {"off": anchors.HTTP, "on": anchors.HTTP + 100}
+
+    def record(row):
+        res.write(json.dumps(row) + "\n")
+        res.flush()
+
     for rep in range(1, a.reps + 1):
+        order = list(MODES) if rep % 2 else list(reversed(MODES))
         for name in a.models:
             file, features = MODELS[name]
             path = a.out / file
-            half = {}
-            for mode, flags in MODES.items():
-                sock = a.out / "batching-admin.sock"
-                cmd = anchors.kinfer_cmd(a, path, extra=(*flags, "--admin-socket", str(sock)))
-                with anchors.Server(cmd, f"http://127.0.0.1:{anchors.HTTP}/v2/health/ready",
-                                    a.out / "batching-server.log"):
-                    for proto in ("http", "grpc"):
-                        anchors.bench(a, proto, features, 0, a.warmup, 0, "warm-up", connections=32)
-                        for conns in CONNECTIONS:
-                            b0, r0, batching = stats(sock)
+            servers, socks = {}, {}
+            try:
+                for mode, flags in MODES.items():
+                    socks[mode] = a.out / f"batching-{mode}.sock"
+                    cmd = anchors.kinfer_cmd(a, path, port=ports[mode],
+                                             extra=(*flags, "--admin-socket", str(socks[mode])))
+                    servers[mode] = anchors.Server(
+                        cmd, f"http://127.0.0.1:{ports[mode]}/v2/health/ready",
+                        a.out / f"batching-{mode}.log")
+                for proto in ("http", "grpc"):
+                    for mode in order:
+                        anchors.bench(a, proto, features, 0, a.warmup, 0, "warm-up",
+                                      port=ports[mode], connections=32)
+                    sat = {}
+                    for conns in CONNECTIONS:
+                        for mode in order:
+                            b0, r0, batching = stats(socks[mode])
                             r = anchors.bench(a, proto, features, 0, a.seconds, 0.5,
-                                              f"{name} {proto} {mode} {conns}", connections=conns)
-                            b1, r1, _ = stats(sock)
-                            row = {**r, "model": name, "proto": proto, "mode": mode, "kind": "closed",
-                                   "connections": conns, "rep": rep, "batching": batching,
-                                   "mean_batch": (r1 - r0) / max(b1 - b0, 1), "time": time.time()}
-                            res.write(json.dumps(row) + "\n")
-                            res.flush()
+                                              f"{name} {proto} {mode} {conns}",
+                                              port=ports[mode], connections=conns)
+                            b1, r1, _ = stats(socks[mode])
+                            record({**r, "model": name, "proto": proto, "mode": mode, "kind": "closed",
+                                    "connections": conns, "rep": rep, "batching": batching,
+                                    "mean_batch": (r1 - r0) / max(b1 - b0, 1), "time": time.time()})
                             anchors.log(f"  {name:5} {proto:4} {mode:3} c={conns:<3} rps={r['achieved_rps']:>8.0f} "
-                                        f"p50={r['p50_us']:>6} p99={r['p99_us']:>7} batch={row['mean_batch']:.2f}")
-                            if mode == "off" and conns == 32:
-                                half[proto] = r["achieved_rps"] / 2
-                        rate = half[proto]
+                                        f"p50={r['p50_us']:>6} p99={r['p99_us']:>7} "
+                                        f"batch={(r1 - r0) / max(b1 - b0, 1):.2f}")
+                            sat[(mode, conns)] = r["achieved_rps"]
+                    rate = sat[("off", 32)] / 2
+                    for mode in order:
                         r = anchors.bench(a, proto, features, rate, a.seconds, 0.5,
-                                          f"{name} {proto} {mode} {rate:.0f}/s", connections=32)
-                        row = {**r, "model": name, "proto": proto, "mode": mode, "kind": "fixed",
-                               "connections": 32, "rep": rep, "time": time.time()}
-                        res.write(json.dumps(row) + "\n")
-                        res.flush()
+                                          f"{name} {proto} {mode} {rate:.0f}/s",
+                                          port=ports[mode], connections=32)
+                        record({**r, "model": name, "proto": proto, "mode": mode, "kind": "fixed",
+                                "connections": 32, "rep": rep, "time": time.time()})
                         anchors.log(f"  {name:5} {proto:4} {mode:3} {rate:.0f}/s p50={r['p50_us']} "
                                     f"p99={r['p99_us']} p99.9={r['p999_us']}")
+            finally:
+                for srv in servers.values():
+                    srv.stop()
 
 
 def med(rows, key):
@@ -90,7 +110,7 @@ def ms(us):
 def table(rows, mode_run):
     lines = [f"Batching off (`--max-batch-size 1`) against on (`--max-batch-size 32`, default delay 0), "
              f"medians of {max((r['rep'] for r in rows), default=0)} repetitions ({mode_run} mode).", "",
-             "| model | protocol | connections | off req/s | on req/s | on/off | off p50 / p99 / p99.9 | on p50 / p99 / p99.9 | mean batch |",
+             "| model | protocol | connections | off req/s | on req/s | on/off [per repetition] | off p50 / p99 / p99.9 | on p50 / p99 / p99.9 | mean batch |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     worst = {}
     for name in MODELS:
@@ -103,10 +123,13 @@ def table(rows, mode_run):
                 if not off or not on:
                     continue
                 ratio = med(on, "achieved_rps") / max(med(off, "achieved_rps"), 1)
+                per_rep = [o["achieved_rps"] / max(f["achieved_rps"], 1) for o in on for f in off
+                           if o["rep"] == f["rep"]]
+                spread = f" [{min(per_rep):.2f}–{max(per_rep):.2f}]" if len(per_rep) > 1 else ""
                 worst[(name, proto)] = min(worst.get((name, proto), ratio), ratio)
                 lat = lambda rs: f"{ms(med(rs, 'p50_us'))} / {ms(med(rs, 'p99_us'))} / {ms(med(rs, 'p999_us'))}"
                 lines.append(f"| {name} | {proto} | {conns} | {med(off, 'achieved_rps'):,.0f} | "
-                             f"{med(on, 'achieved_rps'):,.0f} | {ratio:.2f}× | {lat(off)} | {lat(on)} | "
+                             f"{med(on, 'achieved_rps'):,.0f} | {ratio:.2f}×{spread} | {lat(off)} | {lat(on)} | "
                              f"{med(on, 'mean_batch'):.1f} |")
     lines += ["", "At a fixed rate of half the unbatched 32-connection throughput (open loop, "
               "coordinated omission corrected):", "",

@@ -135,6 +135,17 @@ def test_oversize_http_body_is_refused_by_its_content_length(seq):
     # Chunked (no Content-Length): refused once the limit is crossed.
     r = requests.post(seq.url("/v2/models/seq/infer"), data=iter([b" " * MIB] * 17), timeout=60)
     assert r.status_code == 400 and "--max-message-bytes" in r.json()["error"], r.text
+    # A client that writes its whole body before reading (http.client) still reads the answer:
+    # the refused body is drained, not kept, instead of the connection being reset under it.
+    import http.client
+    for path, body, status in [("/v2/models/seq/infer", b" " * (17 * MIB), 400),
+                               ("/v2/models/nope/infer", b" " * (8 * MIB), 404)]:
+        conn = http.client.HTTPConnection("127.0.0.1", seq.http_port, timeout=60)
+        conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        assert resp.status == status, (path, resp.status)
+        assert json.loads(resp.read())["error"]
+        conn.close()
     assert_serves(seq)
 
 

@@ -162,6 +162,7 @@ pub fn runtime_args(v: &Validated) -> Vec<String> {
     if let Some(t) = &spec.runtime.request_timeout {
         a.extend(["--request-timeout".into(), t.to_string()]);
     }
+    a.extend(scheduling::memory_flags(v));
     if spec.policy.is_some() {
         a.extend(["--policy".into(), format!("{POLICY_DIR}/{POLICY_FILE}")]);
     }

@@ -36,6 +36,31 @@ pub const PINNING_ANNOTATIONS: [&str; 3] = [
     "irq-load-balancing.crio.io",
 ];
 
+/// The runtime's request-memory flags for a container memory limit: a quarter of it for request
+/// bytes in flight (`--max-inflight-bytes`) and at most the runtime's default 64 MiB per message
+/// (`--max-message-bytes`), so a flood of large requests is shed before it reaches the limit.
+/// Nothing without a memory limit (the runtime's defaults apply).
+pub fn memory_flags(v: &Validated) -> Vec<String> {
+    const DEFAULT_MESSAGE: u128 = 64 << 20;
+    const FLOOR: u128 = 1 << 20;
+    let Some(bytes) = v
+        .spec
+        .resources
+        .memory
+        .as_ref()
+        .and_then(|m| crate::quantity::memory_bytes(&m.0))
+    else {
+        return Vec::new();
+    };
+    let budget = (bytes / 4).max(FLOOR);
+    vec![
+        "--max-inflight-bytes".into(),
+        budget.to_string(),
+        "--max-message-bytes".into(),
+        budget.min(DEFAULT_MESSAGE).to_string(),
+    ]
+}
+
 /// Resources of the runtime container.
 pub fn runtime_resources(v: &Validated) -> ResourceRequirements {
     let r = &v.spec.resources;
@@ -118,6 +143,22 @@ mod tests {
         Defaults, deployment::deployment, deployment::runtime_args, tests::validated,
     };
     use k8s_openapi::api::core::v1::PodSpec;
+
+    #[test]
+    fn memory_limits_size_the_request_budget() {
+        let flags = |spec: &str| runtime_args(&validated(spec)).join(" ");
+        let gi = flags(r#"{"modelVersion":"v","resources":{"memory":"1Gi"}}"#);
+        assert!(
+            gi.contains("--max-inflight-bytes 268435456 --max-message-bytes 67108864"),
+            "{gi}"
+        );
+        let small = flags(r#"{"modelVersion":"v","resources":{"memory":"128Mi"}}"#);
+        assert!(
+            small.contains("--max-inflight-bytes 33554432 --max-message-bytes 33554432"),
+            "{small}"
+        );
+        assert!(!flags(r#"{"modelVersion":"v"}"#).contains("--max-inflight-bytes"));
+    }
 
     fn pod(spec: &str) -> (PodSpec, BTreeMap<String, String>) {
         let v = validated(spec);

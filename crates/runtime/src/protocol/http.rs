@@ -145,11 +145,30 @@ async fn model_ready_v(
     }
 }
 
+/// How long a refused request's unread body is drained before the answer goes out.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads and discards what is left of a refused request's body (at most `limit` bytes, for at
+/// most [`DRAIN_TIME`]), so a client that sends its whole body before reading gets the answer
+/// instead of a reset connection. Nothing read here is kept.
+async fn drain(body: &mut Body, limit: usize) {
+    let until = tokio::time::Instant::now() + DRAIN_TIME;
+    let mut seen = 0usize;
+    while seen < limit {
+        match tokio::time::timeout_at(until, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                seen = seen.saturating_add(frame.data_ref().map_or(0, |d| d.len()))
+            }
+            _ => break,
+        }
+    }
+}
+
 /// Reads a request body within the message limit, charging its bytes as they arrive.
 async fn read_body(
     s: &Server,
     headers: &HeaderMap,
-    mut body: Body,
+    body: &mut Body,
     charge: &Charge,
 ) -> Result<Bytes, InferError> {
     let max = s.limits.max_message_bytes;
@@ -230,13 +249,13 @@ async fn run(
     model: String,
     version: Option<String>,
     headers: HeaderMap,
-    body: Body,
+    mut body: Body,
 ) -> Response {
     let charge = s.budget.charge();
     let result = async {
         let v = s.resolve(&model, version.as_deref())?;
         let header_len = header_length(&headers)?;
-        let bytes = read_body(&s, &headers, body, &charge).await?;
+        let bytes = read_body(&s, &headers, &mut body, &charge).await?;
         let d = decode_request(
             &bytes,
             header_len,
@@ -268,6 +287,11 @@ async fn run(
         Ok::<_, InferError>(encoded)
     }
     .await;
+    if result.is_err() {
+        // Refused before its body was read (unknown model, too large, over the budget): the
+        // rest is drained, not kept, so the client reads this answer.
+        drain(&mut body, s.limits.max_message_bytes.saturating_mul(2)).await;
+    }
     match result {
         Ok(encoded) => {
             s.count(Protocol::Http, Ok(()));
