@@ -31,7 +31,10 @@ import anchors  # noqa: E402  (Server, kinfer_cmd, bench: the same harness as th
 ROOT = anchors.ROOT
 CONNECTIONS = [1, 8, 32, 128]
 MODELS = {"small": ("mlp-64-256-256-2.onnx", 64), "large": ("mlp-512-2048-2048-2.onnx", 512)}
-MODES = {"off": (), "on": ("--max-batch-size", "32")}
+MODES = {"off": (), "on": ("--max-batch-size", "32"), "aa": ()}
+# "aa" is a second, identical unbatched server (an A/A control, small model only): its ratio to
+# "off" is the run-to-run spread that any on/off ratio near 1 has to be read against.
+AA_MODELS = {"small"}
 
 
 def stats(sock):
@@ -46,20 +49,22 @@ def run(a, res):
     """Both servers are up side by side (the idle one costs nothing) and every cell is measured
     for both modes back to back, the order alternating between repetitions, so drift in the
     machine's load falls on both alike."""
-    ports = {"off": anchors.HTTP, "on": anchors.HTTP + 100}
+    ports = {"off": anchors.HTTP, "on": anchors.HTTP + 100, "aa": anchors.HTTP + 200}
 
     def record(row):
         res.write(json.dumps(row) + "\n")
         res.flush()
 
     for rep in range(1, a.reps + 1):
-        order = list(MODES) if rep % 2 else list(reversed(MODES))
         for name in a.models:
+            modes = [m for m in MODES if m != "aa" or name in AA_MODELS]
+            order = modes if rep % 2 else list(reversed(modes))
             file, features = MODELS[name]
             path = a.out / file
             servers, socks = {}, {}
             try:
-                for mode, flags in MODES.items():
+                for mode in modes:
+                    flags = MODES[mode]
                     socks[mode] = a.out / f"batching-{mode}.sock"
                     cmd = anchors.kinfer_cmd(a, path, port=ports[mode],
                                              extra=(*flags, "--admin-socket", str(socks[mode])))
@@ -86,7 +91,7 @@ def run(a, res):
                                         f"batch={(r1 - r0) / max(b1 - b0, 1):.2f}")
                             sat[(mode, conns)] = r["achieved_rps"]
                     rate = sat[("off", 32)] / 2
-                    for mode in order:
+                    for mode in (m for m in order if m != "aa"):
                         r = anchors.bench(a, proto, features, rate, a.seconds, 0.5,
                                           f"{name} {proto} {mode} {rate:.0f}/s",
                                           port=ports[mode], connections=32)
@@ -110,8 +115,8 @@ def ms(us):
 def table(rows, mode_run):
     lines = [f"Batching off (`--max-batch-size 1`) against on (`--max-batch-size 32`, default delay 0), "
              f"medians of {max((r['rep'] for r in rows), default=0)} repetitions ({mode_run} mode).", "",
-             "| model | protocol | connections | off req/s | on req/s | on/off [per repetition] | off p50 / p99 / p99.9 | on p50 / p99 / p99.9 | mean batch |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| model | protocol | connections | off req/s | on req/s | on/off [per repetition] | A/A off/off | off p50 / p99 / p99.9 | on p50 / p99 / p99.9 | mean batch |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     worst = {}
     for name in MODELS:
         for proto in ("http", "grpc"):
@@ -120,8 +125,10 @@ def table(rows, mode_run):
                        and r["connections"] == conns and r["kind"] == "closed"]
                 off = [r for r in sel if r["mode"] == "off"]
                 on = [r for r in sel if r["mode"] == "on"]
+                aa = [r for r in sel if r["mode"] == "aa"]
                 if not off or not on:
                     continue
+                aa_ratio = f"{med(aa, 'achieved_rps') / max(med(off, 'achieved_rps'), 1):.2f}×" if aa else "—"
                 ratio = med(on, "achieved_rps") / max(med(off, "achieved_rps"), 1)
                 per_rep = [o["achieved_rps"] / max(f["achieved_rps"], 1) for o in on for f in off
                            if o["rep"] == f["rep"]]
@@ -129,7 +136,7 @@ def table(rows, mode_run):
                 worst[(name, proto)] = min(worst.get((name, proto), ratio), ratio)
                 lat = lambda rs: f"{ms(med(rs, 'p50_us'))} / {ms(med(rs, 'p99_us'))} / {ms(med(rs, 'p999_us'))}"
                 lines.append(f"| {name} | {proto} | {conns} | {med(off, 'achieved_rps'):,.0f} | "
-                             f"{med(on, 'achieved_rps'):,.0f} | {ratio:.2f}×{spread} | {lat(off)} | {lat(on)} | "
+                             f"{med(on, 'achieved_rps'):,.0f} | {ratio:.2f}×{spread} | {aa_ratio} | {lat(off)} | {lat(on)} | "
                              f"{med(on, 'mean_batch'):.1f} |")
     lines += ["", "At a fixed rate of half the unbatched 32-connection throughput (open loop, "
               "coordinated omission corrected):", "",

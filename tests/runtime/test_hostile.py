@@ -28,7 +28,8 @@ from conftest import BINARY, Runtime
 
 MIB = 1 << 20
 SEQ_FLAGS = ["--max-batch-size", "8", "--max-queue-delay", "5ms", "--max-request-rows", "64",
-             "--max-message-bytes", str(16 * MIB), "--max-inflight-bytes", str(64 * MIB)]
+             "--max-message-bytes", str(16 * MIB), "--max-inflight-bytes", str(64 * MIB),
+             "--body-idle-timeout", "2s"]
 
 
 def rss_kb(pid, field="VmRSS"):
@@ -177,6 +178,31 @@ def test_a_flood_of_large_bodies_is_shed_within_the_budget(seq):
     # Without the budget and with serde_json::Value this took ~0.9 GB; with it, a 64 MiB budget
     # plus each admitted request's ORT tensors and JSON answer.
     assert peak < base + 400 * 1024, (base, peak, codes)
+    assert_serves(seq)
+
+
+def test_slow_senders_hold_only_what_they_sent(seq):
+    """Eight connections declare the largest body (16 MiB each, twice the 64 MiB budget in all)
+    and trickle it: they hold only the bytes they sent, so other requests are still served, and
+    a body that stalls is refused after --body-idle-timeout."""
+    import socket
+    socks = []
+    for _ in range(8):
+        c = socket.create_connection(("127.0.0.1", seq.http_port))
+        c.sendall(b"POST /v2/models/seq/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: " + str(16 * MIB).encode() + b"\r\n\r\n" + b" " * 1000)
+        socks.append(c)
+    try:
+        time.sleep(0.3)
+        assert_serves(seq)
+        for c in socks:
+            c.settimeout(10)
+            head = c.recv(4096).decode(errors="replace")
+            assert head.startswith("HTTP/1.1 400"), head[:200]
+            assert "the request body stalled" in head or "stalled" in c.recv(4096).decode(errors="replace")
+    finally:
+        for c in socks:
+            c.close()
     assert_serves(seq)
 
 

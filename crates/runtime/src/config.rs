@@ -33,6 +33,8 @@ pub mod bounds {
     pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3600);
     /// `--drain-timeout`.
     pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(600);
+    /// `--body-idle-timeout`.
+    pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 }
 
 fn bounded_duration(v: &str, max: Duration) -> Result<Duration, String> {
@@ -53,6 +55,13 @@ fn request_timeout(v: &str) -> Result<Duration, String> {
 
 fn drain_timeout(v: &str) -> Result<Duration, String> {
     bounded_duration(v, bounds::DRAIN_TIMEOUT)
+}
+
+fn body_idle_timeout(v: &str) -> Result<Duration, String> {
+    match bounded_duration(v, bounds::BODY_IDLE_TIMEOUT)? {
+        d if d.is_zero() => Err(format!("{v}: a body must be given some time to arrive")),
+        d => Ok(d),
+    }
 }
 
 fn fraction(v: &str) -> Result<f64, String> {
@@ -159,6 +168,10 @@ pub struct Args {
     #[arg(long, env = "KINFER_MAX_INFLIGHT_BYTES", default_value_t = 256 * 1024 * 1024,
           value_parser = RangedU64ValueParser::<usize>::new().range(1024..=bounds::INFLIGHT_BYTES))]
     pub max_inflight_bytes: usize,
+    /// Longest wait for the next piece of an HTTP request body; a body that stalls longer is
+    /// refused (400) and its bytes released.
+    #[arg(long, env = "KINFER_BODY_IDLE_TIMEOUT", default_value = "30s", value_parser = body_idle_timeout)]
+    pub body_idle_timeout: Duration,
     /// Warm-up runs per session before a version is ready.
     #[arg(long, env = "KINFER_WARMUP_RUNS", default_value_t = 3,
           value_parser = RangedU64ValueParser::<usize>::new().range(0..=bounds::WARMUP_RUNS))]
@@ -255,6 +268,8 @@ mod tests {
             ("--request-timeout", "100h"),
             ("--max-message-bytes", "99999999999"),
             ("--decision-log-sample", "1.5"),
+            ("--body-idle-timeout", "0s"),
+            ("--body-idle-timeout", "1h"),
         ] {
             let e = parse(&[flag, value]).unwrap_err();
             assert!(e.contains(flag), "{flag} {value}: {e}");

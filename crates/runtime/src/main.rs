@@ -172,6 +172,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let limits = Limits {
         max_message_bytes: args.max_message_bytes,
+        body_idle_timeout: args.body_idle_timeout,
     };
     let budget = Budget::new(args.max_inflight_bytes);
     let mut server = Server::new(registry.clone(), request_timeout, limits, budget.clone());

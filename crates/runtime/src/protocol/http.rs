@@ -145,8 +145,10 @@ async fn model_ready_v(
     }
 }
 
-/// How long a refused request's unread body is drained before the answer goes out.
+/// How long a refused request's unread body is drained before the answer goes out, at most.
 const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+/// A drain stops at the first pause this long (the client is not sending: nothing to wait for).
+const DRAIN_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Reads and discards what is left of a refused request's body (at most `limit` bytes, for at
 /// most [`DRAIN_TIME`]), so a client that sends its whole body before reading gets the answer
@@ -155,16 +157,19 @@ async fn drain(body: &mut Body, limit: usize) {
     let until = tokio::time::Instant::now() + DRAIN_TIME;
     let mut seen = 0usize;
     while seen < limit {
-        match tokio::time::timeout_at(until, body.frame()).await {
+        let next = (tokio::time::Instant::now() + DRAIN_IDLE).min(until);
+        match tokio::time::timeout_at(next, body.frame()).await {
             Ok(Some(Ok(frame))) => {
-                seen = seen.saturating_add(frame.data_ref().map_or(0, |d| d.len()))
+                seen = seen.saturating_add(frame.data_ref().map_or(0, |d| d.len()));
             }
             _ => break,
         }
     }
 }
 
-/// Reads a request body within the message limit, charging its bytes as they arrive.
+/// Reads a request body within the message limit, charging its bytes to the in-flight budget
+/// as they arrive (a slow sender holds only what it has sent). A `Content-Length` over the limit
+/// is refused before a byte is read, and one larger than the budget has free at once.
 async fn read_body(
     s: &Server,
     headers: &HeaderMap,
@@ -187,11 +192,23 @@ async fn read_body(
             .ok()
             .filter(|&n| n <= max)
             .ok_or_else(|| too_big(n.to_string()))?;
-        charge.add(n)?;
+        s.budget.fits(n)?;
+        // Address space only: pages are touched (and charged) as the bytes arrive.
         capacity = n;
     }
     let mut buf = bytes::BytesMut::with_capacity(capacity);
-    while let Some(frame) = body.frame().await {
+    loop {
+        let idle = s.limits.body_idle_timeout;
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(_) => {
+                return Err(InferError::invalid(format!(
+                    "the request body stalled: no data for {idle:?} after {} bytes (--body-idle-timeout)",
+                    buf.len()
+                )));
+            }
+        };
         let frame =
             frame.map_err(|e| InferError::invalid(format!("cannot read the request body: {e}")))?;
         let Ok(data) = frame.into_data() else {
@@ -201,10 +218,7 @@ async fn read_body(
         if len > max {
             return Err(too_big(format!("more than {len}")));
         }
-        // A chunked body (or one longer than it declared) is charged as it grows.
-        if len > charge.held() {
-            charge.add(len.saturating_sub(charge.held()))?;
-        }
+        charge.add(data.len())?;
         buf.extend_from_slice(&data);
     }
     Ok(buf.freeze())

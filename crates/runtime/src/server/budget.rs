@@ -39,6 +39,23 @@ impl Budget {
         self.total.saturating_sub(self.sem.available_permits())
     }
 
+    /// Refuses at once a request of `bytes` that the budget cannot hold now (before any of it is
+    /// read); the bytes are charged only as they arrive.
+    pub fn fits(&self, bytes: usize) -> Result<(), InferError> {
+        if bytes > self.sem.available_permits() {
+            return Err(self.over(bytes));
+        }
+        Ok(())
+    }
+
+    fn over(&self, bytes: usize) -> InferError {
+        InferError::Overloaded(format!(
+            "{} request bytes are in flight and {bytes} more would exceed the budget of {} bytes (--max-inflight-bytes); retry shortly",
+            self.in_use(),
+            self.total
+        ))
+    }
+
     /// An empty charge for one request.
     pub fn charge(&self) -> Charge {
         Charge {
@@ -70,11 +87,7 @@ impl Charge {
                 self.held.fetch_add(bytes, Relaxed);
                 Ok(())
             }
-            None => Err(InferError::Overloaded(format!(
-                "{} request bytes are in flight and {bytes} more would exceed the budget of {} bytes (--max-inflight-bytes); retry shortly",
-                self.budget.in_use(),
-                self.budget.total
-            ))),
+            None => Err(self.budget.over(bytes)),
         }
     }
 
@@ -114,5 +127,6 @@ mod tests {
         drop(c2);
         assert_eq!(b.in_use(), 0);
         assert!(b.charge().add(usize::MAX).is_err());
+        assert!(b.fits(100).is_ok() && b.fits(101).is_err());
     }
 }

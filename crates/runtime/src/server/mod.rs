@@ -61,6 +61,8 @@ pub struct Limits {
     /// Largest request message (HTTP body, gRPC message) and largest total of decoded tensor
     /// bytes in one request (`--max-message-bytes`).
     pub max_message_bytes: usize,
+    /// Longest wait for the next piece of an HTTP request body (`--body-idle-timeout`).
+    pub body_idle_timeout: Duration,
 }
 
 /// Server-wide state shared by the front ends.
