@@ -22,6 +22,7 @@ use std::{
 };
 
 use budget::Budget;
+use tracing::Instrument;
 
 use crate::{
     error::InferError,
@@ -178,9 +179,8 @@ impl Server {
         let started = Instant::now();
         // Disabled callsites cost one branch; enable with RUST_LOG=kinfer_runtime=debug.
         let span = tracing::debug_span!("infer", protocol = req.protocol.label(), model = %v.info.name, version = %v.info.version);
-        let _entered = span.enter();
         let proto = req.protocol;
-        let result = self.run(&v, req, started).await;
+        let result = self.run(&v, req, started).instrument(span).await;
         let elapsed = started.elapsed();
         v.stats.request.record(elapsed);
         if let Some(h) = v.stats.protocol.get(proto as usize) {
