@@ -50,7 +50,7 @@ clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 docs:
-	RUSTDOCFLAGS="-D warnings" $(CARGO) doc -q -p kinfer-api --no-deps
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc -q -p kinfer-api -p kinfer-contract --no-deps
 
 test-rust: deps
 	PATH="$(KINFER_VENV)/bin:$$PATH" $(CARGO) test --workspace

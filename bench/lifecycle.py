@@ -5,7 +5,7 @@
              window against the steady ones, and RSS / round trip / server-internal overhead after
              many swaps against the start.
   cold       process start → /v2/health/ready for each model size (kinfer, FastAPI, KServe).
-  rollback   POST /admin/rollback: the admin call's latency and the time until the first request
+  rollback   POST /admin/rollback {"version"}: the admin call's latency and the time until the first request
              answered by the previous version.
 
 Every figure is one JSON line in bench-results/lifecycle-<mode>.jsonl.
@@ -246,7 +246,7 @@ class Lifecycle:
                 new, old = ("2", "1") if i % 2 == 0 else ("1", "2")
                 assert version() == new
                 t0 = time.perf_counter()
-                admin.call("POST", "/admin/rollback")
+                admin.call("POST", "/admin/rollback", {"version": old})
                 t1 = time.perf_counter()
                 tries = 1
                 while version() != old:
@@ -255,8 +255,8 @@ class Lifecycle:
                 admin_ms.append((t1 - t0) * 1e3)
                 first_ms.append((t2 - t0) * 1e3)
                 polls.append(tries)
-                # After a rollback the rolled-back version stays loaded as previous: roll back
-                # again to measure the other direction next time.
+                # The rolled-back version stays loaded as previous: the next rollback names it,
+                # measuring the other direction.
             self.emit(kind="rollback", n=n, admin_p50_ms=round(statistics.median(admin_ms), 3),
                       admin_max_ms=round(max(admin_ms), 3), first_old_p50_ms=round(statistics.median(first_ms), 3),
                       first_old_max_ms=round(max(first_ms), 3), requests_until_old_max=max(polls))

@@ -39,7 +39,11 @@ class Runtime:
         if model is not None:
             args += ["--model", str(model), "--model-version", version]
         self.log = open(pathlib.Path(workdir) / f"runtime-{self.http_port}.log", "w+")
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        self.args = args
+        self._spawn()
+
+    def _spawn(self):
+        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 20
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -51,6 +55,12 @@ class Runtime:
                 pass
             time.sleep(0.05)
         raise RuntimeError(f"kinfer-runtime did not start: {self.logs()}")
+
+    def crash_and_restart(self):
+        """SIGKILL, then start again with the same flags (what the kubelet does to a container)."""
+        self.proc.kill()
+        self.proc.wait()
+        self._spawn()
 
     def url(self, path):
         return f"http://127.0.0.1:{self.http_port}{path}"

@@ -193,7 +193,7 @@ def test_hot_swap_under_load_drops_nothing_and_labels_every_answer(start, mlp_v1
     for _ in range(100):
         assert rt.admin("POST", "/admin/promote", {"version": "v2"})[0] == 200
         time.sleep(0.005)
-        assert rt.admin("POST", "/admin/rollback")[0] == 200
+        assert rt.admin("POST", "/admin/rollback", {"version": "v1"})[0] == 200
         time.sleep(0.005)
     stop.set()
     for t in threads:
@@ -213,7 +213,8 @@ def test_admin_api(start, mlp_v1, mlp_v2, workdir):
     assert code == 422 and "nonexistent.onnx" in body["error"]
     assert rt.admin("POST", "/admin/stage", {"path": "x"})[0] == 400
     assert rt.admin("POST", "/admin/promote", {"version": "v9"})[0] == 404
-    assert rt.admin("POST", "/admin/rollback")[0] == 409
+    assert rt.admin("POST", "/admin/rollback", {"version": "v9"})[0] == 404
+    assert rt.admin("POST", "/admin/rollback")[0] == 400  # it names the version to go back to
     assert rt.admin("POST", "/admin/unload", {"version": "v1"})[0] == 409
     assert rt.admin("POST", "/admin/stage", {"version": "v2", "path": str(mlp_v2)})[0] == 200
     # A staged version is reachable explicitly but does not serve.
@@ -231,9 +232,40 @@ def test_admin_api(start, mlp_v1, mlp_v2, workdir):
     code, rep = rt.admin("POST", "/admin/evaluate", {"version": "v2", "golden": str(mlp_v1)})
     assert code == 400 and "not an .npz" in rep["error"]
     assert rt.admin("POST", "/admin/promote", {"version": "v2"})[1]["previous"] == "v1"
-    assert rt.admin("POST", "/admin/rollback")[1] == {"serving": "v1", "previous": "v2"}
+    assert rt.admin("POST", "/admin/rollback", {"version": "v1"})[1] == {"serving": "v1", "previous": "v2", "changed": True}
     assert rt.admin("POST", "/admin/unload", {"version": "v2"})[0] == 200
     assert requests.post(rt.url("/v2/models/fraud/versions/v2/infer"), json=payload(x)).status_code == 404
+
+
+def test_admin_calls_are_idempotent_and_stage_knows_its_bytes(start, mlp_v1, mlp_v2, workdir):
+    """A lost answer followed by a retry, or a watcher restart that repeats its last call, leaves
+    the runtime as the first call did; the same label with other bytes is told apart by digest."""
+    rt = start(mlp_v1, "fraud", version="v1")
+    stage = {"version": "v2", "path": str(mlp_v2), "digest": "sha256:aaaa"}
+    code, first = rt.admin("POST", "/admin/stage", stage)
+    assert code == 200 and first["digest"] == "sha256:aaaa" and first["batching"] is False, first
+    code, again = rt.admin("POST", "/admin/stage", stage)
+    assert code == 409 and again["conflict"] == "AlreadyLoaded" and again["digest"] == "sha256:aaaa", again
+    assert rt.admin("POST", "/admin/serve", {"version": "v2"})[1] == {"serving": "v2", "previous": "v1", "changed": True}
+    assert rt.admin("POST", "/admin/serve", {"version": "v2"})[1] == {"serving": "v2", "previous": "v1", "changed": False}
+    # Rollback names its target: the second call changes nothing (a swap would serve v2 again).
+    assert rt.admin("POST", "/admin/rollback", {"version": "v1"})[1] == {"serving": "v1", "previous": "v2", "changed": True}
+    assert rt.admin("POST", "/admin/rollback", {"version": "v1"})[1] == {"serving": "v1", "previous": "v2", "changed": False}
+    _, stats = rt.admin("GET", "/admin/stats")
+    assert (stats["serving"], stats["rollbacks"], stats["versions"]["v2"]["digest"]) == ("v1", 1, "sha256:aaaa")
+    # Other bytes under a label kept for rollback are refused; once it is unloaded they load.
+    other = {**stage, "path": str(mlp_v1), "digest": "sha256:bbbb"}
+    code, body = rt.admin("POST", "/admin/stage", other)
+    assert code == 409 and body["conflict"] == "OtherBytes" and body["digest"] == "sha256:aaaa", body
+    assert rt.admin("POST", "/admin/unload", {"version": "v2"})[0] == 200
+    code, body = rt.admin("POST", "/admin/stage", other)
+    assert code == 200 and body["digest"] == "sha256:bbbb", body
+    # Other bytes under a label that is merely staged: reloaded from the new bytes.
+    code, body = rt.admin("POST", "/admin/stage", {**stage, "digest": "sha256:cccc"})
+    assert code == 200 and body["digest"] == "sha256:cccc", body
+    x = np.ones((1, 4), np.float32)
+    r = requests.post(rt.url("/v2/models/fraud/versions/v2/infer"), json=payload(x)).json()
+    assert np.allclose(np.array(r["outputs"][0]["data"], np.float32), ref(mlp_v2, x)[0].ravel())
 
 
 def test_runtime_without_model_is_not_ready_until_promoted(start, mlp_v1):

@@ -224,6 +224,95 @@ def test_slower_version_is_rolled_back_on_p99(served_v1, workdir, s3, signing_ke
     assert load.failed == 0, load.errors[:3]
 
 
+def test_without_auto_rollback_a_regression_is_its_own_verdict(served_v1, workdir, s3, signing_key):
+    """autoRollback: false must not read as a pass: the watcher keeps the slower version serving
+    and reports Regressed (exit 4), which the operator turns into RolloutStopped."""
+    priv, pub = signing_key
+    d = artifact(workdir, "slow-kept", lambda p: models.scorer(p, seed=0, slow_layers=40), sign_key=priv)
+    src = s3.upload(d, "fraud/slow-kept")
+    with Load(served_v1) as load:
+        time.sleep(1.0)
+        code, report, events, p = run_watcher(served_v1, workdir, s3, src, "slow-kept", *ANALYSIS,
+                                              "--no-auto-rollback", keys=[pub])
+    assert code == 4, p.stderr[-3000:]
+    assert report["verdict"] == "Regressed" and report["reason"] == "LatencyRegression", report
+    assert "autoRollback is off" in report["message"] and "rollout stops" in report["message"]
+    assert any(e["reason"] == "LatencyRegression" and e["type"] == "Warning" for e in events)
+    assert serving(served_v1)[0] == "slow-kept"
+    assert load.failed == 0, load.errors[:3]
+
+
+def test_clients_mistakes_do_not_roll_back_a_good_version(served_v1, workdir, s3, signing_key):
+    """~7% malformed requests and requests with a 1 µs client deadline during the analysis:
+    they are counted as errors but not as the server's, so a good version is kept."""
+    priv, pub = signing_key
+    d = artifact(workdir, "good-noisy", lambda p: models.scorer(p, seed=0, weight_noise=1e-3), sign_key=priv)
+    src = s3.upload(d, "fraud/good-noisy")
+    stop = threading.Event()
+    sent = {"bad": 0, "late": 0}
+
+    def noise():
+        import requests
+        s = requests.Session()
+        url = served_v1.url("/v2/models/fraud/infer")
+        while not stop.is_set():
+            # A well-formed request for an output the model does not have: the client's mistake.
+            s.post(url, json={"inputs": [{"name": "x", "shape": [1, 8], "datatype": "FP32", "data": [0.1] * 8}],
+                              "outputs": [{"name": "logits"}]})
+            sent["bad"] += 1
+            s.post(url, json={"inputs": [{"name": "x", "shape": [1, 8], "datatype": "FP32", "data": [0.1] * 8}],
+                              "parameters": {"timeout": 1}})
+            sent["late"] += 1
+            time.sleep(0.07)
+
+    with Load(served_v1) as load:
+        t = threading.Thread(target=noise)
+        t.start()
+        time.sleep(1.0)
+        code, report, events, p = run_watcher(served_v1, workdir, s3, src, "good-noisy", *ANALYSIS, keys=[pub])
+        stop.set()
+        t.join()
+    assert code == 0 and report["verdict"] == "Passed", (report, p.stderr[-2000:])
+    assert sent["bad"] > 20, sent
+    _, stats = served_v1.admin("GET", "/admin/stats")
+    st = stats["versions"]["good-noisy"]["stats"]
+    assert st["errors"] > 0 and st["server_errors"] == 0, st
+    assert st["error_rate"] > 0.01 >= st["server_error_rate"], st
+    assert load.failed == 0, load.errors[:3]
+
+
+def test_a_runtime_crash_during_analysis_fails_the_candidate(start, workdir, s3, signing_key):
+    """SIGKILL of the runtime while a version is analysed: the restarted runtime has lost the
+    candidate, which counts as failed (RuntimeCrashed, rolled back) and never serves again; the
+    last judged version serves."""
+    priv, pub = signing_key
+    v1 = models.scorer(workdir / "scorer-v1-crash.onnx", seed=0)
+    rt = start(v1, "fraud", version="v1")
+    d = artifact(workdir, "crashy", lambda p: models.scorer(p, seed=0, weight_noise=1e-3), sign_key=priv)
+    src = s3.upload(d, "fraud/crashy")
+    models_dir = workdir / f"models-{rt.http_port}"
+    args = [str(WATCHER), "run", "--admin-socket", rt.socket, "--models-dir", str(models_dir), "--source", src,
+            "--endpoint", s3.endpoint, "--credentials-file", str(s3.creds), "--version", "crashy",
+            "--public-key", str(pub), "--golden", "golden.npz", "--window", "60s", "--min-requests", "100000"]
+    with Load(rt, rate=200):
+        time.sleep(0.5)
+        w = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 60
+        while serving(rt)[0] != "crashy":
+            assert time.time() < deadline and w.poll() is None, w.stderr.read()[-2000:] if w.poll() else ""
+            time.sleep(0.1)
+        time.sleep(0.5)  # analysing now
+        rt.crash_and_restart()
+        out, err = w.communicate(timeout=60)
+    reports = [json.loads(x)["report"] for x in out.splitlines() if x.startswith('{"report"')]
+    events = [json.loads(x)["event"] for x in out.splitlines() if x.startswith('{"event"')]
+    assert w.returncode == 2, err[-3000:]
+    last = reports[-1]
+    assert last["verdict"] == "RolledBack" and last["reason"] == "RuntimeCrashed", last
+    assert {"RuntimeCrashed", "RolledBack"} <= {e["reason"] for e in events}
+    assert serving(rt) == ("v1", ["v1"])
+
+
 def test_drifting_version_is_rolled_back_on_drift(served_v1, workdir, s3, signing_key):
     priv, pub = signing_key
     d = artifact(workdir, "drift", lambda p: models.scorer(p, seed=0, logit_shift=4.0), sign_key=priv)

@@ -17,7 +17,7 @@ pub const MODEL_LABEL: &str = "kinfer.dev/model";
 /// Exit code of the verification Job's two checks (`kinfer-watcher check`, `kinfer-runtime
 /// --check`) when the artifact is refused: a property of the artifact, so the Job's
 /// `podFailurePolicy` fails it at once instead of retrying. Other failures exit 1 and are retried.
-pub const EXIT_REFUSED: i32 = 3;
+pub const EXIT_REFUSED: i32 = kinfer_contract::exit::REFUSED;
 
 /// Event reasons, stable so users can grep them (`kubectl get events --field-selector reason=…`).
 pub mod reasons {
@@ -48,6 +48,11 @@ pub mod reasons {
     pub const DRIFT_DETECTED: &str = "DriftDetected";
     /// A version was swapped back out (Warning).
     pub const ROLLED_BACK: &str = "RolledBack";
+    /// The runtime restarted during a version's analysis and lost it: the candidate counts as
+    /// failed and the last judged version serves again (Warning; rolled back).
+    pub const RUNTIME_CRASHED: &str = "RuntimeCrashed";
+    /// A rollout stopped where it is: a version regressed and `autoRollback` is off (Warning).
+    pub const ROLLOUT_STOPPED: &str = "RolloutStopped";
 }
 
 /// How far the watcher has got with the version it was asked for.
@@ -79,6 +84,9 @@ pub enum Verdict {
     Refused,
     /// Served, regressed, and was swapped back to the previous version.
     RolledBack,
+    /// Served and regressed, and kept serving because `autoRollback` is off: the rollout stops
+    /// where it is (nothing more is promoted) until the spec changes or a retry is asked for.
+    Regressed,
 }
 
 /// Golden-set figures of the numerical gate.

@@ -1,12 +1,17 @@
 //! A client of the runtime's admin API (HTTP/1.1 + JSON on the pod's Unix socket): stage,
-//! evaluate, shadow, promote, rollback, unload, stats. One connection per call: the admin path is
+//! evaluate, shadow, serve, rollback, unload, stats, with the request and answer types of
+//! `kinfer_contract::admin` that the runtime serves. One connection per call: the admin path is
 //! rare and this keeps a runtime restart from leaving a dead connection behind.
 
 use std::path::{Path, PathBuf};
 
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode, body::Bytes};
-use serde_json::{Value, json};
+use kinfer_contract::admin::{
+    Conflict, ErrorBody, EvaluateAnswer, EvaluateRequest, ServeAnswer, ShadowAnswer, ShadowRequest,
+    StageAnswer, StageRequest, StatsAnswer, UnloadAnswer, VersionRequest, paths,
+};
+use serde::{Serialize, de::DeserializeOwned};
 
 /// Why an admin call failed.
 #[derive(Debug, thiserror::Error)]
@@ -20,23 +25,50 @@ pub enum AdminError {
         reason: String,
     },
     /// The runtime answered with an error status.
-    #[error("runtime refused {op}: HTTP {status}: {message}")]
+    #[error("runtime refused {op}: HTTP {status}: {}", body.error)]
     Refused {
         /// The endpoint.
         op: String,
         /// HTTP status.
         status: u16,
-        /// The runtime's `error` text.
-        message: String,
+        /// The runtime's error body.
+        body: ErrorBody,
+    },
+    /// The runtime answered 200 with a body that is not the contract's answer: a runtime of
+    /// another version, or a bug on one side.
+    #[error("runtime answered {op} with a body the watcher cannot read ({reason}): {body}")]
+    Contract {
+        /// The endpoint.
+        op: String,
+        /// What did not parse.
+        reason: String,
+        /// The start of the body.
+        body: String,
     },
 }
 
 impl AdminError {
-    /// The HTTP status when the runtime answered.
+    /// The HTTP status when the runtime answered with an error.
     pub fn status(&self) -> Option<u16> {
         match self {
             AdminError::Refused { status, .. } => Some(*status),
-            AdminError::Unavailable { .. } => None,
+            AdminError::Unavailable { .. } | AdminError::Contract { .. } => None,
+        }
+    }
+
+    /// The conflict code of a 409.
+    pub fn conflict(&self) -> Option<Conflict> {
+        match self {
+            AdminError::Refused { body, .. } => body.conflict,
+            _ => None,
+        }
+    }
+
+    /// The digest a 409 on `stage` reports as loaded.
+    pub fn loaded_digest(&self) -> Option<&str> {
+        match self {
+            AdminError::Refused { body, .. } => body.digest.as_deref(),
+            _ => None,
         }
     }
 }
@@ -60,12 +92,12 @@ impl AdminClient {
         &self.socket
     }
 
-    async fn call(
+    async fn call<Q: Serialize, A: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
-        body: Option<Value>,
-    ) -> Result<Value, AdminError> {
+        body: Option<&Q>,
+    ) -> Result<A, AdminError> {
         let unavailable = |reason: String| AdminError::Unavailable {
             socket: self.socket.clone(),
             reason,
@@ -78,7 +110,10 @@ impl AdminClient {
                 .await
                 .map_err(|e| unavailable(e.to_string()))?;
         tokio::spawn(conn);
-        let bytes = body.map(|b| b.to_string()).unwrap_or_default();
+        let bytes = match body {
+            Some(b) => serde_json::to_vec(b).map_err(|e| unavailable(e.to_string()))?,
+            None => Vec::new(),
+        };
         let req = Request::builder()
             .method(method)
             .uri(path)
@@ -97,28 +132,39 @@ impl AdminClient {
             .await
             .map_err(|e| unavailable(e.to_string()))?
             .to_bytes();
-        let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let text = || String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
         if status != StatusCode::OK {
+            let body = serde_json::from_slice::<ErrorBody>(&body).unwrap_or_else(|_| ErrorBody {
+                error: text(),
+                conflict: None,
+                digest: None,
+            });
             return Err(AdminError::Refused {
                 op: path.to_owned(),
                 status: status.as_u16(),
-                message: value["error"]
-                    .as_str()
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned()),
+                body,
             });
         }
-        Ok(value)
+        serde_json::from_slice(&body).map_err(|e| AdminError::Contract {
+            op: path.to_owned(),
+            reason: e.to_string(),
+            body: text(),
+        })
     }
 
-    /// Loads and warms `path` as `version`, not serving.
-    pub async fn stage(&self, version: &str, path: &Path) -> Result<Value, AdminError> {
-        self.call(
-            Method::POST,
-            "/admin/stage",
-            Some(json!({"version": version, "path": path})),
-        )
-        .await
+    /// Loads and warms `path` as `version` (recording its `digest`), not serving.
+    pub async fn stage(
+        &self,
+        version: &str,
+        path: &Path,
+        digest: Option<&str>,
+    ) -> Result<StageAnswer, AdminError> {
+        let req = StageRequest {
+            version: version.to_owned(),
+            path: path.to_owned(),
+            digest: digest.map(str::to_owned),
+        };
+        self.call(Method::POST, paths::STAGE, Some(&req)).await
     }
 
     /// Runs a golden set through a staged version.
@@ -128,52 +174,56 @@ impl AdminClient {
         golden: &Path,
         atol: f64,
         rtol: f64,
-    ) -> Result<Value, AdminError> {
-        self.call(
-            Method::POST,
-            "/admin/evaluate",
-            Some(json!({"version": version, "golden": golden, "atol": atol, "rtol": rtol})),
-        )
-        .await
+    ) -> Result<EvaluateAnswer, AdminError> {
+        let req = EvaluateRequest {
+            version: version.to_owned(),
+            golden: golden.to_owned(),
+            atol,
+            rtol,
+        };
+        self.call(Method::POST, paths::EVALUATE, Some(&req)).await
     }
 
     /// Mirrors `sample_rate` of live traffic to `version` (0 stops).
-    pub async fn shadow(&self, version: &str, sample_rate: f64) -> Result<Value, AdminError> {
-        self.call(
-            Method::POST,
-            "/admin/shadow",
-            Some(json!({"version": version, "sampleRate": sample_rate})),
-        )
-        .await
+    pub async fn shadow(
+        &self,
+        version: &str,
+        sample_rate: f64,
+    ) -> Result<ShadowAnswer, AdminError> {
+        let req = ShadowRequest {
+            version: version.to_owned(),
+            sample_rate,
+        };
+        self.call(Method::POST, paths::SHADOW, Some(&req)).await
     }
 
-    /// Makes `version` serve; the one serving before becomes the previous version.
-    pub async fn promote(&self, version: &str) -> Result<Value, AdminError> {
-        self.call(
-            Method::POST,
-            "/admin/promote",
-            Some(json!({"version": version})),
-        )
-        .await
+    /// Makes `version` serve (a no-op when it serves already).
+    pub async fn serve(&self, version: &str) -> Result<ServeAnswer, AdminError> {
+        let req = VersionRequest {
+            version: version.to_owned(),
+        };
+        self.call(Method::POST, paths::SERVE, Some(&req)).await
     }
 
-    /// Swaps the previous version back in.
-    pub async fn rollback(&self) -> Result<Value, AdminError> {
-        self.call(Method::POST, "/admin/rollback", None).await
+    /// Makes `version` serve again because the one serving regressed (a no-op when it serves
+    /// already, so a retried rollback never swaps the regression back in).
+    pub async fn rollback(&self, version: &str) -> Result<ServeAnswer, AdminError> {
+        let req = VersionRequest {
+            version: version.to_owned(),
+        };
+        self.call(Method::POST, paths::ROLLBACK, Some(&req)).await
     }
 
     /// Frees a version that does not serve.
-    pub async fn unload(&self, version: &str) -> Result<Value, AdminError> {
-        self.call(
-            Method::POST,
-            "/admin/unload",
-            Some(json!({"version": version})),
-        )
-        .await
+    pub async fn unload(&self, version: &str) -> Result<UnloadAnswer, AdminError> {
+        let req = VersionRequest {
+            version: version.to_owned(),
+        };
+        self.call(Method::POST, paths::UNLOAD, Some(&req)).await
     }
 
     /// Serving/previous versions and per-version statistics.
-    pub async fn stats(&self) -> Result<Value, AdminError> {
-        self.call(Method::GET, "/admin/stats", None).await
+    pub async fn stats(&self) -> Result<StatsAnswer, AdminError> {
+        self.call::<(), _>(Method::GET, paths::STATS, None).await
     }
 }

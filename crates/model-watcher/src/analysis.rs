@@ -2,9 +2,10 @@
 //! the baseline the previous version had just before the swap, and say keep, wait or roll back.
 //!
 //! Figures come from the runtime's `GET /admin/stats` (see [`Figures::from_stats`]): p90 and p99
-//! of the end-to-end request latency, error rate, and the output distribution (20 bins of a score
-//! in [0, 1], or the arg-max class). Drift is the Population Stability Index of the two output
-//! distributions.
+//! of the end-to-end request latency, the rate of the failures the server is answerable for
+//! (model and internal errors, overload, the server's own deadlines — not malformed requests or
+//! deadlines the client chose), and the output distribution (20 bins of a score in [0, 1], or the
+//! arg-max class). Drift is the Population Stability Index of the two output distributions.
 //!
 //! Both tests account for how few requests a canary may have seen. The p99 of fewer than
 //! [`P99_MIN_REQUESTS`] requests rests on fewer than ten samples (at 100 requests it is the
@@ -17,7 +18,7 @@ use std::time::Duration;
 
 use kinfer_api::inference_service::{AnalysisFigures, AnalysisSpec};
 use kinfer_api::report::reasons;
-use serde_json::Value;
+use kinfer_contract::admin::StatsAnswer;
 
 /// Proportions below this are clamped before the PSI's logarithm (an empty bin on one side).
 const PSI_EPSILON: f64 = 1e-4;
@@ -30,7 +31,7 @@ pub const P99_MIN_REQUESTS: u64 = 1000;
 pub struct Figures {
     /// Requests answered since promotion (or since load).
     pub requests: u64,
-    /// Failed requests.
+    /// Failed requests the server is answerable for (not clients' mistakes).
     pub errors: u64,
     /// p90 of the request latency in seconds over the figures' span (0 with no requests).
     pub p90: f64,
@@ -46,25 +47,20 @@ impl Figures {
     /// Reads `versions.<version>` of a stats answer. `recent` takes the latency of the last
     /// minute (the baseline: how the old version behaved just before the swap) instead of since
     /// load.
-    pub fn from_stats(stats: &Value, version: &str, recent: bool) -> Option<Self> {
-        let s = stats.get("versions")?.get(version)?.get("stats")?;
-        let u = |v: &Value| v.as_u64().unwrap_or(0);
-        let window = &s["request_window"];
-        let latency = if recent && u(&window["count"]) > 0 {
-            window
+    pub fn from_stats(stats: &StatsAnswer, version: &str, recent: bool) -> Option<Self> {
+        let s = stats.stats(version)?;
+        let latency = if recent && s.request_window.count > 0 {
+            &s.request_window
         } else {
-            &s["request"]
+            &s.request
         };
         Some(Self {
-            requests: u(&s["requests"]),
-            errors: u(&s["errors"]),
-            p90: latency["p90"].as_f64().unwrap_or(0.0),
-            p99: latency["p99"].as_f64().unwrap_or(0.0),
-            distribution: s["output_distribution"]
-                .as_array()
-                .map(|a| a.iter().map(u).collect())
-                .unwrap_or_default(),
-            output_kind: s["output_kind"].as_str().unwrap_or("").to_owned(),
+            requests: s.requests,
+            errors: s.server_errors,
+            p90: latency.p90,
+            p99: latency.p99,
+            distribution: s.output_distribution.clone(),
+            output_kind: s.output_kind.clone(),
         })
     }
 
@@ -491,11 +487,42 @@ mod tests {
 
     #[test]
     fn reads_runtime_stats() {
-        let stats = serde_json::json!({"versions": {"v2": {"stats": {
-            "requests": 10, "errors": 1,
-            "request": {"count": 10, "p90": 0.003, "p99": 0.004},
-            "request_window": {"count": 5, "p90": 0.001, "p99": 0.002},
-            "output_kind": "value", "output_distribution": [1, 2, 3]}}}});
+        use kinfer_contract::admin::{Percentiles, VersionEntry, VersionStats};
+        let p = |count, p90, p99| Percentiles {
+            count,
+            p90,
+            p99,
+            ..Default::default()
+        };
+        let stats = StatsAnswer {
+            model: "m".into(),
+            serving: Some("v2".into()),
+            previous: None,
+            ready: true,
+            swaps: 1,
+            rollbacks: 0,
+            shadow: None,
+            versions: [(
+                "v2".to_string(),
+                VersionEntry {
+                    queue_depth: 0,
+                    batching: false,
+                    digest: None,
+                    stats: VersionStats {
+                        requests: 10,
+                        // 3 failures, of which 1 was the server's: only that one counts.
+                        errors: 3,
+                        server_errors: 1,
+                        request: p(10, 0.003, 0.004),
+                        request_window: p(5, 0.001, 0.002),
+                        output_kind: "value".into(),
+                        output_distribution: vec![1, 2, 3],
+                        ..Default::default()
+                    },
+                },
+            )]
+            .into(),
+        };
         let recent = Figures::from_stats(&stats, "v2", true).unwrap();
         assert_eq!((recent.p90, recent.p99), (0.001, 0.002));
         assert_eq!(recent.distribution, vec![1, 2, 3]);

@@ -2,8 +2,8 @@
 //!
 //! - `run`: in a pod (`KINFER_POD_NAME` set), follow the pod's target version and bring each one
 //!   in safely; standalone (`--source s3://… --version NAME`), do the same for one version
-//!   against a runtime's admin socket and exit with the verdict (0 passed, 2 rolled back,
-//!   3 refused, 1 error).
+//!   against a runtime's admin socket and exit with the verdict (`kinfer_contract::exit`: 0
+//!   passed, 2 rolled back, 3 refused, 4 regressed and kept because autoRollback is off, 1 error).
 //! - `check`: fetch and verify one artifact for the ModelVersion verification Job.
 //! - `verify`: check a downloaded artifact offline (docs/signing.md).
 //! - `fetch`: download a version's artifact atomically into a content-addressed directory.
@@ -468,11 +468,13 @@ async fn run(a: RunArgs) -> anyhow::Result<i32> {
     let plan = a.source.plan(&version, validation, rollout)?;
     let mut watcher = watcher;
     let report = watcher.apply(&plan).await;
+    use kinfer_contract::exit;
     Ok(match report.verdict {
-        Some(Verdict::Passed) => 0,
-        Some(Verdict::RolledBack) => 2,
-        Some(Verdict::Refused) => 3,
-        None => 1,
+        Some(Verdict::Passed) => exit::OK,
+        Some(Verdict::RolledBack) => exit::ROLLED_BACK,
+        Some(Verdict::Refused) => exit::REFUSED,
+        Some(Verdict::Regressed) => exit::REGRESSED,
+        None => exit::RETRY,
     })
 }
 

@@ -18,6 +18,8 @@ use kinfer_api::{
     report::{AnalysisPhase, AnalysisReport, GateFigures, Verdict, reasons},
 };
 
+use kinfer_contract::admin::Conflict;
+
 use crate::{
     admin::{AdminClient, AdminError},
     analysis::{self, Figures, Judgement, Limits},
@@ -94,8 +96,8 @@ pub struct Watcher {
     pub reporter: Reporter,
     /// Tunables.
     pub settings: Settings,
-    /// Verified artifact directory of each version fetched by this watcher.
-    artifacts: HashMap<String, PathBuf>,
+    /// Verified artifact directory and digest of each version fetched by this watcher.
+    artifacts: HashMap<String, (PathBuf, String)>,
     /// The version this watcher made (or found) serving.
     serving: Option<String>,
     /// The last report that refused or rolled back a version, kept so that being sent back to
@@ -147,9 +149,26 @@ impl Watcher {
 
     /// Learns what the runtime serves (at start, and after the runtime restarted).
     pub async fn sync(&mut self) -> Result<Option<String>, AdminError> {
-        let stats = self.admin.stats().await?;
-        let serving = stats["serving"].as_str().map(str::to_owned);
-        Ok(serving)
+        Ok(self.admin.stats().await?.serving)
+    }
+
+    /// Stages `version` from its verified artifact (a no-op when those bytes are loaded) and
+    /// makes it serve. `false` when this watcher has no artifact for it.
+    async fn serve_verified(&self, version: &str) -> Result<bool, AdminError> {
+        let Some((dir, digest)) = self.artifacts.get(version).cloned() else {
+            return Ok(false);
+        };
+        match self
+            .admin
+            .stage(version, &dir.join(MODEL_FILE), Some(&digest))
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.conflict() == Some(Conflict::AlreadyLoaded) => {}
+            Err(e) => return Err(e),
+        }
+        self.admin.serve(version).await?;
+        Ok(true)
     }
 
     /// Makes the runtime serve `version` again from its verified artifact, after the runtime
@@ -158,15 +177,9 @@ impl Watcher {
         let Some(version) = self.serving.clone() else {
             return Ok(false);
         };
-        let Some(dir) = self.artifacts.get(&version).cloned() else {
+        if !self.serve_verified(&version).await? {
             return Ok(false);
-        };
-        match self.admin.stage(&version, &dir.join(MODEL_FILE)).await {
-            Ok(_) => {}
-            Err(e) if e.status() == Some(409) => {}
-            Err(e) => return Err(e),
         }
-        self.admin.promote(&version).await?;
         tracing::warn!(%version, "runtime restarted: staged and promoted the serving version again");
         self.reporter
             .event(
@@ -203,30 +216,29 @@ impl Watcher {
                 return r;
             }
         };
-        let serving = runtime["serving"].as_str().map(str::to_owned);
-        let previous = runtime["previous"].as_str().map(str::to_owned);
+        let serving = runtime.serving.clone();
+        let previous = runtime.previous.clone();
         self.serving = serving.clone();
         r.previous_version = serving.clone();
 
         if serving.as_deref() == Some(plan.name.as_str()) {
+            // It serves, so the pod is ready with it (also after a watcher restart, which set
+            // the condition False on start).
+            let msg = format!("{} already serves", plan.name);
+            self.reporter
+                .serving(Some(&plan.name), true, "Serving", &msg)
+                .await;
             // Sent back here after a refusal or rollback: that report stays the pod's answer.
             if let Some(rej) = &self.rejection
                 && rej.previous_version.as_deref() == Some(plan.name.as_str())
             {
                 return rej.clone();
             }
-            return self
-                .done(
-                    r,
-                    Verdict::Passed,
-                    None,
-                    format!("{} already serves", plan.name),
-                )
-                .await;
+            return self.done(r, Verdict::Passed, None, msg).await;
         }
         if previous.as_deref() == Some(plan.name.as_str()) {
             // Back to the version that served before (an aborted rollout): instant and known good.
-            return match self.admin.rollback().await {
+            return match self.admin.serve(&plan.name).await {
                 Ok(_) => {
                     self.serving = Some(plan.name.clone());
                     let msg = format!(
@@ -393,13 +405,18 @@ impl Watcher {
 
         self.update(r, AnalysisPhase::Validating, "staging in the runtime")
             .await;
-        match self.admin.stage(&plan.name, &dir.join(MODEL_FILE)).await {
+        match self
+            .admin
+            .stage(&plan.name, &dir.join(MODEL_FILE), Some(&fetched.digest))
+            .await
+        {
             Ok(_) => {}
-            // Staged before (a watcher restart): the same immutable artifact.
-            Err(e) if e.status() == Some(409) => {}
+            // Staged before with these very bytes (a watcher restart): nothing to do.
+            Err(e) if e.conflict() == Some(Conflict::AlreadyLoaded) => {}
             Err(e) => return Err(stop(reasons::LOAD_FAILED, e.to_string())),
         }
-        self.artifacts.insert(plan.name.clone(), dir.clone());
+        self.artifacts
+            .insert(plan.name.clone(), (dir.clone(), fetched.digest.clone()));
 
         if let Err(s) = self.gate(plan, r, &dir).await {
             let _ = self.admin.unload(&plan.name).await;
@@ -418,7 +435,7 @@ impl Watcher {
             .map_err(|e| stop(reasons::LOAD_FAILED, e.to_string()))?;
         let baseline = serving.and_then(|v| Figures::from_stats(&before, v, true));
         self.admin
-            .promote(&plan.name)
+            .serve(&plan.name)
             .await
             .map_err(|e| stop(reasons::LOAD_FAILED, e.to_string()))?;
         let promoted_at = Instant::now();
@@ -473,12 +490,12 @@ impl Watcher {
             .await
             .map_err(|e| stop(reasons::NUMERICAL_MISMATCH, e.to_string()))?;
         let g = GateFigures {
-            samples: e["samples"].as_u64().unwrap_or(0),
-            max_abs_error: e["maxAbsError"].as_f64().unwrap_or(f64::NAN),
-            max_rel_error: e["maxRelError"].as_f64().unwrap_or(f64::NAN),
-            agreement: e["agreement"].as_f64().unwrap_or(0.0),
+            samples: e.samples,
+            max_abs_error: e.max_abs_error,
+            max_rel_error: e.max_rel_error,
+            agreement: e.agreement,
         };
-        let within = e["withinTolerance"].as_bool().unwrap_or(false);
+        let within = e.within_tolerance;
         let text = format!(
             "{} samples: max abs error {:.3e}, max rel error {:.3e}, agreement {:.4} (atol {}, rtol {}, minAgreement {})",
             g.samples,
@@ -525,9 +542,10 @@ impl Watcher {
             .shadow(&plan.name, 0.0)
             .await
             .map_err(|e| stop(reasons::SHADOW_DISAGREEMENT, e.to_string()))?;
-        let stopped = &summary["stopped"];
-        let compared = stopped["compared"].as_u64().unwrap_or(0);
-        let agreement = stopped["agreement"].as_f64();
+        let (compared, agreement) = summary
+            .stopped
+            .map(|s| (s.compared, s.agreement))
+            .unwrap_or((0, None));
         r.shadow_agreement = agreement;
         match agreement {
             Some(a) if a < s.min_agreement => Err(stop(
@@ -567,11 +585,42 @@ impl Watcher {
                     continue;
                 }
             };
-            if stats["serving"].as_str() != Some(plan.name.as_str()) {
+            if !stats.versions.contains_key(&plan.name) {
+                // The runtime restarted (its container was killed) and lost the candidate: it
+                // counts as failed, and the last judged version serves again.
+                self.serving = Some(old.to_owned());
+                let restored = match self.serve_verified(old).await {
+                    Ok(true) => format!("; {old} restored from its verified artifact"),
+                    Ok(false) => format!("; {old} serves when its artifact is fetched again"),
+                    Err(e) => format!("; restoring {old} failed for now: {e}"),
+                };
+                let text = format!(
+                    "the runtime restarted during the analysis of {} and lost it{restored}",
+                    plan.name
+                );
+                self.reporter
+                    .event(true, reasons::RUNTIME_CRASHED, &text)
+                    .await;
+                self.reporter
+                    .event(
+                        true,
+                        reasons::ROLLED_BACK,
+                        &format!("{} rolled back to {old}: {text}", plan.name),
+                    )
+                    .await;
+                if stats.serving.as_deref() == Some(old) || restored.contains("restored") {
+                    self.reporter
+                        .serving(Some(old), true, "Serving", &format!("{old} serves again"))
+                        .await;
+                }
+                return Err(stop(reasons::RUNTIME_CRASHED, text));
+            }
+            if stats.serving.as_deref() != Some(plan.name.as_str()) {
+                self.serving = stats.serving.clone();
                 return Err(stop(
                     reasons::LOAD_FAILED,
                     format!(
-                        "the runtime no longer serves {} (restarted or changed by hand) during the analysis",
+                        "the runtime no longer serves {} (changed by hand) during the analysis",
                         plan.name
                     ),
                 ));
@@ -602,7 +651,7 @@ impl Watcher {
                 Judgement::Fail { reason, message } if plan.rollout.auto_rollback => {
                     let t = Instant::now();
                     self.admin
-                        .rollback()
+                        .rollback(old)
                         .await
                         .map_err(|e| stop(reason, format!("{message}; rollback failed: {e}")))?;
                     let took = t.elapsed();
@@ -634,14 +683,17 @@ impl Watcher {
                     return Err(stop(reason, text));
                 }
                 Judgement::Fail { reason, message } => {
-                    r.verdict = Some(Verdict::Passed);
+                    // A regression, judged: it stays (autoRollback is off), and the verdict says
+                    // it regressed so the rollout stops instead of promoting it further.
+                    r.verdict = Some(Verdict::Regressed);
                     r.reason = Some(reason.into());
                     let text = format!(
-                        "{message}; autoRollback is off, {} keeps serving",
+                        "{message}; autoRollback is off, {} keeps serving on this pod and the rollout stops",
                         plan.name
                     );
                     self.reporter.event(true, reason, &text).await;
-                    self.update(r, AnalysisPhase::Done, text).await;
+                    self.update(r, AnalysisPhase::Done, text.clone()).await;
+                    self.rejection = Some(r.clone());
                     return Ok(());
                 }
             }
@@ -651,7 +703,7 @@ impl Watcher {
     async fn collect_garbage(&self, keep_versions: &[&str]) {
         let keep: Vec<&Path> = keep_versions
             .iter()
-            .filter_map(|v| self.artifacts.get(*v).map(PathBuf::as_path))
+            .filter_map(|v| self.artifacts.get(*v).map(|(p, _)| p.as_path()))
             .collect();
         match fetch::gc(&self.models_dir, &keep).await {
             Ok(removed) if !removed.is_empty() => {

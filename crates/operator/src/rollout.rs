@@ -348,7 +348,7 @@ pub fn decide(input: &Input) -> Decision {
     if let Some(failed) = marked.iter().find(|p| {
         matches!(
             p.verdict(spec),
-            Some(Verdict::Refused | Verdict::RolledBack)
+            Some(Verdict::Refused | Verdict::RolledBack | Verdict::Regressed)
         )
     }) {
         fail(&mut d, input, &live, &serving, spec, failed);
@@ -519,10 +519,10 @@ fn fail(
         .clone()
         .or_else(|| report.figures.as_ref().map(describe))
         .unwrap_or_default();
-    let what = if verdict == Some(Verdict::Refused) {
-        "refused"
-    } else {
-        "rolled back"
+    let what = match verdict {
+        Some(Verdict::Refused) => "refused",
+        Some(Verdict::Regressed) => "regressed",
+        _ => "rolled back",
     };
     d.rejected = Some(spec.to_owned());
     d.target = None;
@@ -560,7 +560,7 @@ fn fail(
         reason: if input.auto_rollback {
             reasons::ROLLED_BACK.into()
         } else {
-            "RolloutStopped".into()
+            reasons::ROLLOUT_STOPPED.into()
         },
         message: msg.clone(),
         version: spec.to_owned(),
@@ -670,9 +670,9 @@ mod tests {
                 AnalysisPhase::Analysing
             },
             verdict,
-            reason: (verdict == Some(Verdict::RolledBack))
+            reason: matches!(verdict, Some(Verdict::RolledBack | Verdict::Regressed))
                 .then(|| reasons::LATENCY_REGRESSION.into()),
-            message: (verdict == Some(Verdict::RolledBack))
+            message: matches!(verdict, Some(Verdict::RolledBack | Verdict::Regressed))
                 .then(|| "p99 20.0ms > 1.5 x baseline 1.0ms".into()),
             figures: Some(AnalysisFigures {
                 p99: Some(0.02),
@@ -682,7 +682,7 @@ mod tests {
             }),
             ..Default::default()
         });
-        if verdict == Some(Verdict::Passed) {
+        if matches!(verdict, Some(Verdict::Passed | Verdict::Regressed)) {
             p.serving = Some(v.into());
         }
         p
@@ -1105,18 +1105,44 @@ mod tests {
             phase: RolloutPhase::Canary,
             ..Default::default()
         });
+        // What the watcher writes when a version regresses with autoRollback off (asserted
+        // from the real watcher in tests/runtime/test_watcher.py): it keeps serving, Regressed.
         let pods = vec![
-            report(marked(pod("a", 10), "v8"), "v8", Some(Verdict::RolledBack)),
+            report(marked(pod("a", 10), "v8"), "v8", Some(Verdict::Regressed)),
             pod("b", 20),
         ];
         let mut i = input("v8", &st, &pods);
         i.auto_rollback = false;
         let d = decide(&i);
-        assert!(d.patches.is_empty(), "no revert without autoRollback");
+        assert!(d.patches.is_empty(), "no revert and nothing promoted");
         assert_eq!(d.outcome, Some(Outcome::Stopped));
         assert_eq!(d.rollout.phase, RolloutPhase::Canary);
-        assert_eq!(d.notice.as_ref().unwrap().reason, "RolloutStopped");
+        assert_eq!(d.notice.as_ref().unwrap().reason, reasons::ROLLOUT_STOPPED);
+        assert!(
+            d.rollout
+                .message
+                .as_ref()
+                .unwrap()
+                .contains("v8 regressed on pod a")
+        );
+        assert_eq!(d.alert.as_ref().unwrap().outcome, Outcome::Stopped);
         assert_eq!(d.rejected.as_deref(), Some("v8"));
+        assert_eq!(
+            d.serving.as_deref(),
+            Some("v7"),
+            "the service's version is not moved"
+        );
+        // The next reconcile holds: pod b is never asked for v8.
+        let held = apply(&d);
+        let mut i2 = input("v8", &held, &pods);
+        i2.auto_rollback = false;
+        let d2 = decide(&i2);
+        assert!(
+            d2.patches.iter().all(|p| p.version != "v8"),
+            "{:?}",
+            d2.patches
+        );
+        assert!(d2.notice.is_none() && d2.alert.is_none());
     }
 
     #[test]

@@ -1,13 +1,19 @@
 //! The admin API for the model-watcher: HTTP/1.1 + JSON on a Unix socket (mode 0600), so only
-//! the pod's own containers reach it and `curl --unix-socket` works.
+//! the pod's own containers reach it and `curl --unix-socket` works. Requests and answers are the
+//! types of `kinfer_contract::admin`, which the watcher's client uses too.
 //!
-//! `POST /admin/stage {"version","path"}` load and warm, not serving ·
+//! `POST /admin/stage {"version","path","digest"}` load and warm, not serving ·
 //! `POST /admin/evaluate {"version","golden","atol","rtol"}` run a golden set ·
 //! `POST /admin/shadow {"version","sampleRate"}` mirror live traffic (0 stops) ·
-//! `POST /admin/promote {"version"}` atomic swap · `POST /admin/rollback` swap back ·
+//! `POST /admin/serve {"version"}` make it serve (`/admin/promote` is the same) ·
+//! `POST /admin/rollback {"version"}` serve that version again, counted as a rollback ·
 //! `POST /admin/unload {"version"}` · `GET /admin/stats`.
+//!
+//! Every call names the state it wants, so it is idempotent: serving or rolling back to the
+//! version that serves answers `changed: false`; staging a label already loaded with the same
+//! digest answers 409 `AlreadyLoaded` and changes nothing.
 
-use std::{path::PathBuf, sync::Arc, time::Instant};
+use std::{sync::Arc, time::Instant};
 
 use axum::{
     Json, Router,
@@ -16,8 +22,10 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use serde::Deserialize;
-use serde_json::json;
+use kinfer_contract::admin::{
+    Conflict, ErrorBody, EvaluateRequest, ShadowAnswer, ShadowRequest, StageAnswer, StageRequest,
+    StatsAnswer, TensorInfo, UnloadAnswer, VersionEntry, VersionRequest, paths,
+};
 
 use crate::{
     golden,
@@ -25,6 +33,7 @@ use crate::{
         registry::{Registry, RegistryError},
         version::{LoadOptions, LoadedVersion},
     },
+    tensor::TensorSpec,
 };
 
 /// State of the admin API.
@@ -36,18 +45,39 @@ pub struct Admin {
 }
 
 fn err(status: StatusCode, msg: impl std::fmt::Display) -> Response {
-    (status, Json(json!({"error": msg.to_string()}))).into_response()
+    (
+        status,
+        Json(ErrorBody {
+            error: msg.to_string(),
+            conflict: None,
+            digest: None,
+        }),
+    )
+        .into_response()
 }
 
 impl IntoResponse for RegistryError {
     fn into_response(self) -> Response {
-        let status = match self {
-            RegistryError::NotLoaded(_) => StatusCode::NOT_FOUND,
-            RegistryError::AlreadyLoaded(_)
-            | RegistryError::Serving(_)
-            | RegistryError::NoPrevious => StatusCode::CONFLICT,
+        let (status, conflict, digest) = match &self {
+            RegistryError::NotLoaded(_) => (StatusCode::NOT_FOUND, None, None),
+            RegistryError::AlreadyLoaded { digest, .. } => (
+                StatusCode::CONFLICT,
+                Some(Conflict::AlreadyLoaded),
+                digest.clone(),
+            ),
+            RegistryError::OtherBytes { loaded, .. } => (
+                StatusCode::CONFLICT,
+                Some(Conflict::OtherBytes),
+                loaded.clone(),
+            ),
+            RegistryError::Serving(_) => (StatusCode::CONFLICT, Some(Conflict::Serving), None),
         };
-        err(status, self)
+        let body = ErrorBody {
+            error: self.to_string(),
+            conflict,
+            digest,
+        };
+        (status, Json(body)).into_response()
     }
 }
 
@@ -63,55 +93,62 @@ fn parse<T>(body: JsonBody<T>, expects: &str) -> Result<T, Response> {
 /// The admin router.
 pub fn router(admin: Arc<Admin>) -> Router {
     Router::new()
-        .route("/admin/stage", post(stage))
-        .route("/admin/evaluate", post(evaluate))
-        .route("/admin/shadow", post(shadow))
-        .route("/admin/promote", post(promote))
-        .route("/admin/rollback", post(rollback))
-        .route("/admin/unload", post(unload))
-        .route("/admin/stats", get(stats))
+        .route(paths::STAGE, post(stage))
+        .route(paths::EVALUATE, post(evaluate))
+        .route(paths::SHADOW, post(shadow))
+        .route(paths::SERVE, post(serve))
+        .route(paths::PROMOTE, post(serve))
+        .route(paths::ROLLBACK, post(rollback))
+        .route(paths::UNLOAD, post(unload))
+        .route(paths::STATS, get(stats))
         .with_state(admin)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StageReq {
-    version: String,
-    path: PathBuf,
+fn tensor_info(specs: &[TensorSpec]) -> Vec<TensorInfo> {
+    specs
+        .iter()
+        .map(|s| TensorInfo {
+            name: s.name.clone(),
+            datatype: s.dtype.as_oip().into(),
+            shape: s.shape.clone(),
+        })
+        .collect()
 }
 
-async fn stage(State(a): State<Arc<Admin>>, body: JsonBody<StageReq>) -> Response {
-    let req = match parse(body, r#"stage expects {"version", "path"}"#) {
+async fn stage(State(a): State<Arc<Admin>>, body: JsonBody<StageRequest>) -> Response {
+    let req = match parse(body, r#"stage expects {"version", "path", "digest"}"#) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
     if req.version.is_empty() {
         return err(StatusCode::BAD_REQUEST, "version must not be empty");
     }
-    if a.registry.get(&req.version).is_some() {
-        return RegistryError::AlreadyLoaded(req.version).into_response();
+    // Nothing to load: the same bytes are loaded, or the label serves other bytes.
+    if let Err(e) = a.registry.check_stage(&req.version, req.digest.as_deref()) {
+        return e.into_response();
     }
     let started = Instant::now();
-    let (name, opts, version, path) = (
-        a.registry.name.clone(),
-        a.options.clone(),
-        req.version.clone(),
-        req.path.clone(),
-    );
-    let loaded =
-        tokio::task::spawn_blocking(move || LoadedVersion::load(&name, &version, &path, &opts))
-            .await;
+    let (name, opts) = (a.registry.name.clone(), a.options.clone());
+    let (version, path, digest) = (req.version.clone(), req.path.clone(), req.digest.clone());
+    let loaded = tokio::task::spawn_blocking(move || {
+        LoadedVersion::load(&name, &version, &path, digest, &opts)
+    })
+    .await;
     match loaded {
         Ok(Ok(v)) => {
-            let info = v.info.clone();
+            let answer = StageAnswer {
+                version: v.info.version.clone(),
+                digest: v.digest.clone(),
+                load_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                batching: v.batching,
+                inputs: tensor_info(&v.info.inputs),
+                outputs: tensor_info(&v.info.outputs),
+            };
             if let Err(e) = a.registry.stage(v) {
                 return e.into_response();
             }
-            tracing::info!(version = %req.version, path = %req.path.display(), ms = started.elapsed().as_millis() as u64, "staged");
-            Json(json!({"version": info.version, "loadMs": started.elapsed().as_millis() as u64,
-                        "inputs": info.inputs.iter().map(|s| json!({"name": s.name, "datatype": s.dtype.as_oip(), "shape": s.shape})).collect::<Vec<_>>(),
-                        "outputs": info.outputs.iter().map(|s| json!({"name": s.name, "datatype": s.dtype.as_oip(), "shape": s.shape})).collect::<Vec<_>>()}))
-            .into_response()
+            tracing::info!(version = %req.version, path = %req.path.display(), digest = ?req.digest, ms = answer.load_ms, "staged");
+            Json(answer).into_response()
         }
         Ok(Err(e)) => err(StatusCode::UNPROCESSABLE_ENTITY, e),
         Err(e) => err(
@@ -121,81 +158,86 @@ async fn stage(State(a): State<Arc<Admin>>, body: JsonBody<StageReq>) -> Respons
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VersionReq {
-    version: String,
-}
-
-async fn promote(State(a): State<Arc<Admin>>, body: JsonBody<VersionReq>) -> Response {
-    let req = match parse(body, r#"promote expects {"version"}"#) {
+async fn serve(State(a): State<Arc<Admin>>, body: JsonBody<VersionRequest>) -> Response {
+    let req = match parse(body, r#"serve expects {"version"}"#) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    match a.registry.promote(&req.version) {
-        Ok(previous) => {
-            tracing::info!(version = %req.version, previous = ?previous, "promoted");
-            Json(json!({"serving": req.version, "previous": previous})).into_response()
+    match a.registry.serve(&req.version, false) {
+        Ok(answer) => {
+            if answer.changed {
+                tracing::info!(version = %req.version, previous = ?answer.previous, "serving");
+            }
+            Json(answer).into_response()
         }
         Err(e) => e.into_response(),
     }
 }
 
-async fn rollback(State(a): State<Arc<Admin>>) -> Response {
-    match a.registry.rollback() {
-        Ok((serving, rolled_back)) => {
-            tracing::warn!(serving = %serving, rolled_back = %rolled_back, "rolled back");
-            Json(json!({"serving": serving, "previous": rolled_back})).into_response()
+async fn rollback(State(a): State<Arc<Admin>>, body: JsonBody<VersionRequest>) -> Response {
+    let req = match parse(
+        body,
+        r#"rollback expects {"version"}: the version to serve again"#,
+    ) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    match a.registry.serve(&req.version, true) {
+        Ok(answer) => {
+            if answer.changed {
+                tracing::warn!(serving = %answer.serving, rolled_back = ?answer.previous, "rolled back");
+            }
+            Json(answer).into_response()
         }
         Err(e) => e.into_response(),
     }
 }
 
-async fn unload(State(a): State<Arc<Admin>>, body: JsonBody<VersionReq>) -> Response {
+async fn unload(State(a): State<Arc<Admin>>, body: JsonBody<VersionRequest>) -> Response {
     let req = match parse(body, r#"unload expects {"version"}"#) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
     match a.registry.unload(&req.version) {
-        Ok(()) => Json(json!({"unloaded": req.version})).into_response(),
+        Ok(()) => Json(UnloadAnswer {
+            unloaded: req.version,
+        })
+        .into_response(),
         Err(e) => e.into_response(),
     }
 }
 
 async fn stats(State(a): State<Arc<Admin>>) -> Response {
     let r = &a.registry;
-    let versions: serde_json::Map<String, serde_json::Value> = r
+    let versions = r
         .all()
         .iter()
         .map(|v| {
             (
                 v.info.version.clone(),
-                json!({"queueDepth": v.queue_depth(), "batching": v.batching, "stats": v.stats.snapshot()}),
+                VersionEntry {
+                    queue_depth: u64::try_from(v.queue_depth()).unwrap_or(u64::MAX),
+                    batching: v.batching,
+                    digest: v.digest.clone(),
+                    stats: v.stats.snapshot(),
+                },
             )
         })
         .collect();
-    Json(json!({
-        "model": r.name,
-        "serving": r.serving().map(|v| v.info.version.clone()),
-        "previous": r.previous().map(|v| v.info.version.clone()),
-        "ready": r.ready(),
-        "swaps": r.swaps.load(std::sync::atomic::Ordering::Relaxed),
-        "rollbacks": r.rollbacks.load(std::sync::atomic::Ordering::Relaxed),
-        "shadow": r.shadow().map(|s| s.summary()),
-        "versions": versions,
-    }))
+    Json(StatsAnswer {
+        model: r.name.clone(),
+        serving: r.serving().map(|v| v.info.version.clone()),
+        previous: r.previous().map(|v| v.info.version.clone()),
+        ready: r.ready(),
+        swaps: r.swaps.load(std::sync::atomic::Ordering::Relaxed),
+        rollbacks: r.rollbacks.load(std::sync::atomic::Ordering::Relaxed),
+        shadow: r.shadow().map(|s| s.summary()),
+        versions,
+    })
     .into_response()
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct ShadowReq {
-    #[serde(default)]
-    version: String,
-    sample_rate: f64,
-}
-
-async fn shadow(State(a): State<Arc<Admin>>, body: JsonBody<ShadowReq>) -> Response {
+async fn shadow(State(a): State<Arc<Admin>>, body: JsonBody<ShadowRequest>) -> Response {
     let req = match parse(body, r#"shadow expects {"version", "sampleRate"}"#) {
         Ok(r) => r,
         Err(resp) => return resp,
@@ -214,42 +256,27 @@ async fn shadow(State(a): State<Arc<Admin>>, body: JsonBody<ShadowReq>) -> Respo
             .serving()
             .is_some_and(|s| s.info.version == req.version)
     {
-        return err(
-            StatusCode::CONFLICT,
-            format!(
+        let body = ErrorBody {
+            error: format!(
                 "version '{}' is serving; shadow a staged version",
                 req.version
             ),
-        );
+            conflict: Some(Conflict::ShadowServing),
+            digest: None,
+        };
+        return (StatusCode::CONFLICT, Json(body)).into_response();
     }
     match a.registry.set_shadow(&req.version, req.sample_rate) {
-        Ok(previous) => {
-            Json(json!({"shadow": a.registry.shadow().map(|s| s.summary()), "stopped": previous}))
-                .into_response()
-        }
+        Ok(stopped) => Json(ShadowAnswer {
+            shadow: a.registry.shadow().map(|s| s.summary()),
+            stopped,
+        })
+        .into_response(),
         Err(e) => e.into_response(),
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EvaluateReq {
-    version: String,
-    golden: PathBuf,
-    #[serde(default = "default_atol")]
-    atol: f64,
-    #[serde(default = "default_rtol")]
-    rtol: f64,
-}
-
-fn default_atol() -> f64 {
-    1e-5
-}
-fn default_rtol() -> f64 {
-    1e-4
-}
-
-async fn evaluate(State(a): State<Arc<Admin>>, body: JsonBody<EvaluateReq>) -> Response {
+async fn evaluate(State(a): State<Arc<Admin>>, body: JsonBody<EvaluateRequest>) -> Response {
     let req = match parse(body, r#"evaluate expects {"version", "golden"}"#) {
         Ok(r) => r,
         Err(resp) => return resp,

@@ -10,8 +10,6 @@
 
 use std::{collections::BTreeMap, io::Read, path::Path};
 
-use serde::Serialize;
-
 use crate::{
     models::version::LoadedVersion,
     tensor::{DataType, Tensor, byte_size, element_count, to_f64, validate_inputs},
@@ -210,30 +208,8 @@ impl GoldenSet {
     }
 }
 
-/// What an evaluation found.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EvaluateReport {
-    /// Version evaluated.
-    pub version: String,
-    /// Samples (dimension 0).
-    pub samples: usize,
-    /// Largest |actual - expected|.
-    pub max_abs_error: f64,
-    /// Largest |actual - expected| / |expected| (where expected != 0).
-    pub max_rel_error: f64,
-    /// Elements outside `atol + rtol * |expected|`.
-    pub mismatched_elements: usize,
-    /// Fraction of samples whose decision (arg-max of the first output's row, or score >= 0.5
-    /// for one value per row) equals the reference's.
-    pub agreement: f64,
-    /// No element outside the tolerance.
-    pub within_tolerance: bool,
-    /// Tolerances used.
-    pub atol: f64,
-    /// Tolerances used.
-    pub rtol: f64,
-}
+/// What an evaluation found (the admin API's answer).
+pub use kinfer_contract::admin::EvaluateAnswer as EvaluateReport;
 
 fn decisions(values: &[f64], samples: usize) -> Vec<usize> {
     let per = values.len() / samples.max(1);
@@ -337,7 +313,7 @@ pub async fn evaluate(
     }
     let mut report = EvaluateReport {
         version: v.info.version.clone(),
-        samples,
+        samples: samples as u64,
         max_abs_error: 0.0,
         max_rel_error: 0.0,
         mismatched_elements: 0,

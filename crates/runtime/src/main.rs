@@ -38,7 +38,7 @@ async fn check(args: &Args, name: &str, options: &LoadOptions) -> i32 {
         .model
         .as_deref()
         .expect("clap requires --model with --check");
-    let result = match LoadedVersion::load(name, &args.model_version, model, options) {
+    let result = match LoadedVersion::load(name, &args.model_version, model, None, options) {
         Err(e) => json!({"ok": false, "reason": "LoadFailed",
                          "message": format!("{}: {e}", model.display())}),
         Ok(v) => match &args.golden {
@@ -166,9 +166,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let registry = Arc::new(Registry::new(name.clone()));
     if let Some(path) = &args.model {
-        let v = LoadedVersion::load(&name, &args.model_version, path, &options)?;
+        let v = LoadedVersion::load(&name, &args.model_version, path, None, &options)?;
         registry.stage(v)?;
-        registry.promote(&args.model_version)?;
+        registry.serve(&args.model_version, false)?;
     }
     let limits = Limits {
         max_message_bytes: args.max_message_bytes,

@@ -1,8 +1,9 @@
 //! The versions of the served model and which one serves. The request path reads the serving
 //! version with one atomic load (`arc-swap`) and holds an `Arc` to it for the request's life, so
 //! a swap never waits for requests and an in-flight request finishes on the version it started
-//! on. Writes (stage, promote, rollback, unload) come from the admin API and are serialised by a
-//! mutex that the request path never takes.
+//! on. Writes (stage, serve, rollback, unload) come from the admin API and are serialised by a
+//! mutex that the request path never takes. Every write states the end state it wants (serve
+//! *this* version, roll back *to* that one), so repeating a call whose answer was lost is harmless.
 
 use std::{
     collections::BTreeMap,
@@ -14,7 +15,12 @@ use std::{
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 
-use super::{stats::Histogram, version::LoadedVersion};
+use kinfer_contract::admin::{ServeAnswer, ShadowSummary};
+
+use super::{
+    stats::{Histogram, percentiles},
+    version::LoadedVersion,
+};
 use crate::error::InferError;
 
 /// Why an admin operation was refused.
@@ -23,17 +29,27 @@ pub enum RegistryError {
     /// No such version is loaded.
     #[error("version '{0}' is not loaded; stage it first")]
     NotLoaded(String),
-    /// The version is loaded already.
+    /// The version is loaded already with the same bytes (or no digest to tell).
+    #[error("version '{version}' is already loaded (digest {digest:?}); nothing to do")]
+    AlreadyLoaded {
+        /// The label.
+        version: String,
+        /// Its digest.
+        digest: Option<String>,
+    },
+    /// The label serves (or is kept for rollback) with other bytes.
     #[error(
-        "version '{0}' is already loaded; unload it first to load other bytes under that label"
+        "version '{version}' serves or is kept for rollback with other bytes (digest {loaded:?}); a ModelVersion re-created under the same name needs its pods to stop serving the old one first"
     )]
-    AlreadyLoaded(String),
+    OtherBytes {
+        /// The label.
+        version: String,
+        /// The digest loaded now.
+        loaded: Option<String>,
+    },
     /// The version serves and cannot be unloaded.
-    #[error("version '{0}' is serving; promote another version before unloading it")]
+    #[error("version '{0}' is serving; serve another version before unloading it")]
     Serving(String),
-    /// Nothing to roll back to.
-    #[error("no previous version to roll back to")]
-    NoPrevious,
 }
 
 /// A staged version receiving a mirrored sample of live traffic, off the request path.
@@ -62,19 +78,20 @@ impl Shadow {
         (n * self.rate).floor() != ((n + 1.0) * self.rate).floor()
     }
 
-    /// A JSON summary.
-    pub fn summary(&self) -> serde_json::Value {
+    /// The shadow's figures.
+    pub fn summary(&self) -> ShadowSummary {
         let compared = self.compared.load(Relaxed);
-        serde_json::json!({
-            "version": self.version.info.version,
-            "sampleRate": self.rate,
-            "mirrored": self.mirrored.load(Relaxed),
-            "compared": compared,
-            "agreed": self.agreed.load(Relaxed),
-            "agreement": if compared == 0 { serde_json::Value::Null } else { (self.agreed.load(Relaxed) as f64 / compared as f64).into() },
-            "errors": self.errors.load(Relaxed),
-            "latency": super::stats::percentiles(&self.latency.snapshot()),
-        })
+        let agreed = self.agreed.load(Relaxed);
+        ShadowSummary {
+            version: self.version.info.version.clone(),
+            sample_rate: self.rate,
+            mirrored: self.mirrored.load(Relaxed),
+            compared,
+            agreed,
+            agreement: (compared > 0).then(|| agreed as f64 / compared as f64),
+            errors: self.errors.load(Relaxed),
+            latency: percentiles(&self.latency.snapshot()),
+        }
     }
 }
 
@@ -116,60 +133,67 @@ impl Registry {
         self.write.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds a loaded (not serving) version.
+    /// Whether staging `version` with `digest` has anything to do: `Ok(())` when it is not
+    /// loaded or may be replaced (other bytes, not serving); otherwise why not.
+    pub fn check_stage(&self, version: &str, digest: Option<&str>) -> Result<(), RegistryError> {
+        let Some(cur) = self.get(version) else {
+            return Ok(());
+        };
+        if digest.is_none() || cur.digest.as_deref() == digest {
+            return Err(RegistryError::AlreadyLoaded {
+                version: version.into(),
+                digest: cur.digest.clone(),
+            });
+        }
+        let kept = |slot: &ArcSwapOption<LoadedVersion>| {
+            slot.load().as_ref().is_some_and(|s| Arc::ptr_eq(s, &cur))
+        };
+        if kept(&self.serving) || kept(&self.previous) {
+            return Err(RegistryError::OtherBytes {
+                version: version.into(),
+                loaded: cur.digest.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Adds a loaded (not serving) version, replacing a loaded one with other bytes that does
+    /// not serve (see [`Registry::check_stage`]).
     pub fn stage(&self, v: Arc<LoadedVersion>) -> Result<(), RegistryError> {
         let _g = self.lock();
-        let cur = self.versions.load_full();
-        if cur.contains_key(&v.info.version) {
-            return Err(RegistryError::AlreadyLoaded(v.info.version.clone()));
-        }
-        let mut next = (*cur).clone();
+        self.check_stage(&v.info.version, v.digest.as_deref())?;
+        let mut next = (*self.versions.load_full()).clone();
         next.insert(v.info.version.clone(), v);
         self.versions.store(Arc::new(next));
         Ok(())
     }
 
     /// Makes `version` serve; the one serving before becomes `previous` and stays loaded.
-    /// Promoting the serving version again is a no-op. Returns the previous version's label.
-    pub fn promote(&self, version: &str) -> Result<Option<String>, RegistryError> {
+    /// Serving the version that serves already changes nothing (`changed: false`): a repeated
+    /// call is harmless. `rollback` counts the change as a rollback.
+    pub fn serve(&self, version: &str, rollback: bool) -> Result<ServeAnswer, RegistryError> {
         let _g = self.lock();
         let v = self
-            .versions
-            .load()
             .get(version)
-            .cloned()
             .ok_or_else(|| RegistryError::NotLoaded(version.into()))?;
         let old = self.serving.load_full();
-        if old.as_ref().is_some_and(|o| Arc::ptr_eq(o, &v)) {
-            return Ok(self
-                .previous
-                .load()
-                .as_ref()
-                .map(|p| p.info.version.clone()));
+        let changed = !old.as_ref().is_some_and(|o| Arc::ptr_eq(o, &v));
+        if changed {
+            v.stats.reset();
+            self.serving.store(Some(v));
+            if old.is_some() {
+                self.previous.store(old);
+            }
+            self.swaps.fetch_add(1, Relaxed);
+            if rollback {
+                self.rollbacks.fetch_add(1, Relaxed);
+            }
         }
-        v.stats.reset();
-        self.serving.store(Some(v));
-        let prev_label = old.as_ref().map(|o| o.info.version.clone());
-        if old.is_some() {
-            self.previous.store(old);
-        }
-        self.swaps.fetch_add(1, Relaxed);
-        Ok(prev_label)
-    }
-
-    /// Swaps back to the previous version at once. Returns (now serving, rolled back).
-    pub fn rollback(&self) -> Result<(String, String), RegistryError> {
-        let _g = self.lock();
-        let prev = self.previous.load_full().ok_or(RegistryError::NoPrevious)?;
-        let cur = self.serving.load_full();
-        self.serving.store(Some(prev.clone()));
-        self.previous.store(cur.clone());
-        self.swaps.fetch_add(1, Relaxed);
-        self.rollbacks.fetch_add(1, Relaxed);
-        Ok((
-            prev.info.version.clone(),
-            cur.map(|c| c.info.version.clone()).unwrap_or_default(),
-        ))
+        Ok(ServeAnswer {
+            serving: version.to_owned(),
+            previous: self.previous().map(|p| p.info.version.clone()),
+            changed,
+        })
     }
 
     /// Drops a version that does not serve. Requests already on it finish first.
@@ -207,7 +231,7 @@ impl Registry {
         &self,
         version: &str,
         rate: f64,
-    ) -> Result<Option<serde_json::Value>, RegistryError> {
+    ) -> Result<Option<ShadowSummary>, RegistryError> {
         let _g = self.lock();
         let old = self.shadow.load_full().map(|s| s.summary());
         if rate <= 0.0 {

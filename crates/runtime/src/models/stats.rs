@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde::Serialize;
+pub use kinfer_contract::admin::{Percentiles, VersionStats as StatsSnapshot};
 
 use crate::tensor::{Tensor, TensorSpec};
 
@@ -94,21 +94,6 @@ impl Histogram {
         self.add_to(&mut v);
         v
     }
-}
-
-/// Percentiles of bucket counts, in seconds.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
-pub struct Percentiles {
-    /// Samples.
-    pub count: u64,
-    /// Median.
-    pub p50: f64,
-    /// 90th percentile.
-    pub p90: f64,
-    /// 99th percentile.
-    pub p99: f64,
-    /// 99.9th percentile.
-    pub p999: f64,
 }
 
 /// Computes percentiles (upper bucket bounds, seconds) from bucket counts.
@@ -237,6 +222,8 @@ pub struct VersionStats {
     pub ok: AtomicU64,
     /// Failed requests by kind: 400, 404, 500, 503, 504.
     pub errors: [AtomicU64; 5],
+    /// The 504s among them whose deadline the client chose (not the server's failure).
+    pub client_deadlines: AtomicU64,
     /// Batches run.
     pub batches: AtomicU64,
     /// Rows in all batches (mean batch = rows / batches).
@@ -290,6 +277,7 @@ impl VersionStats {
             compute: WindowedHistogram::new(now, slot),
             ok: AtomicU64::new(0),
             errors: Default::default(),
+            client_deadlines: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             batch_rows: AtomicU64::new(0),
             batch_sizes: Default::default(),
@@ -348,7 +336,7 @@ impl VersionStats {
         self.queue.reset();
         self.compute.reset();
         self.ok.store(0, Relaxed);
-        for e in &self.errors {
+        for e in self.errors.iter().chain([&self.client_deadlines]) {
             e.store(0, Relaxed);
         }
         for b in self.output_bins.iter().chain(&self.decisions) {
@@ -356,19 +344,28 @@ impl VersionStats {
         }
     }
 
-    /// A JSON-friendly snapshot.
+    /// The figures `GET /admin/stats` reports.
     pub fn snapshot(&self) -> StatsSnapshot {
-        let errors: u64 = self.errors.iter().map(|e| e.load(Relaxed)).sum();
+        let e: [u64; 5] = std::array::from_fn(|i| self.errors[i].load(Relaxed));
+        let errors: u64 = e.iter().sum();
+        // 500, 503 and the 504s of the server's own deadline.
+        let server_errors = e[2] + e[3] + e[4].saturating_sub(self.client_deadlines.load(Relaxed));
         let ok = self.ok.load(Relaxed);
-        let batches = self.batches.load(Relaxed);
-        StatsSnapshot {
-            requests: ok + errors,
-            errors,
-            error_rate: if ok + errors == 0 {
+        let requests = ok + errors;
+        let rate = |n: u64| {
+            if requests == 0 {
                 0.0
             } else {
-                errors as f64 / (ok + errors) as f64
-            },
+                n as f64 / requests as f64
+            }
+        };
+        let batches = self.batches.load(Relaxed);
+        StatsSnapshot {
+            requests,
+            errors,
+            error_rate: rate(errors),
+            server_errors,
+            server_error_rate: rate(server_errors),
             request: percentiles(&self.request.total.snapshot()),
             request_window: percentiles(&self.request.window()),
             queue: percentiles(&self.queue.total.snapshot()),
@@ -380,42 +377,11 @@ impl VersionStats {
                 self.batch_rows.load(Relaxed) as f64 / batches as f64
             },
             batch_sizes: self.batch_sizes.iter().map(|b| b.load(Relaxed)).collect(),
-            output_kind: self.output_kind,
+            output_kind: self.output_kind.to_owned(),
             output_distribution: self.output_bins.iter().map(|b| b.load(Relaxed)).collect(),
             decisions: self.decisions.iter().map(|b| b.load(Relaxed)).collect(),
         }
     }
-}
-
-/// What `GET /admin/stats` reports per version.
-#[derive(Debug, Clone, Serialize)]
-pub struct StatsSnapshot {
-    /// Requests answered (ok + errors) since load or promotion.
-    pub requests: u64,
-    /// Failed requests.
-    pub errors: u64,
-    /// errors / requests.
-    pub error_rate: f64,
-    /// End-to-end latency since load or promotion.
-    pub request: Percentiles,
-    /// End-to-end latency over the last minute.
-    pub request_window: Percentiles,
-    /// Queue time.
-    pub queue: Percentiles,
-    /// `session.run` time per batch.
-    pub compute: Percentiles,
-    /// Batches run.
-    pub batches: u64,
-    /// Mean rows per batch.
-    pub mean_batch: f64,
-    /// Batches of size 1, 2, 3-4, 5-8, 9-16, 17-32, 33-64, 65-128, 129-256, >256.
-    pub batch_sizes: Vec<u64>,
-    /// "value" (20 bins over [0,1] of a score) or "argmax" (class index mod 20).
-    pub output_kind: &'static str,
-    /// Counts per bin.
-    pub output_distribution: Vec<u64>,
-    /// Rows per decision label, in the policy's label order (thresholds high to low, default).
-    pub decisions: Vec<u64>,
 }
 
 #[cfg(test)]

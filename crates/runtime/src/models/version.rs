@@ -45,6 +45,8 @@ pub struct LoadedVersion {
     pub stats: Arc<VersionStats>,
     /// Whether requests are stacked into batches.
     pub batching: bool,
+    /// Content digest of the artifact it was loaded from (`sha256:…`), when the caller gave one.
+    pub digest: Option<String>,
     queue: queue::Queue,
     max_request_rows: usize,
 }
@@ -236,6 +238,7 @@ impl LoadedVersion {
         name: &str,
         version: &str,
         path: &Path,
+        digest: Option<String>,
         opts: &LoadOptions,
     ) -> Result<Arc<Self>, LoadError> {
         let instances = opts.instances.max(1);
@@ -318,6 +321,7 @@ impl LoadedVersion {
             info,
             stats,
             batching,
+            digest,
             queue,
             max_request_rows: opts.max_request_rows.max(1),
         }))

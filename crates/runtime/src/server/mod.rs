@@ -180,6 +180,12 @@ impl Server {
         // Disabled callsites cost one branch; enable with RUST_LOG=kinfer_runtime=debug.
         let span = tracing::debug_span!("infer", protocol = req.protocol.label(), model = %v.info.name, version = %v.info.version);
         let proto = req.protocol;
+        // A deadline the client chose (tighter than the server's) is not the server's failure.
+        let client_deadline = match (self.request_timeout, req.timeout) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(server), Some(client)) => client < server,
+        };
         let result = self.run(&v, req, started).instrument(span).await;
         let elapsed = started.elapsed();
         v.stats.request.record(elapsed);
@@ -197,6 +203,9 @@ impl Server {
             Err(e) => {
                 if let Some(c) = v.stats.errors.get(error_index(e.metric_label())) {
                     c.fetch_add(1, Relaxed);
+                }
+                if client_deadline && matches!(e, InferError::Deadline(_)) {
+                    v.stats.client_deadlines.fetch_add(1, Relaxed);
                 }
                 Err(e)
             }

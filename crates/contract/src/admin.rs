@@ -1,0 +1,384 @@
+//! The runtime's admin API (HTTP/1.1 + JSON on the pod's Unix socket): one request and one
+//! answer type per endpoint, and the error body. Every call is idempotent: repeating one whose
+//! answer was lost leaves the runtime as the first call did.
+//!
+//! | endpoint | request | answer |
+//! | --- | --- | --- |
+//! | `POST /admin/stage` | [`StageRequest`] | [`StageAnswer`] |
+//! | `POST /admin/evaluate` | [`EvaluateRequest`] | [`EvaluateAnswer`] |
+//! | `POST /admin/shadow` | [`ShadowRequest`] | [`ShadowAnswer`] |
+//! | `POST /admin/serve` (and its older name `promote`) | [`VersionRequest`] | [`ServeAnswer`] |
+//! | `POST /admin/rollback` | [`VersionRequest`] (the version to go back to) | [`ServeAnswer`] |
+//! | `POST /admin/unload` | [`VersionRequest`] | [`UnloadAnswer`] |
+//! | `GET /admin/stats` | — | [`StatsAnswer`] |
+//!
+//! Errors are [`ErrorBody`] with 400 (malformed), 404 (not loaded), 409 (conflict, with a
+//! [`Conflict`] code), 422 (the model does not load or evaluate).
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Paths of the endpoints.
+pub mod paths {
+    /// Load and warm a version, not serving.
+    pub const STAGE: &str = "/admin/stage";
+    /// Run a golden set through a loaded version.
+    pub const EVALUATE: &str = "/admin/evaluate";
+    /// Mirror live traffic to a loaded version.
+    pub const SHADOW: &str = "/admin/shadow";
+    /// Make a loaded version serve.
+    pub const SERVE: &str = "/admin/serve";
+    /// The older name of [`SERVE`].
+    pub const PROMOTE: &str = "/admin/promote";
+    /// Make a loaded version serve again because the one serving regressed.
+    pub const ROLLBACK: &str = "/admin/rollback";
+    /// Free a version that does not serve.
+    pub const UNLOAD: &str = "/admin/unload";
+    /// What serves and each version's statistics.
+    pub const STATS: &str = "/admin/stats";
+}
+
+/// `POST /admin/stage`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StageRequest {
+    /// The version label.
+    pub version: String,
+    /// The model file.
+    pub path: PathBuf,
+    /// Content digest of the artifact (`sha256:…`). Staging a loaded label again with the same
+    /// digest is a no-op answered 409 [`Conflict::AlreadyLoaded`]; with another digest the
+    /// version is reloaded from the new bytes, unless it serves ([`Conflict::OtherBytes`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+}
+
+/// A loaded tensor's name, datatype and shape (`-1` where dynamic).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct TensorInfo {
+    /// Name in the graph.
+    pub name: String,
+    /// OIP datatype name.
+    pub datatype: String,
+    /// Dimensions.
+    pub shape: Vec<i64>,
+}
+
+/// Answer to `stage`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StageAnswer {
+    /// The version label.
+    pub version: String,
+    /// Digest the runtime recorded for it.
+    #[serde(default)]
+    pub digest: Option<String>,
+    /// Milliseconds to load and warm.
+    pub load_ms: u64,
+    /// Whether requests are stacked into batches (the load probe's verdict).
+    pub batching: bool,
+    /// Inputs.
+    pub inputs: Vec<TensorInfo>,
+    /// Outputs.
+    pub outputs: Vec<TensorInfo>,
+}
+
+/// A request naming one version (`serve`, `promote`, `rollback`, `unload`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct VersionRequest {
+    /// The version.
+    pub version: String,
+}
+
+/// Answer to `serve` and `rollback`: the state after the call.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ServeAnswer {
+    /// The version serving now.
+    pub serving: String,
+    /// The version serving before it, still loaded.
+    #[serde(default)]
+    pub previous: Option<String>,
+    /// Whether this call changed what serves (false when it already served: a repeated call).
+    pub changed: bool,
+}
+
+/// Answer to `unload`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct UnloadAnswer {
+    /// The version freed.
+    pub unloaded: String,
+}
+
+/// `POST /admin/evaluate`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluateRequest {
+    /// A loaded version.
+    pub version: String,
+    /// The golden set (`.npz`).
+    pub golden: PathBuf,
+    /// Absolute tolerance.
+    #[serde(default = "default_atol")]
+    pub atol: f64,
+    /// Relative tolerance.
+    #[serde(default = "default_rtol")]
+    pub rtol: f64,
+}
+
+fn default_atol() -> f64 {
+    1e-5
+}
+fn default_rtol() -> f64 {
+    1e-4
+}
+
+/// What an evaluation found.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EvaluateAnswer {
+    /// Version evaluated.
+    pub version: String,
+    /// Samples (dimension 0).
+    pub samples: u64,
+    /// Largest |actual - expected|.
+    pub max_abs_error: f64,
+    /// Largest |actual - expected| / |expected| (where expected != 0).
+    pub max_rel_error: f64,
+    /// Elements outside `atol + rtol * |expected|`.
+    pub mismatched_elements: u64,
+    /// Fraction of samples whose decision (arg-max of the first output's row, or score >= 0.5
+    /// for one value per row) equals the reference's.
+    pub agreement: f64,
+    /// No element outside the tolerance.
+    pub within_tolerance: bool,
+    /// Tolerance used.
+    pub atol: f64,
+    /// Tolerance used.
+    pub rtol: f64,
+}
+
+/// `POST /admin/shadow`: mirror `sample_rate` of live traffic to `version`; 0 stops.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ShadowRequest {
+    /// A loaded version (ignored when stopping).
+    #[serde(default)]
+    pub version: String,
+    /// Fraction of live requests mirrored, 0 to 1.
+    pub sample_rate: f64,
+}
+
+/// A shadow's figures.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ShadowSummary {
+    /// The shadowed version.
+    pub version: String,
+    /// Fraction mirrored.
+    pub sample_rate: f64,
+    /// Requests mirrored.
+    pub mirrored: u64,
+    /// Mirrored requests whose answer came back and was compared.
+    pub compared: u64,
+    /// Compared requests whose decision matched the serving version's.
+    pub agreed: u64,
+    /// agreed / compared; `None` before any comparison.
+    pub agreement: Option<f64>,
+    /// Mirrored requests the shadow failed.
+    pub errors: u64,
+    /// The shadow's latency.
+    pub latency: Percentiles,
+}
+
+/// Answer to `shadow`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ShadowAnswer {
+    /// The shadow now (none after a stop).
+    pub shadow: Option<ShadowSummary>,
+    /// The shadow this call replaced or stopped, with its final figures.
+    pub stopped: Option<ShadowSummary>,
+}
+
+/// Percentiles of a latency histogram, in seconds.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq)]
+pub struct Percentiles {
+    /// Samples.
+    pub count: u64,
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+}
+
+/// One version's statistics since it was loaded or last made to serve.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct VersionStats {
+    /// Requests answered (ok + errors).
+    pub requests: u64,
+    /// Failed requests of every kind.
+    pub errors: u64,
+    /// errors / requests.
+    pub error_rate: f64,
+    /// Failures the server is answerable for: model and internal errors (500), overload and
+    /// unavailability (503), and deadlines the server set (504 under `--request-timeout`).
+    /// Malformed requests (400), unknown versions (404) and deadlines the client chose are not.
+    pub server_errors: u64,
+    /// server_errors / requests: what a rollout judges.
+    pub server_error_rate: f64,
+    /// End-to-end latency since load or promotion.
+    pub request: Percentiles,
+    /// End-to-end latency over the last minute.
+    pub request_window: Percentiles,
+    /// Queue time.
+    pub queue: Percentiles,
+    /// `session.run` time per batch.
+    pub compute: Percentiles,
+    /// Batches run.
+    pub batches: u64,
+    /// Mean rows per batch.
+    pub mean_batch: f64,
+    /// Batches of size 1, 2, 3-4, 5-8, 9-16, 17-32, 33-64, 65-128, 129-256, >256.
+    pub batch_sizes: Vec<u64>,
+    /// "value" (20 bins over 0..=1 of a score) or "argmax" (class index mod 20).
+    pub output_kind: String,
+    /// Counts per bin of the first output.
+    pub output_distribution: Vec<u64>,
+    /// Rows per decision label, in the policy's label order.
+    pub decisions: Vec<u64>,
+}
+
+/// One loaded version in [`StatsAnswer`].
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionEntry {
+    /// Requests waiting now.
+    pub queue_depth: u64,
+    /// Whether requests are stacked into batches.
+    pub batching: bool,
+    /// Digest recorded at stage.
+    #[serde(default)]
+    pub digest: Option<String>,
+    /// Statistics.
+    pub stats: VersionStats,
+}
+
+/// Answer to `GET /admin/stats`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct StatsAnswer {
+    /// Model name.
+    pub model: String,
+    /// The version serving, if any.
+    pub serving: Option<String>,
+    /// The version serving before it, still loaded.
+    pub previous: Option<String>,
+    /// Ready to serve (a version serves, not draining).
+    pub ready: bool,
+    /// Changes of the serving version.
+    pub swaps: u64,
+    /// Rollbacks among them.
+    pub rollbacks: u64,
+    /// The shadow, if one runs.
+    pub shadow: Option<ShadowSummary>,
+    /// Every loaded version by label.
+    pub versions: BTreeMap<String, VersionEntry>,
+}
+
+impl StatsAnswer {
+    /// A loaded version's statistics.
+    pub fn stats(&self, version: &str) -> Option<&VersionStats> {
+        self.versions.get(version).map(|v| &v.stats)
+    }
+}
+
+/// Why a call conflicted (409).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Conflict {
+    /// `stage`: the label is loaded with the same bytes (or no digest was given): nothing to do.
+    AlreadyLoaded,
+    /// `stage`: the label serves (or is kept for rollback) with other bytes.
+    OtherBytes,
+    /// `unload`: the version serves.
+    Serving,
+    /// `shadow`: the version serves; shadow a staged one.
+    ShadowServing,
+}
+
+/// The body of every error answer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ErrorBody {
+    /// What was wrong and what to do.
+    pub error: String,
+    /// For a 409, which conflict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflict: Option<Conflict>,
+    /// For [`Conflict::AlreadyLoaded`] and [`Conflict::OtherBytes`], the digest loaded now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip<T: Serialize + for<'de> Deserialize<'de> + PartialEq + std::fmt::Debug>(v: &T) {
+        let s = serde_json::to_string(v).unwrap();
+        assert_eq!(&serde_json::from_str::<T>(&s).unwrap(), v, "{s}");
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        round_trip(&StageRequest {
+            version: "v2".into(),
+            path: "/models/sha256-x/model.onnx".into(),
+            digest: Some("sha256:ab".into()),
+        });
+        round_trip(&ServeAnswer {
+            serving: "v1".into(),
+            previous: Some("v2".into()),
+            changed: false,
+        });
+        round_trip(&ErrorBody {
+            error: "x".into(),
+            conflict: Some(Conflict::OtherBytes),
+            digest: Some("sha256:cd".into()),
+        });
+        let mut versions = BTreeMap::new();
+        versions.insert(
+            "v1".to_string(),
+            VersionEntry {
+                queue_depth: 0,
+                batching: true,
+                digest: None,
+                stats: VersionStats {
+                    requests: 10,
+                    server_errors: 1,
+                    ..Default::default()
+                },
+            },
+        );
+        round_trip(&StatsAnswer {
+            model: "m".into(),
+            serving: Some("v1".into()),
+            previous: None,
+            ready: true,
+            swaps: 1,
+            rollbacks: 0,
+            shadow: None,
+            versions,
+        });
+    }
+
+    #[test]
+    fn a_missing_field_is_an_error_not_a_zero() {
+        let e = serde_json::from_str::<ServeAnswer>(r#"{"serving":"v1","previous":null}"#);
+        assert!(e.unwrap_err().to_string().contains("changed"));
+        let e = serde_json::from_str::<VersionRequest>(r#"{"version":"v1","extra":1}"#);
+        assert!(e.is_err(), "unknown fields are refused in requests");
+    }
+}
