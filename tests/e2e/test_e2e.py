@@ -185,6 +185,15 @@ def test_5_runtime_restart_and_operator_failover(receiver):
     ip = k.kget("pod", name, NS)["status"]["podIP"]
     _, version = k.infer(ip, np.zeros((1, 8)), "http")
     assert version == "fraud-v2"
+    # SIGKILL of the watcher: it restarts, finds fraud-v2 serving and makes the pod Ready again
+    # (it used to leave kinfer.dev/ModelReady False for good).
+    pod = k.kget("pod", name, NS)
+    watcher = [c for c in pod["status"]["containerStatuses"] if c["name"] == "watcher"][0]
+    subprocess.run(["ctr", "--address", str(k.CLUSTER / "run/containerd/containerd.sock"), "-n", "k8s.io",
+                    "tasks", "kill", "-s", "SIGKILL", watcher["containerID"].split("://", 1)[1]], check=True)
+    k.wait_for("the watcher restarted and the pod Ready again", lambda: (lambda p: k.restarts(p)["watcher"] >= watcher["restartCount"] + 1
+               and k.condition(p, "kinfer.dev/ModelReady")["status"] == "True"
+               and k.condition(p, "Ready")["status"] == "True")(k.kget("pod", name, NS)), timeout=180)
     # Operator failover during a rollout.
     lease = k.kget("lease", "kinfer-operator", SYSTEM_NS)
     # The holder identity is "<pod name>_<random suffix>" (crates/operator/src/leader.rs).

@@ -19,41 +19,8 @@ pub const MODEL_LABEL: &str = "kinfer.dev/model";
 /// `podFailurePolicy` fails it at once instead of retrying. Other failures exit 1 and are retried.
 pub const EXIT_REFUSED: i32 = kinfer_contract::exit::REFUSED;
 
-/// Event reasons, stable so users can grep them (`kubectl get events --field-selector reason=…`).
-pub mod reasons {
-    /// A new version serves (Normal).
-    pub const PROMOTED: &str = "Promoted";
-    /// A version passed its analysis window and stays (Normal).
-    pub const ANALYSIS_PASSED: &str = "AnalysisPassed";
-    /// The artifact could not be fetched (Warning; retried).
-    pub const FETCH_FAILED: &str = "FetchFailed";
-    /// The signature bundle or a file digest does not hold (Warning; refused).
-    pub const SIGNATURE_INVALID: &str = "SignatureInvalid";
-    /// The artifact has no signature but the ModelVersion allows it (Warning; served).
-    pub const UNSIGNED: &str = "Unsigned";
-    /// The runtime could not load the model (Warning; refused).
-    pub const LOAD_FAILED: &str = "LoadFailed";
-    /// The golden set does not match within atol/rtol/minAgreement (Warning; refused).
-    pub const NUMERICAL_MISMATCH: &str = "NumericalMismatch";
-    /// The golden set cannot be read: not an `.npz`, a malformed, 0-d or oversized array, or
-    /// arrays with different sample counts (Warning; refused).
-    pub const GOLDEN_SET_INVALID: &str = "GoldenSetInvalid";
-    /// Shadow traffic disagreed with the serving version (Warning; refused).
-    pub const SHADOW_DISAGREEMENT: &str = "ShadowDisagreement";
-    /// p99 over the ratio or the budget (Warning; rolled back).
-    pub const LATENCY_REGRESSION: &str = "LatencyRegression";
-    /// Error rate over `maxErrorRate` (Warning; rolled back).
-    pub const ERROR_RATE_REGRESSION: &str = "ErrorRateRegression";
-    /// Output distribution moved (PSI over `maxScore`) (Warning; rolled back).
-    pub const DRIFT_DETECTED: &str = "DriftDetected";
-    /// A version was swapped back out (Warning).
-    pub const ROLLED_BACK: &str = "RolledBack";
-    /// The runtime restarted during a version's analysis and lost it: the candidate counts as
-    /// failed and the last judged version serves again (Warning; rolled back).
-    pub const RUNTIME_CRASHED: &str = "RuntimeCrashed";
-    /// A rollout stopped where it is: a version regressed and `autoRollback` is off (Warning).
-    pub const ROLLOUT_STOPPED: &str = "RolloutStopped";
-}
+/// Event reasons (re-exported from the contract crate, where the runtime uses them too).
+pub use kinfer_contract::reasons;
 
 /// How far the watcher has got with the version it was asked for.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]

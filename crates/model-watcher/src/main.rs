@@ -15,8 +15,9 @@ use kinfer_api::{
     duration::Duration as ApiDuration,
     inference_service::{AnalysisSpec, DriftMetric, DriftSpec, RolloutSpec, ShadowSpec},
     model_version::{ModelSource, ModelVersionSpec, SignaturePolicy, Validation},
-    report::Verdict,
+    report::{Verdict, reasons},
 };
+use kinfer_contract::check::VerifyResult;
 use kinfer_watcher::{
     admin::AdminClient,
     cluster::{self, Identity},
@@ -327,7 +328,6 @@ async fn check(
     termination_log: PathBuf,
     fetch_timeout: String,
 ) -> i32 {
-    use serde_json::json;
     let result = async {
         let plan = source
             .plan("check", None, RolloutSpec::default())
@@ -337,7 +337,7 @@ async fn check(
             .source
             .uri
             .parse()
-            .map_err(|e: fetch::FetchError| ("FetchFailed", e.to_string()))?;
+            .map_err(|e: fetch::FetchError| (reasons::FETCH_FAILED, e.to_string()))?;
         let client = fetch::client(
             plan.spec.source.endpoint.as_deref(),
             &source.region,
@@ -355,31 +355,57 @@ async fn check(
         .await
         .map_err(|_| {
             (
-                "FetchFailed",
+                reasons::FETCH_FAILED,
                 format!(
                     "{} not fetched within {fetch_timeout}",
                     plan.spec.source.uri
                 ),
             )
         })?
-        .map_err(|e| ("FetchFailed", e.to_string()))?;
+        .map_err(|e| (reasons::FETCH_FAILED, e.to_string()))?;
         let signer = verify_artifact(&plan, &fetched.dir)?;
         let link = dest.join("current");
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(&fetched.dir, &link)
-            .map_err(|e| ("FetchFailed", format!("{}: {e}", link.display())))?;
+            .map_err(|e| (reasons::FETCH_FAILED, format!("{}: {e}", link.display())))?;
         Ok::<_, (&str, String)>((fetched, signer))
     }
     .await;
     let out = match &result {
-        Ok((f, signer)) => {
-            json!({"ok": true, "digest": f.digest, "signer": signer, "signed": signer.is_some(),
-                                   "reason": if signer.is_some() { "SignatureVerified" } else { "Unsigned" },
-                                   "message": format!("{} bytes, {}", f.bytes, if signer.is_some() { "signature and every file digest hold" } else { "no signature bundle (allowed)" })})
-        }
-        Err((reason, message)) => json!({"ok": false, "reason": reason, "message": message}),
+        Ok((f, signer)) => VerifyResult {
+            ok: true,
+            digest: Some(f.digest.clone()),
+            signer: signer.clone(),
+            signed: signer.is_some(),
+            reason: Some(
+                if signer.is_some() {
+                    "SignatureVerified"
+                } else {
+                    "Unsigned"
+                }
+                .into(),
+            ),
+            message: Some(format!(
+                "{} bytes, {}",
+                f.bytes,
+                if signer.is_some() {
+                    "signature and every file digest hold"
+                } else {
+                    "no signature bundle (allowed)"
+                }
+            )),
+            retryable: false,
+        },
+        Err((reason, message)) => VerifyResult {
+            ok: false,
+            reason: Some((*reason).to_owned()),
+            message: Some(message.clone()),
+            // Only a fetch may succeed on a retry; a refusal is a property of the artifact.
+            retryable: *reason == reasons::FETCH_FAILED,
+            ..Default::default()
+        },
     };
-    let line = out.to_string();
+    let line = serde_json::to_string(&out).unwrap_or_default();
     println!("{line}");
     if let Err(e) = std::fs::write(&termination_log, &line)
         && termination_log != std::path::Path::new("/dev/termination-log")
@@ -389,11 +415,7 @@ async fn check(
             termination_log.display()
         );
     }
-    match &result {
-        Ok(_) => 0,
-        Err(("FetchFailed", _)) => 1,
-        Err(_) => kinfer_api::report::EXIT_REFUSED,
-    }
+    out.exit_code()
 }
 
 async fn run(a: RunArgs) -> anyhow::Result<i32> {

@@ -38,7 +38,7 @@ pub mod bounds {
 }
 
 fn bounded_duration(v: &str, max: Duration) -> Result<Duration, String> {
-    let d = kinfer_api::duration::parse(v).map_err(|e| e.to_string())?;
+    let d = kinfer_contract::duration::parse(v).map_err(|e| e.to_string())?;
     if d > max {
         return Err(format!("{v} is longer than the most allowed, {max:?}"));
     }

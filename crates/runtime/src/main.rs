@@ -10,6 +10,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use kinfer_contract::{check::ValidateResult, reasons};
 use kinfer_runtime::{
     admin::{self, Admin},
     batching::BatchOptions,
@@ -30,52 +31,69 @@ use kinfer_runtime::{
 };
 use tokio::net::{TcpListener, UnixListener};
 
-/// `--check`: loads the model and runs the golden set; prints and records one JSON object.
-/// Returns the exit code (0 passed, 3 refused).
+/// `--check`: loads the model and runs the golden set; prints and records one
+/// [`ValidateResult`]. Returns its exit code (0 passed, 3 refused).
 async fn check(args: &Args, name: &str, options: &LoadOptions) -> i32 {
-    use serde_json::json;
-    let model = args
-        .model
-        .as_deref()
-        .expect("clap requires --model with --check");
-    let result = match LoadedVersion::load(name, &args.model_version, model, None, options) {
-        Err(e) => json!({"ok": false, "reason": "LoadFailed",
-                         "message": format!("{}: {e}", model.display())}),
-        Ok(v) => match &args.golden {
-            None => {
-                json!({"ok": true, "message": format!("{} loads; no golden set configured", model.display())})
-            }
-            Some(g) => match kinfer_runtime::golden::GoldenSet::read(g) {
-                Err(e) => {
-                    json!({"ok": false, "reason": kinfer_api::report::reasons::GOLDEN_SET_INVALID,
-                                 "message": e})
-                }
-                Ok(set) => {
-                    match kinfer_runtime::golden::evaluate(&v, &set, args.atol, args.rtol).await {
-                        Err(e) => json!({"ok": false, "reason": "NumericalMismatch", "message": e}),
-                        Ok(r) => {
-                            let ok = r.within_tolerance && r.agreement >= args.min_agreement;
-                            let message = format!(
-                                "{} samples: max abs error {:.3e}, max rel error {:.3e}, agreement {:.4} (atol {}, rtol {}, minAgreement {})",
-                                r.samples,
-                                r.max_abs_error,
-                                r.max_rel_error,
-                                r.agreement,
-                                args.atol,
-                                args.rtol,
-                                args.min_agreement
-                            );
-                            json!({"ok": ok, "reason": if ok { "GoldenSetMatched" } else { "NumericalMismatch" },
-                               "samples": r.samples, "maxAbsError": r.max_abs_error,
-                               "maxRelError": r.max_rel_error, "agreement": r.agreement,
-                               "message": message})
+    let refused = |reason: &str, message: String| ValidateResult {
+        ok: false,
+        reason: Some(reason.to_owned()),
+        message: Some(message),
+        ..Default::default()
+    };
+    let result = match &args.model {
+        None => refused(reasons::LOAD_FAILED, "--check needs --model".into()),
+        Some(model) => match LoadedVersion::load(name, &args.model_version, model, None, options) {
+            Err(e) => refused(reasons::LOAD_FAILED, format!("{}: {e}", model.display())),
+            Ok(v) => match &args.golden {
+                None => ValidateResult {
+                    ok: true,
+                    message: Some(format!(
+                        "{} loads; no golden set configured",
+                        model.display()
+                    )),
+                    ..Default::default()
+                },
+                Some(g) => match kinfer_runtime::golden::GoldenSet::read(g) {
+                    Err(e) => refused(reasons::GOLDEN_SET_INVALID, e),
+                    Ok(set) => {
+                        match kinfer_runtime::golden::evaluate(&v, &set, args.atol, args.rtol).await
+                        {
+                            Err(e) => refused(reasons::NUMERICAL_MISMATCH, e),
+                            Ok(r) => {
+                                let ok = r.within_tolerance && r.agreement >= args.min_agreement;
+                                ValidateResult {
+                                    ok,
+                                    reason: Some(
+                                        if ok {
+                                            "GoldenSetMatched"
+                                        } else {
+                                            reasons::NUMERICAL_MISMATCH
+                                        }
+                                        .into(),
+                                    ),
+                                    message: Some(format!(
+                                        "{} samples: max abs error {:.3e}, max rel error {:.3e}, agreement {:.4} (atol {}, rtol {}, minAgreement {})",
+                                        r.samples,
+                                        r.max_abs_error,
+                                        r.max_rel_error,
+                                        r.agreement,
+                                        args.atol,
+                                        args.rtol,
+                                        args.min_agreement
+                                    )),
+                                    samples: r.samples,
+                                    max_abs_error: r.max_abs_error,
+                                    max_rel_error: r.max_rel_error,
+                                    agreement: r.agreement,
+                                }
+                            }
                         }
                     }
-                }
+                },
             },
         },
     };
-    let line = result.to_string();
+    let line = serde_json::to_string(&result).unwrap_or_default();
     println!("{line}");
     // Kubernetes reads the termination message from this file; elsewhere it may not exist.
     if let Err(e) = std::fs::write(&args.termination_log, &line)
@@ -87,11 +105,7 @@ async fn check(args: &Args, name: &str, options: &LoadOptions) -> i32 {
         );
     }
     // Every "not ok" here is a property of the artifact: the same run would refuse it again.
-    if result["ok"] == json!(true) {
-        0
-    } else {
-        kinfer_api::report::EXIT_REFUSED
-    }
+    result.exit_code()
 }
 
 #[tokio::main]

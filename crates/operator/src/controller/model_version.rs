@@ -19,7 +19,6 @@ use kube::{
     api::{ListParams, Patch, PatchParams, PostParams},
     runtime::controller::Action,
 };
-use serde::Deserialize;
 use serde_json::json;
 use tracing::info;
 
@@ -34,41 +33,8 @@ use crate::{
 /// Kind label for metrics.
 pub const KIND: &str = "ModelVersion";
 
-/// The watcher's `check` result (its termination message).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct VerifyResult {
-    /// Signature and digests hold.
-    pub ok: bool,
-    /// `sha256:…` of the manifest.
-    pub digest: Option<String>,
-    /// Signer key fingerprint or name.
-    pub signer: Option<String>,
-    /// CamelCase reason when not ok.
-    pub reason: Option<String>,
-    /// Human message.
-    pub message: Option<String>,
-}
-
-/// The runtime's `--check` result (its termination message).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct ValidateResult {
-    /// Loaded and (with a golden set) matched.
-    pub ok: bool,
-    /// Golden samples.
-    pub samples: u64,
-    /// Largest absolute error.
-    pub max_abs_error: f64,
-    /// Largest relative error.
-    pub max_rel_error: f64,
-    /// Decision agreement.
-    pub agreement: f64,
-    /// CamelCase reason when not ok.
-    pub reason: Option<String>,
-    /// Human message.
-    pub message: Option<String>,
-}
+/// The two containers' results (their termination messages), the types their producers write.
+pub use kinfer_contract::check::{ValidateResult, VerifyResult};
 
 /// What the Job produced so far.
 #[derive(Debug, Clone, Default, PartialEq)]
