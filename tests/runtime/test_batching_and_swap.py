@@ -241,6 +241,8 @@ def test_admin_calls_are_idempotent_and_stage_knows_its_bytes(start, mlp_v1, mlp
     """A lost answer followed by a retry, or a watcher restart that repeats its last call, leaves
     the runtime as the first call did; the same label with other bytes is told apart by digest."""
     rt = start(mlp_v1, "fraud", version="v1")
+    for _ in range(5):
+        requests.post(rt.url("/v2/models/fraud/infer"), json=payload(np.ones((1, 4), np.float32))).raise_for_status()
     stage = {"version": "v2", "path": str(mlp_v2), "digest": "sha256:aaaa"}
     code, first = rt.admin("POST", "/admin/stage", stage)
     assert code == 200 and first["digest"] == "sha256:aaaa" and first["batching"] is False, first
@@ -253,6 +255,9 @@ def test_admin_calls_are_idempotent_and_stage_knows_its_bytes(start, mlp_v1, mlp
     assert rt.admin("POST", "/admin/rollback", {"version": "v1"})[1] == {"serving": "v1", "previous": "v2", "changed": False}
     _, stats = rt.admin("GET", "/admin/stats")
     assert (stats["serving"], stats["rollbacks"], stats["versions"]["v2"]["digest"]) == ("v1", 1, "sha256:aaaa")
+    # A rollback keeps what v1 did before (the next analysis compares against it); a promotion
+    # would have started v1's figures afresh.
+    assert stats["versions"]["v1"]["stats"]["requests"] == 5, stats["versions"]["v1"]["stats"]
     # Other bytes under a label kept for rollback are refused; once it is unloaded they load.
     other = {**stage, "path": str(mlp_v1), "digest": "sha256:bbbb"}
     code, body = rt.admin("POST", "/admin/stage", other)

@@ -237,8 +237,9 @@ impl Watcher {
             return self.done(r, Verdict::Passed, None, msg).await;
         }
         if previous.as_deref() == Some(plan.name.as_str()) {
-            // Back to the version that served before (an aborted rollout): instant and known good.
-            return match self.admin.serve(&plan.name).await {
+            // Back to the version that served before (an aborted rollout): instant and known
+            // good, and its figures are kept (a rollback, not a new promotion).
+            return match self.admin.rollback(&plan.name).await {
                 Ok(_) => {
                     self.serving = Some(plan.name.clone());
                     let msg = format!(

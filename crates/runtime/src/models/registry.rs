@@ -170,7 +170,9 @@ impl Registry {
 
     /// Makes `version` serve; the one serving before becomes `previous` and stays loaded.
     /// Serving the version that serves already changes nothing (`changed: false`): a repeated
-    /// call is harmless. `rollback` counts the change as a rollback.
+    /// call is harmless. A promotion starts the version's "since promotion" statistics afresh; a
+    /// `rollback` keeps them (they are what the version did before, the next analysis's
+    /// baseline) and counts the change as a rollback.
     pub fn serve(&self, version: &str, rollback: bool) -> Result<ServeAnswer, RegistryError> {
         let _g = self.lock();
         let v = self
@@ -179,7 +181,9 @@ impl Registry {
         let old = self.serving.load_full();
         let changed = !old.as_ref().is_some_and(|o| Arc::ptr_eq(o, &v));
         if changed {
-            v.stats.reset();
+            if !rollback {
+                v.stats.reset();
+            }
             self.serving.store(Some(v));
             if old.is_some() {
                 self.previous.store(old);
