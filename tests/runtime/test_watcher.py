@@ -313,6 +313,42 @@ def test_a_runtime_crash_during_analysis_fails_the_candidate(start, workdir, s3,
     assert serving(rt) == ("v1", ["v1"])
 
 
+def test_a_watcher_killed_mid_analysis_judges_the_version_again(served_v1, workdir, s3, signing_key):
+    """SIGKILL of the watcher while a slower version is analysed: the version serves but was never
+    judged. The next run, given the report the pod kept (--last-report, what cluster mode reads
+    from kinfer.dev/analysis), judges it again and rolls it back — it never reports Passed."""
+    priv, pub = signing_key
+    d = artifact(workdir, "slow-resumed", lambda p: models.scorer(p, seed=0, slow_layers=40), sign_key=priv)
+    src = s3.upload(d, "fraud/slow-resumed")
+    models_dir = workdir / f"models-{served_v1.http_port}"
+    base_args = [str(WATCHER), "run", "--admin-socket", served_v1.socket, "--models-dir", str(models_dir),
+                 "--source", src, "--endpoint", s3.endpoint, "--credentials-file", str(s3.creds),
+                 "--version", "slow-resumed", "--public-key", str(pub)]
+    with Load(served_v1) as load:
+        time.sleep(1.0)
+        # First run: an analysis that cannot decide (it needs more requests than will come).
+        w = subprocess.Popen(base_args + ["--golden", "golden.npz", "--window", "60s", "--min-requests", "1000000"],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        last = None
+        deadline = time.time() + 60
+        for line in iter(w.stdout.readline, ""):
+            if line.startswith('{"report"'):
+                last = json.loads(line)["report"]
+                if last["phase"] == "Analysing":
+                    break
+            assert time.time() < deadline
+        w.kill()
+        w.wait()
+        assert last and last["phase"] == "Analysing" and serving(served_v1)[0] == "slow-resumed", last
+        code, report, events, p = run_watcher(served_v1, workdir, s3, src, "slow-resumed", *ANALYSIS,
+                                              "--last-report", json.dumps(last), keys=[pub])
+        time.sleep(0.3)
+    assert code == 2, p.stderr[-3000:]
+    assert report["verdict"] == "RolledBack" and report["reason"] == "LatencyRegression", report
+    assert serving(served_v1)[0] == "v1"
+    assert load.failed == 0, load.errors[:3]
+
+
 def test_drifting_version_is_rolled_back_on_drift(served_v1, workdir, s3, signing_key):
     priv, pub = signing_key
     d = artifact(workdir, "drift", lambda p: models.scorer(p, seed=0, logit_shift=4.0), sign_key=priv)

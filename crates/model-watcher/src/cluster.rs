@@ -13,7 +13,7 @@ use k8s_openapi::{
     api::core::v1::{ConfigMap, ObjectReference, Pod, Secret},
 };
 use kinfer_api::{
-    InferenceService, ModelVersion, TARGET_VERSION_ANNOTATION,
+    ANALYSIS_ANNOTATION, InferenceService, ModelVersion, TARGET_VERSION_ANNOTATION,
     model_version::TrustedKeys,
     report::{AnalysisPhase, AnalysisReport},
 };
@@ -65,6 +65,17 @@ impl Cluster {
             config_maps: Api::namespaced(client, ns),
             id,
         }
+    }
+
+    /// The report this pod carries from an earlier run of the watcher (its
+    /// `kinfer.dev/analysis` annotation), if any.
+    pub async fn last_report(&self) -> Option<AnalysisReport> {
+        let pod = self.pods.get(&self.id.pod).await.ok()?;
+        AnalysisReport::from_annotation(
+            pod.annotations()
+                .get(ANALYSIS_ANNOTATION)
+                .map(String::as_str),
+        )
     }
 
     /// The ModelVersion name this pod should serve, or why none can be named.
@@ -248,6 +259,11 @@ pub async fn run(client: Client, id: Identity, mut watcher: Watcher) -> anyhow::
             }
         }
     };
+    // A restart (the container was killed): take over what the last run left unfinished.
+    if let Some(last) = cluster.last_report().await {
+        tracing::info!(version = %last.version, phase = ?last.phase, "resuming from the pod's last report");
+        watcher.resume_from(last);
+    }
     watcher.reporter = Reporter::Pod(Box::new(reporter));
     watcher
         .reporter

@@ -15,7 +15,7 @@ use kinfer_api::{
     duration::Duration as ApiDuration,
     inference_service::{AnalysisSpec, DriftMetric, DriftSpec, RolloutSpec, ShadowSpec},
     model_version::{ModelSource, ModelVersionSpec, SignaturePolicy, Validation},
-    report::{Verdict, reasons},
+    report::{AnalysisReport, Verdict, reasons},
 };
 use kinfer_contract::check::VerifyResult;
 use kinfer_watcher::{
@@ -186,6 +186,10 @@ struct RunArgs {
     /// Report a regression but keep the version.
     #[arg(long)]
     no_auto_rollback: bool,
+    /// The last report of an earlier run that was killed (the JSON a pod keeps in its
+    /// `kinfer.dev/analysis` annotation): an analysis it left unfinished is judged again.
+    #[arg(long)]
+    last_report: Option<String>,
     /// A p99 increase smaller than this never counts as a regression.
     #[arg(long, env = "KINFER_P99_NOISE_FLOOR", default_value = "250us")]
     p99_noise_floor: String,
@@ -489,6 +493,14 @@ async fn run(a: RunArgs) -> anyhow::Result<i32> {
     };
     let plan = a.source.plan(&version, validation, rollout)?;
     let mut watcher = watcher;
+    if let Some(last) = &a.last_report {
+        let Some(report) = AnalysisReport::from_annotation(Some(last)) else {
+            anyhow::bail!(
+                "--last-report is not an analysis report (the JSON of kinfer.dev/analysis)"
+            );
+        };
+        watcher.resume_from(report);
+    }
     let report = watcher.apply(&plan).await;
     use kinfer_contract::exit;
     Ok(match report.verdict {

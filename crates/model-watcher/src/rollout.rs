@@ -103,6 +103,9 @@ pub struct Watcher {
     /// The last report that refused or rolled back a version, kept so that being sent back to
     /// the version that still serves does not overwrite the explanation on the pod.
     rejection: Option<AnalysisReport>,
+    /// The report a previous run of the watcher left unfinished (it was killed): a version
+    /// promoted but not judged is judged again instead of being taken as passed.
+    interrupted: Option<AnalysisReport>,
 }
 
 fn now() -> String {
@@ -127,6 +130,19 @@ impl Watcher {
             artifacts: HashMap::new(),
             serving: None,
             rejection: None,
+            interrupted: None,
+        }
+    }
+
+    /// Takes over from a previous run of the watcher in this pod: `last` is the report it left
+    /// (the pod's `kinfer.dev/analysis` annotation). A decided refusal or rollback is remembered
+    /// as before the restart; an unfinished one is finished by the next [`Watcher::apply`] of
+    /// that version.
+    pub fn resume_from(&mut self, last: AnalysisReport) {
+        match (last.phase, last.verdict) {
+            (AnalysisPhase::Done, Some(Verdict::Passed)) | (AnalysisPhase::Done, None) => {}
+            (AnalysisPhase::Done, Some(_)) => self.rejection = Some(last),
+            _ => self.interrupted = Some(last),
         }
     }
 
@@ -222,6 +238,14 @@ impl Watcher {
         r.previous_version = serving.clone();
 
         if serving.as_deref() == Some(plan.name.as_str()) {
+            // Promoted by a watcher that was killed before its verdict: judge it now, against
+            // the version kept warm, instead of calling it passed.
+            if let (Some(old), Some(last)) = (previous.as_deref(), self.interrupted.take())
+                && last.version == plan.name
+                && last.phase == AnalysisPhase::Analysing
+            {
+                return self.resume_analysis(plan, last, old, &runtime).await;
+            }
             // It serves, so the pod is ready with it (also after a watcher restart, which set
             // the condition False on start).
             let msg = format!("{} already serves", plan.name);
@@ -273,6 +297,48 @@ impl Watcher {
                     Verdict::Refused
                 };
                 self.done(r, verdict, Some(s.reason), s.message).await
+            }
+        }
+    }
+
+    /// Judges again a version a killed watcher had promoted: the baseline is the previous
+    /// version's figures up to the swap (it has had no traffic since), the window starts over.
+    async fn resume_analysis(
+        &mut self,
+        plan: &Plan,
+        mut r: AnalysisReport,
+        old: &str,
+        runtime: &kinfer_contract::admin::StatsAnswer,
+    ) -> AnalysisReport {
+        let baseline = Figures::from_stats(runtime, old, false);
+        r.previous_version = Some(old.to_owned());
+        r.verdict = None;
+        r.reason = None;
+        self.reporter
+            .serving(
+                Some(&plan.name),
+                true,
+                "Serving",
+                &format!("{} serves; its analysis is judged again", plan.name),
+            )
+            .await;
+        self.update(
+            &mut r,
+            AnalysisPhase::Analysing,
+            format!(
+                "the watcher restarted during the analysis of {}: judging it again against {old}, the window starts over",
+                plan.name
+            ),
+        )
+        .await;
+        match self
+            .analyse(plan, &mut r, old, baseline.as_ref(), Instant::now())
+            .await
+        {
+            Ok(()) => r,
+            Err(s) => {
+                self.done(r, Verdict::RolledBack, Some(s.reason), s.message)
+                    .await
             }
         }
     }
@@ -706,6 +772,11 @@ impl Watcher {
             .iter()
             .filter_map(|v| self.artifacts.get(*v).map(|(p, _)| p.as_path()))
             .collect();
+        if keep.len() < keep_versions.len() {
+            // A version to keep whose directory this run does not know (fetched before a
+            // restart): removing "everything else" could remove it.
+            return;
+        }
         match fetch::gc(&self.models_dir, &keep).await {
             Ok(removed) if !removed.is_empty() => {
                 tracing::info!(
