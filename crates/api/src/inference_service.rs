@@ -494,26 +494,7 @@ pub enum RolloutPhase {
     RolledBack,
 }
 
-/// Figures from an analysis window.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct AnalysisFigures {
-    /// p99 of the new version, seconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub p99: Option<f64>,
-    /// p99 of the previous version just before the swap, seconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub baseline_p99: Option<f64>,
-    /// Fraction of failed requests.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error_rate: Option<f64>,
-    /// Drift score (PSI).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub drift: Option<f64>,
-    /// Requests seen in the window.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub requests: Option<i64>,
-}
+pub use kinfer_contract::report::AnalysisFigures;
 
 fn default_true() -> bool {
     true

@@ -20,17 +20,12 @@ pub const GROUP: &str = "kinfer.dev";
 /// The served and stored API version.
 pub const VERSION: &str = "v1alpha1";
 
-/// Pod annotation the operator sets to tell a pod's watcher which model version to serve.
-pub const TARGET_VERSION_ANNOTATION: &str = "kinfer.dev/target-version";
-/// Pod annotation the watcher sets to the version its runtime serves now.
-pub const SERVING_VERSION_ANNOTATION: &str = "kinfer.dev/serving-version";
-/// Pod annotation the watcher sets to its analysis report (JSON).
-pub const ANALYSIS_ANNOTATION: &str = "kinfer.dev/analysis";
+pub use kinfer_contract::pod::{
+    ANALYSIS_ANNOTATION, MODEL_READY_CONDITION, SERVING_VERSION_ANNOTATION,
+    TARGET_VERSION_ANNOTATION,
+};
 /// Annotation on an InferenceService that asks the operator to retry a rolled-back version.
 pub const RETRY_ANNOTATION: &str = "kinfer.dev/retry";
-/// The pod condition type the watcher sets; the pods use it as a readiness gate.
-pub const MODEL_READY_CONDITION: &str = "kinfer.dev/ModelReady";
-
 /// Every custom resource definition of this crate, in a stable order.
 pub fn crds()
 -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>

@@ -1,7 +1,10 @@
 //! The contract between kinfer's processes, as types both sides serialise: what crosses the
 //! runtime's admin socket between the model-watcher and the runtime ([`admin`]), the
-//! verification Job's check results ([`check`]), exit codes ([`exit`]), Event and condition
-//! reasons ([`reasons`]) and durations as written in flags and manifests ([`duration`]). A field renamed
+//! verification Job's check results ([`check`]), the analysis report the watcher writes on its
+//! pod for the operator ([`report`]), the pod's label, annotation, condition and environment
+//! names ([`pod`]), the command lines the operator writes for the runtime and the checks
+//! ([`flags`]), exit codes ([`exit`]), Event and condition reasons ([`reasons`]) and durations
+//! as written in flags and manifests ([`duration`]). A field renamed
 //! on one side fails to compile on the other, and a field the producer stops sending fails to
 //! parse instead of reading as zero.
 //!
@@ -11,4 +14,7 @@ pub mod admin;
 pub mod check;
 pub mod duration;
 pub mod exit;
+pub mod flags;
+pub mod pod;
 pub mod reasons;
+pub mod report;

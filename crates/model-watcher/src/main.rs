@@ -17,7 +17,7 @@ use kinfer_api::{
     model_version::{ModelSource, ModelVersionSpec, SignaturePolicy, Validation},
     report::{AnalysisReport, Verdict, reasons},
 };
-use kinfer_contract::check::VerifyResult;
+use kinfer_contract::{check::VerifyResult, flags::watcher as flags, pod::env};
 use kinfer_watcher::{
     admin::AdminClient,
     cluster::{self, Identity},
@@ -32,7 +32,7 @@ use kinfer_watcher::{
 #[command(name = "kinfer-watcher", version, about)]
 struct Args {
     /// Log format.
-    #[arg(long, env = "KINFER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"], global = true)]
+    #[arg(long, env = env::LOG_FORMAT, default_value = "text", value_parser = ["text", "json"], global = true)]
     log_format: String,
     #[command(subcommand)]
     command: Command,
@@ -42,10 +42,10 @@ struct Args {
 #[derive(ClapArgs, Debug, Clone)]
 struct SourceArgs {
     /// `s3://bucket/prefix/` holding model.onnx, the signature bundle and the golden set.
-    #[arg(long, env = "KINFER_SOURCE")]
+    #[arg(long = flags::SOURCE, env = "KINFER_SOURCE")]
     source: Option<String>,
     /// S3-compatible endpoint URL (path-style addressing); AWS when empty.
-    #[arg(long, env = "KINFER_S3_ENDPOINT")]
+    #[arg(long = flags::ENDPOINT, env = "KINFER_S3_ENDPOINT")]
     endpoint: Option<String>,
     /// Region for request signing.
     #[arg(long, env = "KINFER_S3_REGION", default_value = "us-east-1")]
@@ -59,13 +59,13 @@ struct SourceArgs {
     public_keys: Vec<PathBuf>,
     /// A directory whose `*.pem` files (and other files holding a PEM public key) are trusted
     /// keys (a mounted ConfigMap or Secret).
-    #[arg(long, env = "KINFER_PUBLIC_KEY_DIR")]
+    #[arg(long = flags::PUBLIC_KEY_DIR, env = "KINFER_PUBLIC_KEY_DIR")]
     public_key_dir: Option<PathBuf>,
     /// Signature bundle inside the artifact.
-    #[arg(long, default_value = "model.sig")]
+    #[arg(long = flags::SIGNATURE, default_value = "model.sig")]
     signature: String,
     /// Accept an artifact without a signature bundle (a present but bad one is still refused).
-    #[arg(long)]
+    #[arg(long = flags::ALLOW_UNSIGNED)]
     allow_unsigned: bool,
 }
 
@@ -77,11 +77,12 @@ enum Command {
     /// Prints one JSON object (also written to --termination-log); exit 0 when it holds, 3 when
     /// the artifact is refused (signature, digests, arguments: retrying cannot help), 1 when it
     /// could not be fetched (worth a retry).
+    #[command(name = flags::CHECK)]
     Check {
         #[command(flatten)]
         source: SourceArgs,
         /// Directory to fetch into; `DEST/current` links to the verified artifact.
-        #[arg(long, default_value = "/work")]
+        #[arg(long = flags::DEST, default_value = "/work")]
         dest: PathBuf,
         /// Where the JSON result also goes (Kubernetes reads it as the termination message).
         #[arg(long, default_value = "/dev/termination-log")]
@@ -95,7 +96,7 @@ enum Command {
         #[command(flatten)]
         source: SourceArgs,
         /// Directory on the shared volume that holds fetched artifacts.
-        #[arg(long, env = "KINFER_MODELS_DIR", default_value = "/models")]
+        #[arg(long, env = env::MODELS_DIR, default_value = "/models")]
         dest: PathBuf,
     },
     /// Verify a model directory offline against its model-signing bundle.
@@ -126,21 +127,21 @@ struct RunArgs {
     /// The runtime's admin socket.
     #[arg(
         long,
-        env = "KINFER_ADMIN_SOCKET",
+        env = env::ADMIN_SOCKET,
         default_value = "/run/kinfer/admin.sock"
     )]
     admin_socket: PathBuf,
     /// Shared volume for artifacts.
-    #[arg(long, env = "KINFER_MODELS_DIR", default_value = "/models")]
+    #[arg(long, env = env::MODELS_DIR, default_value = "/models")]
     models_dir: PathBuf,
     /// This pod (downward API); set = cluster mode.
-    #[arg(long, env = "KINFER_POD_NAME")]
+    #[arg(long, env = env::POD_NAME)]
     pod_name: Option<String>,
     /// This pod's namespace (downward API).
-    #[arg(long, env = "KINFER_POD_NAMESPACE", default_value = "default")]
+    #[arg(long, env = env::POD_NAMESPACE, default_value = "default")]
     namespace: String,
     /// The InferenceService this pod belongs to.
-    #[arg(long, env = "KINFER_INFERENCE_SERVICE")]
+    #[arg(long, env = env::INFERENCE_SERVICE)]
     inference_service: Option<String>,
     /// Standalone: the version label to stage (the ModelVersion name in a cluster).
     #[arg(long, env = "KINFER_VERSION")]
@@ -573,4 +574,41 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use kinfer_contract::flags::WatcherCheck;
+
+    use super::{Args, Command};
+
+    /// The verification Job's command line as the operator writes it parses here.
+    #[test]
+    fn parses_the_check_command_line_the_operator_writes() {
+        let check = WatcherCheck {
+            source: "s3://models/fraud/v2/".into(),
+            endpoint: Some("http://s3:8333".into()),
+            dest: "/work".into(),
+            public_key_dir: "/etc/kinfer/keys".into(),
+            signature: "bundle.sig".into(),
+            allow_unsigned: true,
+        };
+        let args = Args::try_parse_from(
+            std::iter::once("kinfer-watcher".to_owned()).chain(check.to_args()),
+        )
+        .unwrap();
+        let Command::Check { source, dest, .. } = args.command else {
+            panic!("not the check command");
+        };
+        assert_eq!(source.source.as_deref(), Some("s3://models/fraud/v2/"));
+        assert_eq!(source.endpoint.as_deref(), Some("http://s3:8333"));
+        assert_eq!(
+            source.public_key_dir.as_deref(),
+            Some(std::path::Path::new("/etc/kinfer/keys"))
+        );
+        assert_eq!(source.signature, "bundle.sig");
+        assert!(source.allow_unsigned);
+        assert_eq!(dest, std::path::Path::new("/work"));
+    }
 }

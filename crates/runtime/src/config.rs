@@ -5,6 +5,7 @@
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use clap::builder::RangedU64ValueParser;
+use kinfer_contract::flags::runtime as flags;
 
 use crate::models::{session::Provider, version::BatchRounding};
 
@@ -76,10 +77,10 @@ fn fraction(v: &str) -> Result<f64, String> {
 #[command(name = "kinfer-runtime", version, about)]
 pub struct Args {
     /// ONNX model to serve at start (optional in a pod: the watcher stages and promotes).
-    #[arg(long, env = "KINFER_MODEL")]
+    #[arg(long = flags::MODEL, env = "KINFER_MODEL")]
     pub model: Option<PathBuf>,
     /// Model name on the API (`/v2/models/{name}`); the file stem of --model when empty.
-    #[arg(long, env = "KINFER_MODEL_NAME")]
+    #[arg(long = flags::MODEL_NAME, env = "KINFER_MODEL_NAME")]
     pub model_name: Option<String>,
     /// Version label of --model.
     #[arg(long, env = "KINFER_MODEL_VERSION", default_value = "1")]
@@ -100,35 +101,35 @@ pub struct Args {
     #[arg(long, env = "KINFER_METRICS_PORT", default_value_t = 9090)]
     pub metrics_port: u16,
     /// Unix socket of the admin API (created with mode 0600); none when empty.
-    #[arg(long, env = "KINFER_ADMIN_SOCKET")]
+    #[arg(long = flags::ADMIN_SOCKET, env = "KINFER_ADMIN_SOCKET")]
     pub admin_socket: Option<PathBuf>,
     /// Execution provider.
-    #[arg(long, env = "KINFER_EP", value_enum, default_value = "cpu")]
+    #[arg(long = flags::EXECUTION_PROVIDER, env = "KINFER_EP", value_enum, default_value = "cpu")]
     pub execution_provider: Provider,
     /// `cpu`: fall back to CPU with a warning when the provider is missing (else refuse to start).
-    #[arg(long, env = "KINFER_EP_FALLBACK")]
+    #[arg(long = flags::EP_FALLBACK, env = "KINFER_EP_FALLBACK")]
     pub ep_fallback: Option<String>,
     /// Graph optimisation level 0 (off) to 3 (all).
     #[arg(long, env = "KINFER_OPT_LEVEL", default_value_t = 3)]
     pub optimization_level: u8,
     /// Intra-op threads per session; the CPUs of the process's affinity mask when empty.
-    #[arg(long, env = "KINFER_INTRA_OP_THREADS",
+    #[arg(long = flags::INTRA_OP_THREADS, env = "KINFER_INTRA_OP_THREADS",
           value_parser = RangedU64ValueParser::<usize>::new().range(1..=bounds::THREADS))]
     pub intra_op_threads: Option<usize>,
     /// Inter-op threads per session.
-    #[arg(long, env = "KINFER_INTER_OP_THREADS", default_value_t = 1,
+    #[arg(long = flags::INTER_OP_THREADS, env = "KINFER_INTER_OP_THREADS", default_value_t = 1,
           value_parser = RangedU64ValueParser::<usize>::new().range(1..=bounds::THREADS))]
     pub inter_op_threads: usize,
     /// Session instances (worker threads) per loaded version.
-    #[arg(long, env = "KINFER_INSTANCES", default_value_t = 1,
+    #[arg(long = flags::INSTANCES, env = "KINFER_INSTANCES", default_value_t = 1,
           value_parser = RangedU64ValueParser::<usize>::new().range(1..=bounds::INSTANCES))]
     pub instances: usize,
     /// `auto`: pin ORT intra-op threads to the CPUs in this process's affinity mask (what a
     /// Guaranteed pod with the static CPU manager gets).
-    #[arg(long, env = "KINFER_CPU_AFFINITY")]
+    #[arg(long = flags::CPU_AFFINITY, env = "KINFER_CPU_AFFINITY")]
     pub cpu_affinity: Option<String>,
     /// Largest batch in rows; 1 disables dynamic batching.
-    #[arg(long, env = "KINFER_MAX_BATCH_SIZE", default_value_t = 1,
+    #[arg(long = flags::MAX_BATCH_SIZE, env = "KINFER_MAX_BATCH_SIZE", default_value_t = 1,
           value_parser = RangedU64ValueParser::<usize>::new().range(1..=bounds::MAX_BATCH_SIZE))]
     pub max_batch_size: usize,
     /// Largest batch dimension a single request may carry.
@@ -137,7 +138,7 @@ pub struct Args {
     pub max_request_rows: usize,
     /// Longest a batch waits to fill once its first request is taken, e.g. `2ms`; 0 (the
     /// default) batches only what queued while the worker was busy and adds no latency.
-    #[arg(long, env = "KINFER_MAX_QUEUE_DELAY", default_value = "0s", value_parser = queue_delay)]
+    #[arg(long = flags::MAX_QUEUE_DELAY, env = "KINFER_MAX_QUEUE_DELAY", default_value = "0s", value_parser = queue_delay)]
     pub max_queue_delay: Duration,
     /// `exact`: a version batches only when a probe at load finds its batched rows bit for bit
     /// the rows run alone; `tolerate`: rounding-level differences are accepted too. Rows that
@@ -150,22 +151,22 @@ pub struct Args {
     )]
     pub batch_rounding: BatchRounding,
     /// Requests that may wait per version before 503 / RESOURCE_EXHAUSTED.
-    #[arg(long, env = "KINFER_QUEUE_CAPACITY", default_value_t = 1024,
+    #[arg(long = flags::QUEUE_CAPACITY, env = "KINFER_QUEUE_CAPACITY", default_value_t = 1024,
           value_parser = RangedU64ValueParser::<usize>::new().range(1..=bounds::QUEUE_CAPACITY))]
     pub queue_capacity: usize,
     /// Deadline of a request (queue + run), e.g. `100ms`; clients may ask for less.
-    #[arg(long, env = "KINFER_REQUEST_TIMEOUT", value_parser = request_timeout)]
+    #[arg(long = flags::REQUEST_TIMEOUT, env = "KINFER_REQUEST_TIMEOUT", value_parser = request_timeout)]
     pub request_timeout: Option<Duration>,
     /// Largest request message, HTTP body or gRPC message, in bytes; also the most bytes the
     /// tensors of one request may hold once decoded.
-    #[arg(long, visible_alias = "max-body-bytes", env = "KINFER_MAX_MESSAGE_BYTES",
+    #[arg(long = flags::MAX_MESSAGE_BYTES, visible_alias = "max-body-bytes", env = "KINFER_MAX_MESSAGE_BYTES",
           default_value_t = 64 * 1024 * 1024,
           value_parser = RangedU64ValueParser::<usize>::new().range(1024..=bounds::MESSAGE_BYTES))]
     pub max_message_bytes: usize,
     /// Request bytes (messages as they arrive and their decoded tensors) all requests in flight
     /// may hold together; past it a request is refused with 503 / RESOURCE_EXHAUSTED. At least
     /// --max-message-bytes.
-    #[arg(long, env = "KINFER_MAX_INFLIGHT_BYTES", default_value_t = 256 * 1024 * 1024,
+    #[arg(long = flags::MAX_INFLIGHT_BYTES, env = "KINFER_MAX_INFLIGHT_BYTES", default_value_t = 256 * 1024 * 1024,
           value_parser = RangedU64ValueParser::<usize>::new().range(1024..=bounds::INFLIGHT_BYTES))]
     pub max_inflight_bytes: usize,
     /// Longest wait for the next piece of an HTTP request body; a body that stalls longer is
@@ -180,7 +181,7 @@ pub struct Args {
     #[arg(long, env = "KINFER_DRAIN_TIMEOUT", default_value = "10s", value_parser = drain_timeout)]
     pub drain_timeout: Duration,
     /// Decision policy file (YAML or JSON: output, thresholds, default): adds a `decision` output.
-    #[arg(long, env = "KINFER_POLICY")]
+    #[arg(long = flags::POLICY, env = "KINFER_POLICY")]
     pub policy: Option<PathBuf>,
     /// Append sampled decisions (request id, version, latency, scores, labels) to this JSON-lines file.
     #[arg(long, env = "KINFER_DECISION_LOG")]
@@ -191,25 +192,25 @@ pub struct Args {
     /// Check mode (the ModelVersion verification Job): load --model, run --golden if given,
     /// print one JSON object (and write it to --termination-log), exit 0 when it passes, 3 when the
     /// artifact is refused (load failure, golden-set mismatch, unreadable golden set).
-    #[arg(long, requires = "model")]
+    #[arg(long = flags::CHECK, requires = "model")]
     pub check: bool,
     /// Golden set (.npz with `input.<name>` / `output.<name>` arrays) for --check.
-    #[arg(long, requires = "check")]
+    #[arg(long = flags::GOLDEN, requires = "check")]
     pub golden: Option<PathBuf>,
     /// Absolute tolerance of --check.
-    #[arg(long, default_value_t = 1e-5)]
+    #[arg(long = flags::ATOL, default_value_t = 1e-5)]
     pub atol: f64,
     /// Relative tolerance of --check.
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long = flags::RTOL, default_value_t = 1e-4)]
     pub rtol: f64,
     /// Fraction of golden samples whose decision must match in --check.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long = flags::MIN_AGREEMENT, default_value_t = 1.0)]
     pub min_agreement: f64,
     /// Where --check also writes its JSON result (Kubernetes reads it as the termination message).
     #[arg(long, default_value = "/dev/termination-log")]
     pub termination_log: PathBuf,
     /// Log format.
-    #[arg(long, env = "KINFER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    #[arg(long = flags::LOG_FORMAT, env = "KINFER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
 }
 
@@ -281,6 +282,78 @@ mod tests {
                 .max_message_bytes,
             65536
         );
+    }
+
+    /// The command lines the operator writes (`kinfer_contract::flags`) parse here, every
+    /// field arriving where the runtime reads it.
+    #[test]
+    fn parses_the_command_lines_the_operator_writes() {
+        use kinfer_contract::flags::{Batching, GoldenCheck, RuntimeCheck, RuntimeServe};
+        let serve = RuntimeServe {
+            model_name: "fraud".into(),
+            admin_socket: "/run/kinfer/admin.sock".into(),
+            log_format: "json".into(),
+            execution_provider: "cuda".into(),
+            ep_fallback_cpu: true,
+            intra_op_threads: Some(4),
+            cpu_affinity_auto: true,
+            inter_op_threads: Some(2),
+            instances: Some(3),
+            batching: Some(Batching {
+                max_batch_size: 16,
+                max_queue_delay: "2ms".into(),
+                queue_capacity: 64,
+            }),
+            request_timeout: Some("100ms".into()),
+            max_inflight_bytes: Some(1 << 28),
+            max_message_bytes: Some(1 << 25),
+            policy: Some("/etc/kinfer/policy/policy.yaml".into()),
+        };
+        let args = serve.to_args();
+        let a = parse(&args.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+        assert_eq!(a.model_name.as_deref(), Some("fraud"));
+        assert_eq!(
+            a.admin_socket.as_deref(),
+            Some(std::path::Path::new("/run/kinfer/admin.sock"))
+        );
+        assert_eq!(a.log_format, "json");
+        assert_eq!(a.execution_provider, crate::models::session::Provider::Cuda);
+        assert_eq!(a.ep_fallback.as_deref(), Some("cpu"));
+        assert_eq!(a.intra_op_threads, Some(4));
+        assert_eq!(a.cpu_affinity.as_deref(), Some("auto"));
+        assert_eq!((a.inter_op_threads, a.instances), (2, 3));
+        assert_eq!((a.max_batch_size, a.queue_capacity), (16, 64));
+        assert_eq!(a.max_queue_delay, std::time::Duration::from_millis(2));
+        assert_eq!(
+            a.request_timeout,
+            Some(std::time::Duration::from_millis(100))
+        );
+        assert_eq!(
+            (a.max_inflight_bytes, a.max_message_bytes),
+            (1 << 28, 1 << 25)
+        );
+        assert_eq!(
+            a.policy.as_deref(),
+            Some(std::path::Path::new("/etc/kinfer/policy/policy.yaml"))
+        );
+
+        let check = RuntimeCheck {
+            model: "/work/current/model.onnx".into(),
+            golden: Some(GoldenCheck {
+                path: "/work/current/golden.npz".into(),
+                atol: 0.001,
+                rtol: 0.01,
+                min_agreement: 0.99,
+            }),
+        };
+        let args = check.to_args();
+        let a = parse(&args.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+        assert!(a.check);
+        assert_eq!(
+            a.golden.as_deref(),
+            Some(std::path::Path::new("/work/current/golden.npz"))
+        );
+        assert_eq!((a.atol, a.rtol, a.min_agreement), (0.001, 0.01, 0.99));
     }
 
     #[test]

@@ -22,6 +22,10 @@ use k8s_openapi::{
     },
 };
 use kinfer_api::MODEL_READY_CONDITION;
+use kinfer_contract::{
+    flags::{Batching, RuntimeServe},
+    pod::env as pod_env,
+};
 
 use super::{Defaults, labels, meta, policy_name, scheduling, selector_labels, watcher_name};
 use crate::validate::{Validated, provider_flag};
@@ -121,52 +125,40 @@ pub fn deployment(v: &Validated, d: &Defaults) -> Deployment {
     }
 }
 
+/// The runtime's command line (`kinfer_contract::flags`, parsed by the runtime's own tests).
+pub fn runtime_flags(v: &Validated) -> RuntimeServe {
+    let spec = &v.spec;
+    let (max_inflight_bytes, max_message_bytes) = scheduling::memory_limits(v).unzip();
+    RuntimeServe {
+        model_name: v.name.clone(),
+        admin_socket: ADMIN_SOCKET.into(),
+        log_format: "json".into(),
+        execution_provider: provider_flag(v.execution_provider).into(),
+        ep_fallback_cpu: false,
+        intra_op_threads: v
+            .pinned_cpus
+            .or(spec.runtime.intra_op_threads.map(i64::from)),
+        cpu_affinity_auto: v.pinned_cpus.is_some(),
+        inter_op_threads: spec.runtime.inter_op_threads.map(i64::from),
+        instances: spec.runtime.instances.map(i64::from),
+        batching: spec.runtime.batching.as_ref().map(|b| Batching {
+            max_batch_size: i64::from(b.max_batch_size),
+            max_queue_delay: b.max_queue_delay.to_string(),
+            queue_capacity: i64::from(b.queue_capacity),
+        }),
+        request_timeout: spec.runtime.request_timeout.as_ref().map(|t| t.to_string()),
+        max_inflight_bytes,
+        max_message_bytes,
+        policy: spec
+            .policy
+            .is_some()
+            .then(|| format!("{POLICY_DIR}/{POLICY_FILE}")),
+    }
+}
+
 /// The runtime's command-line arguments (after the binary).
 pub fn runtime_args(v: &Validated) -> Vec<String> {
-    let spec = &v.spec;
-    let mut a: Vec<String> = vec![
-        "--model-name".into(),
-        v.name.clone(),
-        "--admin-socket".into(),
-        ADMIN_SOCKET.into(),
-        "--log-format".into(),
-        "json".into(),
-        "--execution-provider".into(),
-        provider_flag(v.execution_provider).into(),
-    ];
-    let intra = v
-        .pinned_cpus
-        .or(spec.runtime.intra_op_threads.map(i64::from));
-    if let Some(n) = intra {
-        a.extend(["--intra-op-threads".into(), n.to_string()]);
-    }
-    if v.pinned_cpus.is_some() {
-        a.extend(["--cpu-affinity".into(), "auto".into()]);
-    }
-    if let Some(n) = spec.runtime.inter_op_threads {
-        a.extend(["--inter-op-threads".into(), n.to_string()]);
-    }
-    if let Some(n) = spec.runtime.instances {
-        a.extend(["--instances".into(), n.to_string()]);
-    }
-    if let Some(b) = &spec.runtime.batching {
-        a.extend([
-            "--max-batch-size".into(),
-            b.max_batch_size.to_string(),
-            "--max-queue-delay".into(),
-            b.max_queue_delay.to_string(),
-            "--queue-capacity".into(),
-            b.queue_capacity.to_string(),
-        ]);
-    }
-    if let Some(t) = &spec.runtime.request_timeout {
-        a.extend(["--request-timeout".into(), t.to_string()]);
-    }
-    a.extend(scheduling::memory_flags(v));
-    if spec.policy.is_some() {
-        a.extend(["--policy".into(), format!("{POLICY_DIR}/{POLICY_FILE}")]);
-    }
-    a
+    runtime_flags(v).to_args()
 }
 
 fn runtime_container(v: &Validated, d: &Defaults) -> Container {
@@ -217,12 +209,12 @@ fn watcher_container(v: &Validated, d: &Defaults) -> Container {
         command: Some(vec!["kinfer-watcher".into()]),
         args: Some(vec!["run".into()]),
         env: Some(vec![
-            field_env("KINFER_POD_NAME", "metadata.name"),
-            field_env("KINFER_POD_NAMESPACE", "metadata.namespace"),
-            env("KINFER_INFERENCE_SERVICE", &v.name),
-            env("KINFER_MODELS_DIR", MODELS_DIR),
-            env("KINFER_ADMIN_SOCKET", ADMIN_SOCKET),
-            env("KINFER_LOG_FORMAT", "json"),
+            field_env(pod_env::POD_NAME, "metadata.name"),
+            field_env(pod_env::POD_NAMESPACE, "metadata.namespace"),
+            env(pod_env::INFERENCE_SERVICE, &v.name),
+            env(pod_env::MODELS_DIR, MODELS_DIR),
+            env(pod_env::ADMIN_SOCKET, ADMIN_SOCKET),
+            env(pod_env::LOG_FORMAT, "json"),
         ]),
         resources: Some(scheduling::watcher_resources(v)),
         security_context: Some(container_security_context()),

@@ -20,6 +20,7 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use kinfer_api::{ModelVersion, report::EXIT_REFUSED};
+use kinfer_contract::flags::{GoldenCheck, RuntimeCheck, WatcherCheck};
 use kube::{Resource, ResourceExt};
 
 use super::{
@@ -38,7 +39,7 @@ pub const VERIFY_CONTAINER: &str = "verify";
 /// Name of the main container (runtime check).
 pub const VALIDATE_CONTAINER: &str = "validate";
 /// Label on the Job and its pods naming the ModelVersion.
-pub const MODEL_VERSION_LABEL: &str = "kinfer.dev/modelversion";
+pub use kinfer_contract::pod::MODEL_VERSION_LABEL;
 
 /// Name of the Job of a ModelVersion (`<mv>-verify`, cut to fit a label value).
 pub fn job_name(mv: &str) -> String {
@@ -71,22 +72,15 @@ pub fn verification_job(mv: &ModelVersion, d: &Defaults) -> Option<Job> {
         ),
     ]);
 
-    let mut check_args: Vec<String> =
-        vec!["check".into(), "--source".into(), spec.source.uri.clone()];
-    if let Some(e) = &spec.source.endpoint {
-        check_args.extend(["--endpoint".into(), e.clone()]);
+    let check_args = WatcherCheck {
+        source: spec.source.uri.clone(),
+        endpoint: spec.source.endpoint.clone(),
+        dest: WORK_DIR.into(),
+        public_key_dir: KEYS_DIR.into(),
+        signature: spec.signature.bundle.clone(),
+        allow_unsigned: !spec.signature.required,
     }
-    check_args.extend([
-        "--dest".into(),
-        WORK_DIR.into(),
-        "--public-key-dir".into(),
-        KEYS_DIR.into(),
-        "--signature".into(),
-        spec.signature.bundle.clone(),
-    ]);
-    if !spec.signature.required {
-        check_args.push("--allow-unsigned".into());
-    }
+    .to_args();
     let mut check_env = vec![env(
         "AWS_REGION",
         spec.source.region.as_deref().unwrap_or("us-east-1"),
@@ -131,23 +125,16 @@ pub fn verification_job(mv: &ModelVersion, d: &Defaults) -> Option<Job> {
         _ => empty_dir("keys"),
     };
 
-    let mut runtime_args: Vec<String> = vec![
-        "--check".into(),
-        "--model".into(),
-        format!("{WORK_DIR}/current/model.onnx"),
-    ];
-    if let Some(v) = &spec.validation {
-        runtime_args.extend([
-            "--golden".into(),
-            format!("{WORK_DIR}/current/{}", v.golden_set),
-            "--atol".into(),
-            v.atol.to_string(),
-            "--rtol".into(),
-            v.rtol.to_string(),
-            "--min-agreement".into(),
-            v.min_agreement.to_string(),
-        ]);
+    let runtime_args = RuntimeCheck {
+        model: format!("{WORK_DIR}/current/model.onnx"),
+        golden: spec.validation.as_ref().map(|v| GoldenCheck {
+            path: format!("{WORK_DIR}/current/{}", v.golden_set),
+            atol: v.atol,
+            rtol: v.rtol,
+            min_agreement: v.min_agreement,
+        }),
     }
+    .to_args();
     let small = |cpu: &str, mem: &str| {
         requirements(
             BTreeMap::from([("cpu".into(), cpu.into()), ("memory".into(), mem.into())]),

@@ -36,29 +36,21 @@ pub const PINNING_ANNOTATIONS: [&str; 3] = [
     "irq-load-balancing.crio.io",
 ];
 
-/// The runtime's request-memory flags for a container memory limit: a quarter of it for request
-/// bytes in flight (`--max-inflight-bytes`) and at most the runtime's default 64 MiB per message
-/// (`--max-message-bytes`), so a flood of large requests is shed before it reaches the limit.
-/// Nothing without a memory limit (the runtime's defaults apply).
-pub fn memory_flags(v: &Validated) -> Vec<String> {
+/// The runtime's request-memory limits for a container memory limit, as
+/// (`--max-inflight-bytes`, `--max-message-bytes`): a quarter of it for request bytes in flight
+/// and at most the runtime's default 64 MiB per message, so a flood of large requests is shed
+/// before it reaches the limit. `None` without a memory limit (the runtime's defaults apply).
+pub fn memory_limits(v: &Validated) -> Option<(u128, u128)> {
     const DEFAULT_MESSAGE: u128 = 64 << 20;
     const FLOOR: u128 = 1 << 20;
-    let Some(bytes) = v
+    let bytes = v
         .spec
         .resources
         .memory
         .as_ref()
-        .and_then(|m| crate::quantity::memory_bytes(&m.0))
-    else {
-        return Vec::new();
-    };
+        .and_then(|m| crate::quantity::memory_bytes(&m.0))?;
     let budget = (bytes / 4).max(FLOOR);
-    vec![
-        "--max-inflight-bytes".into(),
-        budget.to_string(),
-        "--max-message-bytes".into(),
-        budget.min(DEFAULT_MESSAGE).to_string(),
-    ]
+    Some((budget, budget.min(DEFAULT_MESSAGE)))
 }
 
 /// Resources of the runtime container.

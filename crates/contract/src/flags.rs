@@ -1,0 +1,281 @@
+//! The command lines one kinfer process writes for another: the operator's runtime container
+//! ([`RuntimeServe`]) and the verification Job's two checks ([`RuntimeCheck`],
+//! [`WatcherCheck`]). The flag names are constants the consumers' argument parsers are declared
+//! with, and each consumer has a test that parses what [`RuntimeServe::to_args`] and the others
+//! produce, so a flag renamed or dropped on one side fails a test instead of a pod.
+
+/// Flag names of `kinfer-runtime` (without the leading `--`).
+pub mod runtime {
+    /// Model name on the API.
+    pub const MODEL_NAME: &str = "model-name";
+    /// The admin socket.
+    pub const ADMIN_SOCKET: &str = "admin-socket";
+    /// `text` or `json`.
+    pub const LOG_FORMAT: &str = "log-format";
+    /// Execution provider.
+    pub const EXECUTION_PROVIDER: &str = "execution-provider";
+    /// Fallback when the provider is missing.
+    pub const EP_FALLBACK: &str = "ep-fallback";
+    /// Intra-op threads per session.
+    pub const INTRA_OP_THREADS: &str = "intra-op-threads";
+    /// CPU pinning (`auto`).
+    pub const CPU_AFFINITY: &str = "cpu-affinity";
+    /// Inter-op threads per session.
+    pub const INTER_OP_THREADS: &str = "inter-op-threads";
+    /// Session instances per version.
+    pub const INSTANCES: &str = "instances";
+    /// Largest batch in rows.
+    pub const MAX_BATCH_SIZE: &str = "max-batch-size";
+    /// Longest a batch waits to fill.
+    pub const MAX_QUEUE_DELAY: &str = "max-queue-delay";
+    /// Requests that may wait per version.
+    pub const QUEUE_CAPACITY: &str = "queue-capacity";
+    /// Deadline of a request.
+    pub const REQUEST_TIMEOUT: &str = "request-timeout";
+    /// Request bytes all requests in flight may hold.
+    pub const MAX_INFLIGHT_BYTES: &str = "max-inflight-bytes";
+    /// Largest request message.
+    pub const MAX_MESSAGE_BYTES: &str = "max-message-bytes";
+    /// Decision policy file.
+    pub const POLICY: &str = "policy";
+    /// Check mode.
+    pub const CHECK: &str = "check";
+    /// The model file.
+    pub const MODEL: &str = "model";
+    /// Golden set of the check.
+    pub const GOLDEN: &str = "golden";
+    /// Absolute tolerance of the check.
+    pub const ATOL: &str = "atol";
+    /// Relative tolerance of the check.
+    pub const RTOL: &str = "rtol";
+    /// Decision agreement the check needs.
+    pub const MIN_AGREEMENT: &str = "min-agreement";
+}
+
+/// Flag names of `kinfer-watcher check` (without the leading `--`).
+pub mod watcher {
+    /// The subcommand.
+    pub const CHECK: &str = "check";
+    /// `s3://bucket/prefix/`.
+    pub const SOURCE: &str = "source";
+    /// S3 endpoint URL.
+    pub const ENDPOINT: &str = "endpoint";
+    /// Directory to fetch into.
+    pub const DEST: &str = "dest";
+    /// Directory of trusted public keys.
+    pub const PUBLIC_KEY_DIR: &str = "public-key-dir";
+    /// Signature bundle inside the artifact.
+    pub const SIGNATURE: &str = "signature";
+    /// Accept an artifact without a bundle.
+    pub const ALLOW_UNSIGNED: &str = "allow-unsigned";
+}
+
+fn flag(out: &mut Vec<String>, name: &str, value: impl ToString) {
+    out.push(format!("--{name}"));
+    out.push(value.to_string());
+}
+
+fn optional(out: &mut Vec<String>, name: &str, value: Option<impl ToString>) {
+    if let Some(v) = value {
+        flag(out, name, v);
+    }
+}
+
+/// Dynamic batching of the runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batching {
+    /// `--max-batch-size`.
+    pub max_batch_size: i64,
+    /// `--max-queue-delay`, a duration as written (`2ms`).
+    pub max_queue_delay: String,
+    /// `--queue-capacity`.
+    pub queue_capacity: i64,
+}
+
+/// The serving runtime's command line as the operator writes it; what is `None` is left to
+/// the runtime's default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuntimeServe {
+    /// `--model-name`.
+    pub model_name: String,
+    /// `--admin-socket`.
+    pub admin_socket: String,
+    /// `--log-format`.
+    pub log_format: String,
+    /// `--execution-provider` (`cpu`, `cuda`, `tensorrt`).
+    pub execution_provider: String,
+    /// `--ep-fallback cpu` when true.
+    pub ep_fallback_cpu: bool,
+    /// `--intra-op-threads`.
+    pub intra_op_threads: Option<i64>,
+    /// `--cpu-affinity auto` when true.
+    pub cpu_affinity_auto: bool,
+    /// `--inter-op-threads`.
+    pub inter_op_threads: Option<i64>,
+    /// `--instances`.
+    pub instances: Option<i64>,
+    /// `--max-batch-size`, `--max-queue-delay`, `--queue-capacity`.
+    pub batching: Option<Batching>,
+    /// `--request-timeout`, a duration as written.
+    pub request_timeout: Option<String>,
+    /// `--max-inflight-bytes`.
+    pub max_inflight_bytes: Option<u128>,
+    /// `--max-message-bytes`.
+    pub max_message_bytes: Option<u128>,
+    /// `--policy`, the policy file's path.
+    pub policy: Option<String>,
+}
+
+impl RuntimeServe {
+    /// The arguments after the binary, in a stable order.
+    pub fn to_args(&self) -> Vec<String> {
+        use runtime::*;
+        let mut a = Vec::new();
+        flag(&mut a, MODEL_NAME, &self.model_name);
+        flag(&mut a, ADMIN_SOCKET, &self.admin_socket);
+        flag(&mut a, LOG_FORMAT, &self.log_format);
+        flag(&mut a, EXECUTION_PROVIDER, &self.execution_provider);
+        if self.ep_fallback_cpu {
+            flag(&mut a, EP_FALLBACK, "cpu");
+        }
+        optional(&mut a, INTRA_OP_THREADS, self.intra_op_threads);
+        if self.cpu_affinity_auto {
+            flag(&mut a, CPU_AFFINITY, "auto");
+        }
+        optional(&mut a, INTER_OP_THREADS, self.inter_op_threads);
+        optional(&mut a, INSTANCES, self.instances);
+        if let Some(b) = &self.batching {
+            flag(&mut a, MAX_BATCH_SIZE, b.max_batch_size);
+            flag(&mut a, MAX_QUEUE_DELAY, &b.max_queue_delay);
+            flag(&mut a, QUEUE_CAPACITY, b.queue_capacity);
+        }
+        optional(&mut a, REQUEST_TIMEOUT, self.request_timeout.as_ref());
+        optional(&mut a, MAX_INFLIGHT_BYTES, self.max_inflight_bytes);
+        optional(&mut a, MAX_MESSAGE_BYTES, self.max_message_bytes);
+        optional(&mut a, POLICY, self.policy.as_ref());
+        a
+    }
+}
+
+/// The golden-set part of [`RuntimeCheck`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct GoldenCheck {
+    /// `--golden`, the `.npz` path.
+    pub path: String,
+    /// `--atol`.
+    pub atol: f64,
+    /// `--rtol`.
+    pub rtol: f64,
+    /// `--min-agreement`.
+    pub min_agreement: f64,
+}
+
+/// `kinfer-runtime --check` as the verification Job runs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuntimeCheck {
+    /// `--model`.
+    pub model: String,
+    /// The golden set, when the ModelVersion has one.
+    pub golden: Option<GoldenCheck>,
+}
+
+impl RuntimeCheck {
+    /// The arguments after the binary.
+    pub fn to_args(&self) -> Vec<String> {
+        use runtime::*;
+        let mut a = vec![format!("--{CHECK}")];
+        flag(&mut a, MODEL, &self.model);
+        if let Some(g) = &self.golden {
+            flag(&mut a, GOLDEN, &g.path);
+            flag(&mut a, ATOL, g.atol);
+            flag(&mut a, RTOL, g.rtol);
+            flag(&mut a, MIN_AGREEMENT, g.min_agreement);
+        }
+        a
+    }
+}
+
+/// `kinfer-watcher check` as the verification Job runs it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WatcherCheck {
+    /// `--source`.
+    pub source: String,
+    /// `--endpoint`.
+    pub endpoint: Option<String>,
+    /// `--dest`.
+    pub dest: String,
+    /// `--public-key-dir`.
+    pub public_key_dir: String,
+    /// `--signature`, the bundle's name inside the artifact.
+    pub signature: String,
+    /// `--allow-unsigned` when true.
+    pub allow_unsigned: bool,
+}
+
+impl WatcherCheck {
+    /// The arguments after the binary, the subcommand first.
+    pub fn to_args(&self) -> Vec<String> {
+        use watcher::*;
+        let mut a = vec![CHECK.to_owned()];
+        flag(&mut a, SOURCE, &self.source);
+        optional(&mut a, ENDPOINT, self.endpoint.as_ref());
+        flag(&mut a, DEST, &self.dest);
+        flag(&mut a, PUBLIC_KEY_DIR, &self.public_key_dir);
+        flag(&mut a, SIGNATURE, &self.signature);
+        if self.allow_unsigned {
+            a.push(format!("--{ALLOW_UNSIGNED}"));
+        }
+        a
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn optional_flags_are_left_out_and_set_ones_keep_their_order() {
+        let base = RuntimeServe {
+            model_name: "fraud".into(),
+            admin_socket: "/run/kinfer/admin.sock".into(),
+            log_format: "json".into(),
+            execution_provider: "cpu".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            base.to_args().join(" "),
+            "--model-name fraud --admin-socket /run/kinfer/admin.sock --log-format json --execution-provider cpu"
+        );
+        let full = RuntimeServe {
+            intra_op_threads: Some(4),
+            cpu_affinity_auto: true,
+            max_inflight_bytes: Some(1 << 28),
+            max_message_bytes: Some(1 << 26),
+            policy: Some("/p.yaml".into()),
+            ..base
+        };
+        let s = full.to_args().join(" ");
+        assert!(
+            s.contains("--intra-op-threads 4 --cpu-affinity auto"),
+            "{s}"
+        );
+        assert!(
+            s.ends_with(
+                "--max-inflight-bytes 268435456 --max-message-bytes 67108864 --policy /p.yaml"
+            ),
+            "{s}"
+        );
+        let check = WatcherCheck {
+            source: "s3://b/p/".into(),
+            dest: "/work".into(),
+            public_key_dir: "/keys".into(),
+            signature: "model.sig".into(),
+            allow_unsigned: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            check.to_args().join(" "),
+            "check --source s3://b/p/ --dest /work --public-key-dir /keys --signature model.sig --allow-unsigned"
+        );
+    }
+}

@@ -1,0 +1,39 @@
+//! The names a kinfer pod is read and written by: its labels, the annotations the operator and
+//! the watcher talk through, the condition its readiness gate waits on, and the environment the
+//! operator gives the watcher container.
+//!
+//! The operator asks a pod for a version with [`TARGET_VERSION_ANNOTATION`]; the watcher answers
+//! in [`ANALYSIS_ANNOTATION`] (a [`crate::report::AnalysisReport`]), says what serves in
+//! [`SERVING_VERSION_ANNOTATION`] and sets [`MODEL_READY_CONDITION`].
+
+/// Pod label naming the InferenceService a pod belongs to.
+pub const INFERENCE_SERVICE_LABEL: &str = "kinfer.dev/inferenceservice";
+/// Pod label with the logical model name (for dashboards).
+pub const MODEL_LABEL: &str = "kinfer.dev/model";
+/// Label of a verification Job (and its pod) naming the ModelVersion it checks.
+pub const MODEL_VERSION_LABEL: &str = "kinfer.dev/modelversion";
+
+/// Pod annotation the operator sets to tell a pod's watcher which model version to serve.
+pub const TARGET_VERSION_ANNOTATION: &str = "kinfer.dev/target-version";
+/// Pod annotation the watcher sets to the version its runtime serves now.
+pub const SERVING_VERSION_ANNOTATION: &str = "kinfer.dev/serving-version";
+/// Pod annotation the watcher sets to its analysis report (JSON).
+pub const ANALYSIS_ANNOTATION: &str = "kinfer.dev/analysis";
+/// The pod condition type the watcher sets; the pods use it as a readiness gate.
+pub const MODEL_READY_CONDITION: &str = "kinfer.dev/ModelReady";
+
+/// Environment of the watcher container, set by the operator, read by `kinfer-watcher run`.
+pub mod env {
+    /// The pod's name (downward API); its presence means "in a cluster".
+    pub const POD_NAME: &str = "KINFER_POD_NAME";
+    /// The pod's namespace (downward API).
+    pub const POD_NAMESPACE: &str = "KINFER_POD_NAMESPACE";
+    /// The InferenceService the pod belongs to.
+    pub const INFERENCE_SERVICE: &str = "KINFER_INFERENCE_SERVICE";
+    /// The shared volume artifacts are fetched to.
+    pub const MODELS_DIR: &str = "KINFER_MODELS_DIR";
+    /// The runtime's admin socket.
+    pub const ADMIN_SOCKET: &str = "KINFER_ADMIN_SOCKET";
+    /// `text` or `json`.
+    pub const LOG_FORMAT: &str = "KINFER_LOG_FORMAT";
+}
