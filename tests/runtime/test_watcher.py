@@ -104,7 +104,7 @@ def signing_key(workdir):
     return priv, pub
 
 
-def artifact(workdir, name, model_fn, golden_from=None, sign_key=None, tamper=False):
+def artifact(workdir, name, model_fn, golden_from=None, sign_key=None, tamper=False, extra=None):
     """A version directory: model.onnx, golden.npz (references from `golden_from`'s model, by
     default the model itself, as a training framework would export them), model.sig."""
     d = workdir / "artifacts" / name
@@ -116,6 +116,8 @@ def artifact(workdir, name, model_fn, golden_from=None, sign_key=None, tamper=Fa
     if golden_from is not None:
         ref = golden_from(workdir / "artifacts" / f"{name}-ref.onnx")
     models.golden(d / "golden.npz", ref, n=64, seed=3)
+    for file_name, data in (extra or {}).items():
+        (d / file_name).write_bytes(data)
     if sign_key is not None:
         subprocess.run([str(VENV / "bin/model_signing"), "sign", "key", str(d), "--private_key", str(sign_key),
                         "--signature", str(d / "model.sig")], check=True, capture_output=True)
@@ -346,6 +348,177 @@ def test_a_watcher_killed_mid_analysis_judges_the_version_again(served_v1, workd
     assert code == 2, p.stderr[-3000:]
     assert report["verdict"] == "RolledBack" and report["reason"] == "LatencyRegression", report
     assert serving(served_v1)[0] == "v1"
+    assert load.failed == 0, load.errors[:3]
+
+
+class AdminProxy:
+    """A Unix-socket proxy in front of the runtime's admin socket that loses rollbacks: the
+    first rollback request never reaches the runtime, the second reaches it but its answer is
+    never sent back. Every other call passes through."""
+
+    def __init__(self, upstream, path):
+        import socket
+        self.upstream, self.path, self.rollbacks = upstream, str(path), []
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(self.path)
+        self.sock.listen(16)
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @staticmethod
+    def _read_message(conn):
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return data
+            data += chunk
+        head, body = data.split(b"\r\n\r\n", 1)
+        length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        while len(body) < length:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+        return head + b"\r\n\r\n" + body
+
+    def _serve(self):
+        import socket
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                request = self._read_message(conn)
+                if request.startswith(b"POST /admin/rollback"):
+                    self.rollbacks.append(request)
+                    if len(self.rollbacks) == 1:
+                        continue  # the request is lost
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as up:
+                    up.connect(self.upstream)
+                    up.sendall(request)
+                    answer = self._read_message(up)
+                if request.startswith(b"POST /admin/rollback") and len(self.rollbacks) == 2:
+                    continue  # done by the runtime, the answer is lost
+                conn.sendall(answer)
+
+    def close(self):
+        self.sock.close()
+
+
+def test_a_lost_rollback_answer_is_asked_again_and_the_judged_version_serves(served_v1, workdir, s3, signing_key):
+    """The rollback of a slower version loses its request once and its answer once (a proxy on
+    the admin socket): the watcher asks again until the runtime confirms, and the version it was
+    compared with serves — the idempotent rollback never swaps the regression back in."""
+    priv, pub = signing_key
+    d = artifact(workdir, "slow-lost", lambda p: models.scorer(p, seed=0, slow_layers=40), sign_key=priv)
+    src = s3.upload(d, "fraud/slow-lost")
+    proxy = AdminProxy(served_v1.socket, workdir / f"proxy-{served_v1.http_port}.sock")
+    models_dir = workdir / f"models-{served_v1.http_port}"
+    args = [str(WATCHER), "run", "--admin-socket", proxy.path, "--models-dir", str(models_dir),
+            "--source", src, "--endpoint", s3.endpoint, "--credentials-file", str(s3.creds),
+            "--version", "slow-lost", "--public-key", str(pub), *ANALYSIS]
+    try:
+        with Load(served_v1) as load:
+            time.sleep(1.0)
+            p = subprocess.run(args, capture_output=True, text=True, timeout=120)
+            time.sleep(0.3)
+    finally:
+        proxy.close()
+    reports = [json.loads(x)["report"] for x in p.stdout.splitlines() if x.startswith('{"report"')]
+    assert p.returncode == 2, p.stderr[-3000:]
+    assert reports[-1]["verdict"] == "RolledBack" and reports[-1]["reason"] == "LatencyRegression", reports[-1]
+    assert "rollback failed" not in reports[-1]["message"], reports[-1]
+    assert len(proxy.rollbacks) == 3, len(proxy.rollbacks)
+    assert serving(served_v1) == ("v1", ["v1"])
+    assert load.failed == 0, load.errors[:3]
+
+
+class SlowTcp:
+    """A loopback TCP proxy that passes what the server sends at `rate` bytes/s."""
+
+    def __init__(self, upstream_port, rate):
+        import socket
+        self.upstream_port, self.rate = upstream_port, rate
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.endpoint = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _pump(self, src, dst, slow):
+        try:
+            while True:
+                data = src.recv(16384)
+                if not data:
+                    break
+                dst.sendall(data)
+                if slow:
+                    time.sleep(len(data) / self.rate)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def _serve(self):
+        import socket
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            up = socket.create_connection(("127.0.0.1", self.upstream_port))
+            threading.Thread(target=self._pump, args=(conn, up, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(up, conn, True), daemon=True).start()
+
+    def close(self):
+        self.sock.close()
+
+
+def test_a_watcher_killed_mid_download_leaves_nothing_half_used(served_v1, workdir, s3, signing_key):
+    """SIGKILL of the watcher while a 24 MB artifact trickles in: the old version keeps serving,
+    only a .partial-* directory is left; the next run deletes it, fetches the artifact whole,
+    verifies and judges it, and the version serves."""
+    priv, pub = signing_key
+    d = artifact(workdir, "big", lambda p: models.scorer(p, seed=0, weight_noise=1e-3), sign_key=priv,
+                 extra={"vocabulary.bin": os.urandom(24 << 20)})
+    src = s3.upload(d, "fraud/big")
+    slow = SlowTcp(s3.port, rate=4 << 20)
+    models_dir = workdir / f"models-{served_v1.http_port}"
+    args = [str(WATCHER), "run", "--admin-socket", served_v1.socket, "--models-dir", str(models_dir),
+            "--source", src, "--endpoint", slow.endpoint, "--credentials-file", str(s3.creds),
+            "--version", "big", "--public-key", str(pub), *ANALYSIS]
+    try:
+        with Load(served_v1) as load:
+            time.sleep(1.0)
+            w = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.time() + 60
+            while True:
+                partial = [f for p in models_dir.glob(".partial-*") for f in p.iterdir()]
+                if any(f.stat().st_size > (1 << 20) for f in partial):
+                    break
+                assert time.time() < deadline and w.poll() is None, "no download in progress"
+                time.sleep(0.05)
+            w.kill()
+            w.wait()
+            assert list(models_dir.glob(".partial-*")), "the killed download left its partial directory"
+            assert not [p for p in models_dir.glob("sha256-*") if (p / "vocabulary.bin").exists()]
+            assert serving(served_v1) == ("v1", ["v1"])
+            code, report, events, p = run_watcher(served_v1, workdir, s3, src, "big", *ANALYSIS, keys=[pub])
+            time.sleep(0.3)
+    finally:
+        slow.close()
+    assert code == 0, p.stderr[-3000:]
+    assert report["verdict"] == "Passed", report
+    assert serving(served_v1)[0] == "big"
+    assert not list(models_dir.glob(".partial-*")), "the next run removed the partial download"
+    fetched = [p for p in models_dir.glob("sha256-*") if (p / "vocabulary.bin").exists()]
+    assert len(fetched) == 1 and (fetched[0] / "vocabulary.bin").stat().st_size == 24 << 20
     assert load.failed == 0, load.errors[:3]
 
 

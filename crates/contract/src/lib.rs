@@ -4,13 +4,15 @@
 //! pod for the operator ([`report`]), the pod's label, annotation, condition and environment
 //! names ([`pod`]), the command lines the operator writes for the runtime and the checks
 //! ([`flags`]), exit codes ([`exit`]), Event and condition reasons ([`reasons`]) and durations
-//! as written in flags and manifests ([`duration`]). A field renamed
+//! as written in flags and manifests ([`duration`]), and the one retry schedule
+//! ([`backoff`]). A field renamed
 //! on one side fails to compile on the other, and a field the producer stops sending fails to
 //! parse instead of reading as zero.
 //!
 //! No Kubernetes dependency: the runtime links this crate and nothing of kube.
 
 pub mod admin;
+pub mod backoff;
 pub mod check;
 pub mod duration;
 pub mod exit;

@@ -14,6 +14,7 @@ use std::{
 };
 
 use aws_sdk_s3::Client;
+use kinfer_contract::backoff::Backoff;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
@@ -104,40 +105,21 @@ impl std::str::FromStr for S3Uri {
     }
 }
 
-/// Retry policy: `attempts` tries, backoff doubling from `base` up to `max`, with full jitter.
+/// Retry policy of one S3 request: `attempts` tries, with jittered [`Backoff`] between them.
 #[derive(Debug, Clone, Copy)]
 pub struct Retry {
     /// Total attempts per request.
     pub attempts: u32,
-    /// First backoff.
-    pub base: Duration,
-    /// Largest backoff.
-    pub max: Duration,
+    /// Waits between attempts.
+    pub backoff: Backoff,
 }
 
 impl Default for Retry {
     fn default() -> Self {
         Self {
             attempts: 5,
-            base: Duration::from_millis(100),
-            max: Duration::from_secs(5),
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
         }
-    }
-}
-
-impl Retry {
-    /// Backoff before attempt `n` (1-based, n >= 2): uniform in [0, min(max, base·2^(n-2))].
-    pub fn backoff(&self, n: u32, seed: u64) -> Duration {
-        let cap = self
-            .base
-            .saturating_mul(1u32 << (n.saturating_sub(2)).min(16))
-            .min(self.max);
-        // xorshift for jitter: no RNG dependency needed, spread is what matters.
-        let mut x = seed ^ (u64::from(n) << 32) ^ 0x9E37_79B9_7F4A_7C15;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        cap.mul_f64((x % 1_000_000) as f64 / 1_000_000.0)
     }
 }
 
@@ -240,7 +222,7 @@ async fn list(
             match r {
                 Ok(p) => break p,
                 Err(e) if attempt < retry.attempts && retryable(&e) => {
-                    tokio::time::sleep(retry.backoff(attempt + 1, nanos() as u64)).await;
+                    tokio::time::sleep(retry.backoff.jittered(attempt, nanos() as u64)).await;
                 }
                 Err(e) => {
                     return Err(FetchError::S3 {
@@ -393,7 +375,7 @@ async fn download_one(
             });
         }
         tracing::warn!(key, have, attempt, error = %err, "download interrupted; resuming");
-        tokio::time::sleep(retry.backoff(attempt + 1, nanos() as u64)).await;
+        tokio::time::sleep(retry.backoff.jittered(attempt, nanos() as u64)).await;
     }
     if have != size {
         return Err(FetchError::SizeMismatch {
@@ -462,22 +444,5 @@ mod tests {
         assert_eq!(u.prefix, "");
         assert!("http://x/y".parse::<S3Uri>().is_err());
         assert!("s3:///p".parse::<S3Uri>().is_err());
-    }
-
-    #[test]
-    fn backoff_grows_and_stays_capped() {
-        let r = Retry {
-            attempts: 10,
-            base: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-        };
-        for n in 2..10 {
-            let cap = Duration::from_millis(100 * (1 << (n - 2))).min(Duration::from_secs(1));
-            for seed in 0..50 {
-                assert!(r.backoff(n, seed) <= cap);
-            }
-        }
-        let spread: std::collections::BTreeSet<_> = (0..50).map(|s| r.backoff(5, s)).collect();
-        assert!(spread.len() > 10, "jitter spreads retries");
     }
 }

@@ -18,7 +18,7 @@ use kinfer_api::{
     report::{AnalysisPhase, AnalysisReport, GateFigures, Verdict, reasons},
 };
 
-use kinfer_contract::admin::Conflict;
+use kinfer_contract::{admin::Conflict, backoff::Backoff};
 
 use crate::{
     admin::{AdminClient, AdminError},
@@ -72,6 +72,11 @@ impl Default for Settings {
         }
     }
 }
+
+/// How long a rollback is asked for again when its answer does not come back.
+pub const ROLLBACK_DEADLINE: Duration = Duration::from_secs(30);
+/// Waits between repeated admin calls whose answer was lost.
+const ADMIN_BACKOFF: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
 
 /// Why a step stopped the version (the report's reason and message).
 struct Stop {
@@ -263,8 +268,8 @@ impl Watcher {
         if previous.as_deref() == Some(plan.name.as_str()) {
             // Back to the version that served before (an aborted rollout): instant and known
             // good, and its figures are kept (a rollback, not a new promotion).
-            return match self.admin.rollback(&plan.name).await {
-                Ok(_) => {
+            return match self.roll_back_to(&plan.name).await {
+                Ok(()) => {
                     self.serving = Some(plan.name.clone());
                     let msg = format!(
                         "{} restored (it was kept warm as the previous version)",
@@ -421,8 +426,9 @@ impl Watcher {
                             ),
                         ));
                     }
-                    let pause = Duration::from_secs(1 << attempt.min(6))
-                        .min(self.settings.fetch_backoff_max);
+                    let pause =
+                        Backoff::new(Duration::from_secs(2), self.settings.fetch_backoff_max)
+                            .delay(attempt);
                     tokio::time::sleep(pause).await;
                     r.reason = None;
                 }
@@ -717,8 +723,7 @@ impl Watcher {
                 }
                 Judgement::Fail { reason, message } if plan.rollout.auto_rollback => {
                     let t = Instant::now();
-                    self.admin
-                        .rollback(old)
+                    self.roll_back_to(old)
                         .await
                         .map_err(|e| stop(reason, format!("{message}; rollback failed: {e}")))?;
                     let took = t.elapsed();
@@ -764,6 +769,34 @@ impl Watcher {
                     return Ok(());
                 }
             }
+        }
+    }
+
+    /// Makes `old` serve again and does not return before the runtime said so: a rollback
+    /// whose request or answer was lost is asked again (rollback names its target, so a repeat
+    /// is harmless), for up to [`ROLLBACK_DEADLINE`]. A runtime that restarted meanwhile and no
+    /// longer holds `old` gets it staged again from its verified artifact.
+    async fn roll_back_to(&self, old: &str) -> Result<(), AdminError> {
+        let started = Instant::now();
+        let mut failures = 0;
+        loop {
+            let e = match self.admin.rollback(old).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.status() == Some(404) => {
+                    return match self.serve_verified(old).await {
+                        Ok(true) => Ok(()),
+                        Ok(false) | Err(_) => Err(e),
+                    };
+                }
+                Err(e @ AdminError::Refused { .. }) => return Err(e),
+                Err(e) => e,
+            };
+            failures += 1;
+            if started.elapsed() >= ROLLBACK_DEADLINE {
+                return Err(e);
+            }
+            tracing::warn!(error = %e, failures, "no answer to the rollback; asking again");
+            tokio::time::sleep(ADMIN_BACKOFF.delay(failures)).await;
         }
     }
 

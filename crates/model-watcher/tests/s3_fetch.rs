@@ -8,6 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use kinfer_contract::backoff::Backoff;
 use kinfer_watcher::fetch::{self, FetchError, Retry, S3Uri};
 
 fn weed() -> PathBuf {
@@ -142,8 +143,7 @@ impl Drop for S3 {
 fn fast_retry() -> Retry {
     Retry {
         attempts: 3,
-        base: Duration::from_millis(20),
-        max: Duration::from_millis(100),
+        backoff: Backoff::new(Duration::from_millis(20), Duration::from_millis(100)),
     }
 }
 

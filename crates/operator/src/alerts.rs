@@ -11,6 +11,7 @@ use hyper::{Request, body::Bytes};
 use hyper_util::{client::legacy::Client as HttpClient, rt::TokioExecutor};
 use k8s_openapi::{api::core::v1::Secret, jiff::Timestamp};
 use kinfer_api::inference_service::{Webhook, WebhookFormat};
+use kinfer_contract::backoff::Backoff;
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -122,10 +123,8 @@ pub fn payload(format: WebhookFormat, a: &Alert) -> Value {
 pub struct Retry {
     /// Attempts in all.
     pub attempts: u32,
-    /// Wait after the first failure; doubled after each further one.
-    pub initial_backoff: Duration,
-    /// Longest wait.
-    pub max_backoff: Duration,
+    /// Waits between attempts.
+    pub backoff: Backoff,
     /// Time limit of one attempt.
     pub timeout: Duration,
 }
@@ -134,18 +133,9 @@ impl Default for Retry {
     fn default() -> Self {
         Self {
             attempts: 6,
-            initial_backoff: Duration::from_millis(500),
-            max_backoff: Duration::from_secs(30),
+            backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
             timeout: Duration::from_secs(10),
         }
-    }
-}
-
-impl Retry {
-    /// The wait before attempt `n + 1` (after `n` failures, n >= 1).
-    pub fn backoff(&self, n: u32) -> Duration {
-        let f = 2u32.saturating_pow(n.saturating_sub(1));
-        self.initial_backoff.saturating_mul(f).min(self.max_backoff)
     }
 }
 
@@ -290,7 +280,7 @@ pub async fn deliver(
             Err(_) => warn!(url = %hook.url, attempt, "webhook timed out"),
         }
         if attempt < retry.attempts {
-            tokio::time::sleep(retry.backoff(attempt)).await;
+            tokio::time::sleep(retry.backoff.delay(attempt)).await;
         }
     }
     false
@@ -371,19 +361,6 @@ mod tests {
         );
     }
 
-    #[test]
-    fn backoff_doubles_up_to_the_cap() {
-        let r = Retry {
-            attempts: 5,
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_millis(350),
-            timeout: Duration::from_secs(1),
-        };
-        assert_eq!(r.backoff(1), Duration::from_millis(100));
-        assert_eq!(r.backoff(2), Duration::from_millis(200));
-        assert_eq!(r.backoff(3), Duration::from_millis(350));
-    }
-
     /// A loopback HTTP server answering each request with the next status in `statuses`,
     /// recording the requests.
     async fn receiver(statuses: Vec<u16>) -> (String, Arc<Mutex<Vec<String>>>) {
@@ -426,8 +403,7 @@ mod tests {
     fn fast() -> Retry {
         Retry {
             attempts: 4,
-            initial_backoff: Duration::from_millis(10),
-            max_backoff: Duration::from_millis(20),
+            backoff: Backoff::new(Duration::from_millis(10), Duration::from_millis(20)),
             timeout: Duration::from_secs(2),
         }
     }

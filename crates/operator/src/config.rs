@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use crate::build::Defaults;
+use crate::objects::Defaults;
 
 /// `kinfer-operator`: reconciles InferenceService and ModelVersion resources.
 #[derive(clap::Parser, Debug, Clone)]

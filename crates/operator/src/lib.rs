@@ -1,19 +1,19 @@
-//! `kinfer-operator`, the control plane, as a library so that its pure parts (builders,
+//! `kinfer-operator`, the control plane, as a library so that its pure parts (object builders,
 //! validation, the rollout state machine, alert payloads, status composition) are unit tested
 //! without an API server and the binary in `main.rs` stays a thin edge.
 //!
 //! Reconciliation is a pipeline (see `shared/STYLE.md`): *read* the InferenceService, its
-//! ModelVersions and Pods → [`validate`] (pure) → [`build`] the owned objects (pure) → *apply*
+//! ModelVersions and Pods → [`validate`] (pure) → build the owned [`objects`] (pure) → *apply*
 //! them with server-side apply under one field manager → decide the [`rollout`] step (pure) →
 //! patch Pods, emit Events and [`alerts`] → write the [`status`] when it changed.
 
 pub mod alerts;
-pub mod build;
 pub mod config;
 pub mod controller;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod objects;
 pub mod quantity;
 pub mod rollout;
 pub mod status;

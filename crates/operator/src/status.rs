@@ -14,7 +14,7 @@ use kinfer_api::{
 };
 
 use crate::{
-    build::{
+    objects::{
         deployment::{GRPC_PORT, HTTP_PORT},
         selector_string,
     },

@@ -33,7 +33,7 @@ use super::{Context, apply, now};
 use crate::{
     Error, FIELD_MANAGER,
     alerts::{Alert, Job},
-    build::{self, policy_name},
+    objects::{self, policy_name},
     rollout::{self, Decision, PodView, Severity, VersionState},
     status::{self, Findings},
     validate::{self, Invalid},
@@ -135,7 +135,7 @@ async fn reconcile_inner(isvc: &InferenceService, ctx: &Context) -> Result<Actio
     };
 
     // Build and apply.
-    let objs = build::build(&v, &ctx.defaults);
+    let objs = objects::build(&v, &ctx.defaults);
     let (deployment, ..) = futures::try_join!(
         apply(
             Api::<Deployment>::namespaced(client.clone(), &ns),
@@ -430,7 +430,7 @@ async fn publish(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::job::tests::mv;
+    use crate::objects::job::tests::mv;
     use kinfer_api::conditions::Status;
 
     fn with(mut m: ModelVersion, conds: &[(&str, Status)]) -> ModelVersion {

@@ -25,6 +25,7 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 use kinfer_api::{InferenceService, ModelVersion, report::INFERENCE_SERVICE_LABEL};
+use kinfer_contract::backoff::Backoff;
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
@@ -40,8 +41,8 @@ use serde::{Serialize, de::DeserializeOwned};
 use tracing::{Instrument, info_span, warn};
 
 use crate::{
-    Error, FIELD_MANAGER, alerts::Alerter, build::Defaults, build::job::MODEL_VERSION_LABEL,
-    metrics::Metrics,
+    Error, FIELD_MANAGER, alerts::Alerter, metrics::Metrics, objects::Defaults,
+    objects::job::MODEL_VERSION_LABEL,
 };
 
 /// What every reconcile shares.
@@ -102,10 +103,8 @@ impl Context {
     }
 }
 
-/// Backoff after `n` consecutive failures: 1s, 2s, 4s … capped at 5 minutes.
-pub fn backoff(n: u32) -> Duration {
-    Duration::from_secs(1u64 << n.saturating_sub(1).min(8)).min(Duration::from_secs(300))
-}
+/// Requeue after consecutive failures of one object: 1s, 2s, 4s … capped at 5 minutes.
+pub const BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
 
 fn key<K: Resource<DynamicType = ()>>(o: &K) -> String {
     format!(
@@ -122,7 +121,7 @@ fn error_policy<K: Resource<DynamicType = ()>>(
     ctx: Arc<Context>,
 ) -> Action {
     let n = ctx.failed(&key(obj.as_ref()));
-    let wait = backoff(n);
+    let wait = BACKOFF.delay(n);
     warn!(object = %key(obj.as_ref()), error = %err, failures = n, retry_in = ?wait, "reconcile failed");
     Action::requeue(wait)
 }

@@ -25,7 +25,7 @@ use tracing::info;
 use super::{Context, now};
 use crate::{
     Error, FIELD_MANAGER,
-    build::job::{
+    objects::job::{
         MODEL_VERSION_LABEL, VALIDATE_CONTAINER, VERIFY_CONTAINER, job_name, verification_job,
     },
 };
@@ -425,7 +425,7 @@ mod tests {
         assert_eq!(cond(&s, VERIFIED), ("False", "SignatureInvalid"));
         assert!(!decided(&s), "Validated stays Unknown");
         let st = crate::controller::inference_service::version_state(Some(&{
-            let mut m = crate::build::job::tests::mv(
+            let mut m = crate::objects::job::tests::mv(
                 "v8",
                 r#"{"model":"f","version":"v8","source":{"uri":"s3://bucket/x/"}}"#,
             );

@@ -1,5 +1,5 @@
-//! Pure builders: a [`Validated`] InferenceService (or a ModelVersion) in, the Kubernetes objects
-//! the operator applies out. No I/O; every object is complete (apiVersion, kind, name, namespace,
+//! The Kubernetes objects the operator owns, built by pure functions: a [`Validated`]
+//! InferenceService (or a ModelVersion) in, the objects it applies out. No I/O; every object is complete (apiVersion, kind, name, namespace,
 //! labels, controller owner reference) so that it can be server-side applied as is, and building
 //! twice gives equal objects, which is what makes a second reconcile a no-op.
 //!
@@ -8,6 +8,7 @@
 
 pub mod deployment;
 pub mod job;
+pub mod pod;
 pub mod rbac;
 pub mod scheduling;
 pub mod service;

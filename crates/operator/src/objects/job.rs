@@ -25,9 +25,7 @@ use kube::{Resource, ResourceExt};
 
 use super::{
     Defaults,
-    deployment::{
-        container_security_context, empty_dir, env, mount, pod_security_context, requirements,
-    },
+    pod::{container_security_context, empty_dir, env, mount, pod_security_context, requirements},
 };
 
 /// Where the artifact is fetched to.

@@ -71,7 +71,7 @@ pub fn role_binding(v: &Validated) -> RoleBinding {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::tests::validated;
+    use crate::objects::tests::validated;
 
     fn allows(rules: &[PolicyRule], group: &str, resource: &str, verb: &str) -> bool {
         rules.iter().any(|r| {

@@ -10,10 +10,8 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
         core::v1::{
-            Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort,
-            EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
-            PodReadinessGate, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-            ResourceRequirements, SeccompProfile, SecurityContext, Volume, VolumeMount,
+            ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction,
+            PodReadinessGate, PodSpec, PodTemplateSpec, Probe, Volume, VolumeMount,
         },
     },
     apimachinery::pkg::{
@@ -27,7 +25,11 @@ use kinfer_contract::{
     pod::env as pod_env,
 };
 
-use super::{Defaults, labels, meta, policy_name, scheduling, selector_labels, watcher_name};
+use super::{
+    Defaults, labels, meta,
+    pod::{container_security_context, empty_dir, env, field_env, mount, pod_security_context},
+    policy_name, scheduling, selector_labels, watcher_name,
+};
 use crate::validate::{Validated, provider_flag};
 
 /// The admin socket shared by runtime and watcher.
@@ -44,8 +46,6 @@ pub const HTTP_PORT: i32 = 8080;
 pub const GRPC_PORT: i32 = 8081;
 /// Runtime metrics port.
 pub const METRICS_PORT: i32 = 9090;
-/// UID/GID the containers run as (distroless `nonroot`).
-pub const RUN_AS: i64 = 65532;
 /// Template annotation holding a hash of the policy, so a policy change restarts the pods (the
 /// runtime reads `--policy` once at start).
 pub const POLICY_HASH_ANNOTATION: &str = "kinfer.dev/policy-hash";
@@ -239,83 +239,6 @@ pub fn policy_config_map(v: &Validated) -> Option<ConfigMap> {
     })
 }
 
-/// The pod security context of every pod the operator creates (serving pods and the verification
-/// Job): non-root as [`RUN_AS`], files owned by that group, the runtime's default seccomp profile.
-pub fn pod_security_context() -> PodSecurityContext {
-    PodSecurityContext {
-        run_as_non_root: Some(true),
-        run_as_user: Some(RUN_AS),
-        run_as_group: Some(RUN_AS),
-        fs_group: Some(RUN_AS),
-        seccomp_profile: Some(runtime_default_seccomp()),
-        ..Default::default()
-    }
-}
-
-/// Non-root, read-only root filesystem, no privilege escalation, every capability dropped,
-/// the runtime's default seccomp profile: for every container the operator creates.
-pub fn container_security_context() -> SecurityContext {
-    SecurityContext {
-        run_as_non_root: Some(true),
-        run_as_user: Some(RUN_AS),
-        run_as_group: Some(RUN_AS),
-        read_only_root_filesystem: Some(true),
-        allow_privilege_escalation: Some(false),
-        privileged: Some(false),
-        capabilities: Some(Capabilities {
-            drop: Some(vec!["ALL".into()]),
-            add: None,
-        }),
-        seccomp_profile: Some(runtime_default_seccomp()),
-        ..Default::default()
-    }
-}
-
-pub(crate) fn runtime_default_seccomp() -> SeccompProfile {
-    SeccompProfile {
-        type_: "RuntimeDefault".into(),
-        localhost_profile: None,
-    }
-}
-
-pub(crate) fn empty_dir(name: &str) -> Volume {
-    Volume {
-        name: name.into(),
-        empty_dir: Some(EmptyDirVolumeSource::default()),
-        ..Default::default()
-    }
-}
-
-pub(crate) fn mount(name: &str, path: &str) -> VolumeMount {
-    VolumeMount {
-        name: name.into(),
-        mount_path: path.into(),
-        ..Default::default()
-    }
-}
-
-pub(crate) fn env(name: &str, value: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value: Some(value.into()),
-        value_from: None,
-    }
-}
-
-fn field_env(name: &str, path: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value: None,
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                api_version: Some("v1".into()),
-                field_path: path.into(),
-            }),
-            ..Default::default()
-        }),
-    }
-}
-
 fn port(name: &str, p: i32) -> ContainerPort {
     ContainerPort {
         name: Some(name.into()),
@@ -342,22 +265,6 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
-/// Requests/limits helper shared by the scheduling builders.
-pub(crate) fn requirements(
-    requests: BTreeMap<String, String>,
-    limits: BTreeMap<String, String>,
-) -> ResourceRequirements {
-    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-    let conv = |m: BTreeMap<String, String>| {
-        (!m.is_empty()).then(|| m.into_iter().map(|(k, v)| (k, Quantity(v))).collect())
-    };
-    ResourceRequirements {
-        requests: conv(requests),
-        limits: conv(limits),
-        ..Default::default()
-    }
-}
-
 /// 64-bit FNV-1a, a stable hash for the policy annotation.
 fn fnv1a(s: &str) -> u64 {
     s.bytes().fold(0xcbf29ce484222325, |h, b| {
@@ -368,7 +275,7 @@ fn fnv1a(s: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::tests::validated;
+    use crate::objects::tests::validated;
 
     fn pod(v: &Validated) -> PodSpec {
         deployment(v, &Defaults::default())

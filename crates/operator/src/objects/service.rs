@@ -143,7 +143,7 @@ fn pods_metric(name: &str, average: String) -> MetricSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::tests::validated;
+    use crate::objects::tests::validated;
 
     #[test]
     fn service_has_three_named_ports_and_the_pod_selector() {

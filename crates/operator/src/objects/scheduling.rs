@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
 
-use super::deployment::requirements;
+use super::pod::requirements;
 use crate::validate::Validated;
 
 /// Node label the GPU product is selected on (NVIDIA GPU feature discovery).
@@ -131,7 +131,7 @@ pub fn gpu_placement(v: &Validated) -> (Option<BTreeMap<String, String>>, Option
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::{
+    use crate::objects::{
         Defaults, deployment::deployment, deployment::runtime_args, tests::validated,
     };
     use k8s_openapi::api::core::v1::PodSpec;
