@@ -34,6 +34,9 @@ VERSIONS = {
     "v6": dict(fn=lambda p: models.scorer(p, seed=0), golden_from=lambda p: models.scorer(p, seed=5),
                about="does not match its golden set: refused"),
     "v7": dict(fn=lambda p: models.scorer(p, seed=0, weight_noise=2e-3), about="equivalent: promoted across an operator failover"),
+    "v8": dict(fn=lambda p: models.scorer(p, seed=0, weight_noise=3e-3), about="equivalent: promoted across a 30 s API server outage"),
+    "v9": dict(fn=lambda p: models.scorer(p, seed=0, slow_layers=40),
+               about="much slower, autoRollback off: Regressed, the rollout stops on the canary"),
 }
 
 
@@ -74,6 +77,28 @@ def kget(kind, name=None, ns=None, selector=None):
 def apply(manifest, ns=None):
     text = manifest if isinstance(manifest, str) else "\n---\n".join(json.dumps(m) for m in manifest)
     return kubectl("apply", *(["-n", ns] if ns else []), "-f", "-", input=text)
+
+
+def stop_api_server(seconds):
+    """Stops the cluster's kube-apiserver (SIGTERM: connections refused, not merely slow) for
+    `seconds`, then starts it again with the same command line and waits until it is ready."""
+    import signal
+
+    pidfile = CLUSTER / "pids" / "kube-apiserver.pid"
+    pid = int(pidfile.read_text())
+    cmd = [a.decode() for a in pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.time() + 30
+    while pathlib.Path(f"/proc/{pid}").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    stopped = time.time()
+    time.sleep(seconds)
+    with open(CLUSTER / "logs" / "kube-apiserver.log", "ab") as log:
+        p = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+    pidfile.write_text(str(p.pid))
+    wait_for("kube-apiserver ready again", lambda: kubectl("get", "--raw", "/readyz", check=False).strip() == "ok",
+             timeout=120, interval=0.5)
+    return time.time() - stopped
 
 
 def wait_for(what, fn, timeout=180, interval=1.0):

@@ -235,3 +235,60 @@ def test_6_gpu_and_cpu_pinning_pod_specs(receiver):
     args = " ".join(rt.get("args", []))
     assert "--cpu-affinity auto" in args or "--cpu-affinity=auto" in args
     k.kubectl("delete", "inferenceservice", "-n", NS, "fraud-gpu", "fraud-pinned")
+
+
+def all_pods_ready_with(version):
+    pods = k.pods(NS)
+    return len(ready_pods()) == 3 and all(
+        p["metadata"].get("annotations", {}).get("kinfer.dev/serving-version") == version
+        and (k.condition(p, "kinfer.dev/ModelReady") or {}).get("status") == "True" for p in pods)
+
+
+def test_7_rollout_across_a_30s_api_server_outage(receiver):
+    """The API server stops for 30 s while the canary is analysed: the pods keep serving, the
+    canary's verdict (reached while nobody could write it) reaches the operator once the API is
+    back, and the rollout finishes with every pod Ready."""
+    k.wait_for("fraud-v7 on every pod", lambda: all_pods_ready_with("fraud-v7"), timeout=180)
+    with k.Load(k.service_ip(NS), rate=100) as load:
+        time.sleep(2)
+        apply_isvc("v8", receiver)
+        k.wait_for("the canary marked", lambda: isvc()["status"].get("rollout", {}).get("phase") == "Canary"
+                   and any(p["metadata"].get("annotations", {}).get("kinfer.dev/target-version") == "fraud-v8"
+                           for p in k.pods(NS)), timeout=120, interval=0.3)
+        down = k.stop_api_server(30)
+        assert down >= 30
+        svc = k.wait_for("fraud-v8 promoted after the outage", lambda: isvc() if isvc()["status"].get("servingVersion") == "fraud-v8" else None,
+                         timeout=400)
+        k.wait_for("every pod Ready with fraud-v8", lambda: all_pods_ready_with("fraud-v8"), timeout=180)
+        time.sleep(2)
+    assert load.failed == 0, load.errors[:5]
+    assert k.condition(svc, "Ready")["status"] == "True" or k.condition(isvc(), "Ready")["status"] == "True"
+    reports = [k.analysis(p) for p in k.pods(NS)]
+    assert all(r and r["version"] == "fraud-v8" and r["verdict"] == "Passed" for r in reports), reports
+
+
+def test_8_a_regression_with_auto_rollback_off_stops_the_rollout(receiver):
+    """autoRollback: false and a much slower version: the canary's real watcher reports it
+    Regressed and keeps it; the operator stops the rollout there (RolloutStopped condition,
+    Event and alert), and no other pod is ever asked for it."""
+    base = k.inference_service(NS, "v8", webhook=receiver.url)["spec"]["rollout"]
+    with k.Load(k.service_ip(NS), rate=100) as load:
+        time.sleep(2)
+        apply_isvc("v9", receiver, rollout={**base, "autoRollback": False})
+        svc = k.wait_for("the rollout of fraud-v9 stopped", lambda: (lambda s: s if s["status"].get("rejectedVersion") == "fraud-v9"
+                         and (k.condition(s, "Progressing") or {}).get("reason") == "RolloutStopped" else None)(isvc()), timeout=300)
+        time.sleep(10)  # nothing more is promoted in the meantime
+        serving = serving_annotations()
+        targets = [p["metadata"].get("annotations", {}).get("kinfer.dev/target-version") for p in k.pods(NS)]
+    assert load.failed == 0, load.errors[:5]
+    assert svc["status"]["servingVersion"] == "fraud-v8", svc["status"]
+    assert serving == ["fraud-v8", "fraud-v8", "fraud-v9"], serving
+    assert targets.count("fraud-v9") == 1, targets
+    regressed = [r for r in map(k.analysis, k.pods(NS)) if r and r["version"] == "fraud-v9"]
+    assert len(regressed) == 1 and regressed[0]["verdict"] == "Regressed" and regressed[0]["reason"] == "LatencyRegression", regressed
+    assert "stopped" in k.condition(svc, "Progressing")["message"]
+    assert k.wait_for("a RolloutStopped Warning Event", lambda: [e for e in k.events(NS, "RolloutStopped") if e["type"] == "Warning"])
+    alerts = k.wait_for("the stop alert", lambda: [r for r in receiver.received if "fraud-v9" in json.dumps(r["body"])
+                                                   and not r["path"].endswith("/slack")], timeout=60)
+    assert alerts[0]["body"][0]["labels"]["alertname"] == "KinferRolloutStopped", alerts[0]["body"]
+    assert len(ready_pods()) == 3, "the canary keeps serving, Ready"

@@ -17,12 +17,13 @@ use serde::{Serialize, de::DeserializeOwned};
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     /// The socket does not answer: the runtime is down or restarting.
-    #[error("runtime admin socket {socket}: {reason} (is the runtime container running?)")]
+    #[error("runtime admin socket {socket}: {source} (is the runtime container running?)")]
     Unavailable {
         /// The socket path.
         socket: PathBuf,
-        /// What failed.
-        reason: String,
+        /// What failed (connect, send, read).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The runtime answered with an error status.
     #[error("runtime refused {op}: HTTP {status}: {}", body.error)]
@@ -36,12 +37,13 @@ pub enum AdminError {
     },
     /// The runtime answered 200 with a body that is not the contract's answer: a runtime of
     /// another version, or a bug on one side.
-    #[error("runtime answered {op} with a body the watcher cannot read ({reason}): {body}")]
+    #[error("runtime answered {op} with a body the watcher cannot read ({source}): {body}")]
     Contract {
         /// The endpoint.
         op: String,
         /// What did not parse.
-        reason: String,
+        #[source]
+        source: serde_json::Error,
         /// The start of the body.
         body: String,
     },
@@ -98,20 +100,20 @@ impl AdminClient {
         path: &str,
         body: Option<&Q>,
     ) -> Result<A, AdminError> {
-        let unavailable = |reason: String| AdminError::Unavailable {
+        let unavailable = |e: Box<dyn std::error::Error + Send + Sync>| AdminError::Unavailable {
             socket: self.socket.clone(),
-            reason,
+            source: e,
         };
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
-            .map_err(|e| unavailable(e.to_string()))?;
+            .map_err(|e| unavailable(e.into()))?;
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
                 .await
-                .map_err(|e| unavailable(e.to_string()))?;
+                .map_err(|e| unavailable(e.into()))?;
         tokio::spawn(conn);
         let bytes = match body {
-            Some(b) => serde_json::to_vec(b).map_err(|e| unavailable(e.to_string()))?,
+            Some(b) => serde_json::to_vec(b).map_err(|e| unavailable(e.into()))?,
             None => Vec::new(),
         };
         let req = Request::builder()
@@ -120,17 +122,17 @@ impl AdminClient {
             .header(hyper::header::HOST, "kinfer-runtime")
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(bytes)))
-            .map_err(|e| unavailable(e.to_string()))?;
+            .map_err(|e| unavailable(e.into()))?;
         let resp = sender
             .send_request(req)
             .await
-            .map_err(|e| unavailable(e.to_string()))?;
+            .map_err(|e| unavailable(e.into()))?;
         let status = resp.status();
         let body = resp
             .into_body()
             .collect()
             .await
-            .map_err(|e| unavailable(e.to_string()))?
+            .map_err(|e| unavailable(e.into()))?
             .to_bytes();
         let text = || String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
         if status != StatusCode::OK {
@@ -145,9 +147,9 @@ impl AdminClient {
                 body,
             });
         }
-        serde_json::from_slice(&body).map_err(|e| AdminError::Contract {
+        serde_json::from_slice(&body).map_err(|source| AdminError::Contract {
             op: path.to_owned(),
-            reason: e.to_string(),
+            source,
             body: text(),
         })
     }

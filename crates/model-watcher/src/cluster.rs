@@ -210,6 +210,7 @@ impl Cluster {
             recorder,
             pod_ref: pod_ref(&pod),
             service_ref,
+            unsent: Default::default(),
         })
     }
 }
@@ -286,6 +287,8 @@ pub async fn run(client: Client, id: Identity, mut watcher: Watcher) -> anyhow::
             _ = notify.notified() => {}
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
+        // What the API server did not take while it was away (a verdict, the condition).
+        watcher.reporter.flush().await;
         // The runtime restarted empty (its container was killed): serve the version again.
         if let Ok(serving) = watcher.sync().await
             && serving.is_none()

@@ -1,7 +1,10 @@
 //! Where the watcher's findings go: in a cluster, its own Pod (the `kinfer.dev/analysis` and
 //! `kinfer.dev/serving-version` annotations, the `kinfer.dev/ModelReady` condition that gates
 //! readiness) and Events on the Pod and the InferenceService; standalone, JSON lines on stdout.
-//! Reporting never fails a rollout: an API error is logged and the next report tries again.
+//! Reporting never fails a rollout: an API error is logged, and what could not be written (the
+//! last report, the serving annotation, the condition: state, not history) is kept and written
+//! by [`Reporter::flush`], which the cluster loop calls on every tick, so a verdict reached while
+//! the API server was away reaches the operator once it is back. Events are best effort.
 
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kinfer_api::{
@@ -34,6 +37,64 @@ pub struct PodReporter {
     pub pod_ref: ObjectReference,
     /// The InferenceService, for Events (also seen by `kubectl describe infsvc`).
     pub service_ref: Option<ObjectReference>,
+    /// What the API server did not take yet (see the module docs).
+    pub unsent: std::sync::Mutex<Unsent>,
+}
+
+/// The latest state of each kind that could not be written; a later successful write of the
+/// same kind supersedes it.
+#[derive(Debug, Default)]
+pub struct Unsent {
+    /// The `kinfer.dev/analysis` annotation.
+    report: Option<String>,
+    /// The `kinfer.dev/serving-version` annotation.
+    serving: Option<String>,
+    /// The `kinfer.dev/ModelReady` condition: (ready, reason, message).
+    condition: Option<(bool, String, String)>,
+}
+
+impl PodReporter {
+    fn unsent(&self) -> std::sync::MutexGuard<'_, Unsent> {
+        self.unsent.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn annotate(&self, key: &str, value: &str) -> Result<(), kube::Error> {
+        let patch = json!({"metadata": {"annotations": {key: value}}});
+        self.pods
+            .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map(|_| ())
+    }
+
+    async fn write_report(&self, body: String) {
+        match self.annotate(ANALYSIS_ANNOTATION, &body).await {
+            Ok(()) => self.unsent().report = None,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot write the analysis annotation; kept for the next try");
+                self.unsent().report = Some(body);
+            }
+        }
+    }
+
+    async fn write_serving(&self, version: String) {
+        match self.annotate(SERVING_VERSION_ANNOTATION, &version).await {
+            Ok(()) => self.unsent().serving = None,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot write the serving-version annotation; kept for the next try");
+                self.unsent().serving = Some(version);
+            }
+        }
+    }
+
+    async fn write_condition(&self, ready: bool, reason: String, message: String) {
+        match set_condition(&self.pods, &self.name, ready, &reason, &message).await {
+            Ok(()) => self.unsent().condition = None,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot set the ModelReady pod condition; kept for the next try");
+                self.unsent().condition = Some((ready, reason, message));
+            }
+        }
+    }
 }
 
 impl Reporter {
@@ -42,16 +103,7 @@ impl Reporter {
         let body = serde_json::to_string(r).unwrap_or_default();
         match self {
             Reporter::Stdout => println!("{}", json!({"report": r})),
-            Reporter::Pod(p) => {
-                let patch = json!({"metadata": {"annotations": {ANALYSIS_ANNOTATION: body}}});
-                if let Err(e) = p
-                    .pods
-                    .patch(&p.name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                {
-                    tracing::warn!(error = %e, "cannot write the analysis annotation");
-                }
-            }
+            Reporter::Pod(p) => p.write_report(body).await,
         }
     }
 
@@ -97,20 +149,32 @@ impl Reporter {
             ),
             Reporter::Pod(p) => {
                 if let Some(v) = version {
-                    let patch =
-                        json!({"metadata": {"annotations": {SERVING_VERSION_ANNOTATION: v}}});
-                    if let Err(e) = p
-                        .pods
-                        .patch(&p.name, &PatchParams::default(), &Patch::Merge(&patch))
-                        .await
-                    {
-                        tracing::warn!(error = %e, "cannot write the serving-version annotation");
-                    }
+                    p.write_serving(v.to_owned()).await;
                 }
-                if let Err(e) = set_condition(&p.pods, &p.name, ready, reason, message).await {
-                    tracing::warn!(error = %e, "cannot set the ModelReady pod condition");
-                }
+                p.write_condition(ready, reason.to_owned(), message.to_owned())
+                    .await;
             }
+        }
+    }
+
+    /// Writes again what the API server did not take (a no-op standalone or when all was
+    /// written).
+    pub async fn flush(&self) {
+        let Reporter::Pod(p) = self else {
+            return;
+        };
+        let (report, serving, condition) = {
+            let mut u = p.unsent();
+            (u.report.take(), u.serving.take(), u.condition.take())
+        };
+        if let Some(body) = report {
+            p.write_report(body).await;
+        }
+        if let Some(v) = serving {
+            p.write_serving(v).await;
+        }
+        if let Some((ready, reason, message)) = condition {
+            p.write_condition(ready, reason, message).await;
         }
     }
 }

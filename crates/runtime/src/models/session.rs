@@ -31,20 +31,31 @@ pub enum LoadError {
     )]
     LibraryMissing(PathBuf),
     /// dlopen or the API version check failed.
-    #[error("cannot load ONNX Runtime from {path}: {reason} (kinfer needs ONNX Runtime 1.31)")]
+    #[error("cannot load ONNX Runtime from {path}: {source} (kinfer needs ONNX Runtime 1.31)")]
     Library {
         /// The library path.
         path: PathBuf,
-        /// What ort said.
-        reason: String,
+        /// What ort said (dlopen, or the API version check).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
-    /// The model file could not be read or compiled.
-    #[error("cannot load model {path}: {reason}")]
+    /// The model file could not be read or compiled, or its warm-up failed.
+    #[error("cannot load model {path}: {source}")]
     Model {
         /// The model path.
         path: PathBuf,
         /// What ONNX Runtime said.
-        reason: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A worker thread for a loaded version could not be started.
+    #[error("cannot start a worker thread for model {path}: {source}")]
+    Worker {
+        /// The model path.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
     },
     /// The model uses a type kinfer cannot serve.
     #[error("model {path}: {reason}")]
@@ -69,14 +80,14 @@ pub fn init_ort(lib: Option<&Path>) -> Result<(), LoadError> {
     }
     let builder = ort::init_from(path).map_err(|e| LoadError::Library {
         path: path.to_owned(),
-        reason: e.to_string(),
+        source: e.into(),
     })?;
     let environment = builder
         .with_name("kinfer")
         .build()
         .map_err(|e| LoadError::Library {
             path: path.to_owned(),
-            reason: e.to_string(),
+            source: e.into(),
         })?;
     let _ = ENVIRONMENT.set(environment);
     Ok(())
@@ -161,9 +172,9 @@ pub fn specs(
 
 /// Builds one session of the model at `path`.
 pub fn build_session(path: &Path, opts: &SessionOptions) -> Result<Session, LoadError> {
-    let fail = |e: String| LoadError::Model {
+    let fail = |e: Box<dyn std::error::Error + Send + Sync>| LoadError::Model {
         path: path.to_owned(),
-        reason: e,
+        source: e,
     };
     let level = match opts.optimization_level {
         0 => GraphOptimizationLevel::Disable,
@@ -175,13 +186,13 @@ pub fn build_session(path: &Path, opts: &SessionOptions) -> Result<Session, Load
         .get()
         .ok_or_else(|| fail("ONNX Runtime is not initialised (init_ort was not called)".into()))?;
     let mut builder = Session::builder(env)
-        .map_err(|e| fail(e.to_string()))?
+        .map_err(|e| fail(ort_message(e)))?
         .with_optimization_level(level)
-        .map_err(|e| fail(e.to_string()))?
+        .map_err(|e| fail(ort_message(e)))?
         .with_intra_threads(opts.intra_threads.max(1))
-        .map_err(|e| fail(e.to_string()))?
+        .map_err(|e| fail(ort_message(e)))?
         .with_inter_threads(opts.inter_threads.max(1))
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| fail(ort_message(e)))?;
     if let Some(cpus) = &opts.affinity {
         // ORT pins intra-op threads 1..n (the caller's thread is the first); one entry per extra
         // thread, separated by ';'. CPU ids are 1-based in this setting.
@@ -194,7 +205,7 @@ pub fn build_session(path: &Path, opts: &SessionOptions) -> Result<Session, Load
         if !extra.is_empty() {
             builder = builder
                 .with_config_entry("session.intra_op_thread_affinities", extra.join(";"))
-                .map_err(|e| fail(e.to_string()))?;
+                .map_err(|e| fail(ort_message(e)))?;
         }
     }
     match opts.provider {
@@ -215,7 +226,7 @@ pub fn build_session(path: &Path, opts: &SessionOptions) -> Result<Session, Load
                 };
                 builder = builder
                     .with_execution_providers([ep])
-                    .map_err(|e| fail(e.to_string()))?;
+                    .map_err(|e| fail(ort_message(e)))?;
             } else if opts.fallback_cpu {
                 tracing::warn!(
                     provider = name,
@@ -228,7 +239,13 @@ pub fn build_session(path: &Path, opts: &SessionOptions) -> Result<Session, Load
     }
     builder
         .commit_from_file(path)
-        .map_err(|e| fail(e.to_string()))
+        .map_err(|e| fail(ort_message(e)))
+}
+
+/// ORT's message of a session-builder error (the error holds the builder, which cannot
+/// cross threads, so only its text is kept; it is ORT's whole message).
+fn ort_message(e: impl std::fmt::Display) -> Box<dyn std::error::Error + Send + Sync> {
+    e.to_string().into()
 }
 
 fn to_value(t: &Tensor) -> Result<DynValue, String> {

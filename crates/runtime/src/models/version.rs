@@ -272,7 +272,7 @@ impl LoadedVersion {
             for _ in 0..opts.warmup_runs {
                 e.run(&warm).map_err(|e| LoadError::Model {
                     path: path.to_owned(),
-                    reason: format!("warm-up run failed: {e}"),
+                    source: format!("warm-up run failed: {e}").into(),
                 })?;
             }
         }
@@ -312,9 +312,9 @@ impl LoadedVersion {
             std::thread::Builder::new()
                 .name(format!("ort-{version}-{i}"))
                 .spawn(move || worker.run())
-                .map_err(|e| LoadError::Model {
+                .map_err(|source| LoadError::Worker {
                     path: path.to_owned(),
-                    reason: format!("cannot start a worker thread: {e}"),
+                    source,
                 })?;
         }
         Ok(Arc::new(Self {
