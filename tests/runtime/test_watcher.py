@@ -133,13 +133,19 @@ def Load(runtime, rate=400):  # noqa: N802 - reads as the class it wraps
     return _Load(runtime.url(f"/v2/models/{runtime.name}/infer"), rate)
 
 
-def run_watcher(runtime, workdir, s3, source, version, *flags, timeout=120, creds=None, keys=None):
+def watcher_args(runtime, workdir, s3, source, version, *flags, creds=None, keys=None, socket=None, endpoint=None):
+    """`kinfer-watcher run` standalone against `runtime` (or an admin `socket` in front of it)."""
     models_dir = workdir / f"models-{runtime.http_port}"
-    args = [str(WATCHER), "run", "--admin-socket", runtime.socket, "--models-dir", str(models_dir),
-            "--source", source, "--endpoint", s3.endpoint, "--credentials-file", str(creds or s3.creds),
+    args = [str(WATCHER), "run", "--admin-socket", socket or runtime.socket, "--models-dir", str(models_dir),
+            "--source", source, "--endpoint", endpoint or s3.endpoint, "--credentials-file", str(creds or s3.creds),
             "--version", version, *flags]
     for k in keys or []:
         args += ["--public-key", str(k)]
+    return args
+
+
+def run_watcher(runtime, workdir, s3, source, version, *flags, timeout=120, creds=None, keys=None):
+    args = watcher_args(runtime, workdir, s3, source, version, *flags, creds=creds, keys=keys)
     p = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
     lines = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
     reports = [line["report"] for line in lines if "report" in line]
@@ -292,10 +298,8 @@ def test_a_runtime_crash_during_analysis_fails_the_candidate(start, workdir, s3,
     rt = start(v1, "fraud", version="v1")
     d = artifact(workdir, "crashy", lambda p: models.scorer(p, seed=0, weight_noise=1e-3), sign_key=priv)
     src = s3.upload(d, "fraud/crashy")
-    models_dir = workdir / f"models-{rt.http_port}"
-    args = [str(WATCHER), "run", "--admin-socket", rt.socket, "--models-dir", str(models_dir), "--source", src,
-            "--endpoint", s3.endpoint, "--credentials-file", str(s3.creds), "--version", "crashy",
-            "--public-key", str(pub), "--golden", "golden.npz", "--window", "60s", "--min-requests", "100000"]
+    args = watcher_args(rt, workdir, s3, src, "crashy", "--golden", "golden.npz", "--window", "60s",
+                        "--min-requests", "100000", keys=[pub])
     with Load(rt, rate=200):
         time.sleep(0.5)
         w = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -322,14 +326,11 @@ def test_a_watcher_killed_mid_analysis_judges_the_version_again(served_v1, workd
     priv, pub = signing_key
     d = artifact(workdir, "slow-resumed", lambda p: models.scorer(p, seed=0, slow_layers=40), sign_key=priv)
     src = s3.upload(d, "fraud/slow-resumed")
-    models_dir = workdir / f"models-{served_v1.http_port}"
-    base_args = [str(WATCHER), "run", "--admin-socket", served_v1.socket, "--models-dir", str(models_dir),
-                 "--source", src, "--endpoint", s3.endpoint, "--credentials-file", str(s3.creds),
-                 "--version", "slow-resumed", "--public-key", str(pub)]
+    undecided = ["--golden", "golden.npz", "--window", "60s", "--min-requests", "1000000"]
     with Load(served_v1) as load:
         time.sleep(1.0)
         # First run: an analysis that cannot decide (it needs more requests than will come).
-        w = subprocess.Popen(base_args + ["--golden", "golden.npz", "--window", "60s", "--min-requests", "1000000"],
+        w = subprocess.Popen(watcher_args(served_v1, workdir, s3, src, "slow-resumed", *undecided, keys=[pub]),
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         last = None
         deadline = time.time() + 60
@@ -415,10 +416,7 @@ def test_a_lost_rollback_answer_is_asked_again_and_the_judged_version_serves(ser
     d = artifact(workdir, "slow-lost", lambda p: models.scorer(p, seed=0, slow_layers=40), sign_key=priv)
     src = s3.upload(d, "fraud/slow-lost")
     proxy = AdminProxy(served_v1.socket, workdir / f"proxy-{served_v1.http_port}.sock")
-    models_dir = workdir / f"models-{served_v1.http_port}"
-    args = [str(WATCHER), "run", "--admin-socket", proxy.path, "--models-dir", str(models_dir),
-            "--source", src, "--endpoint", s3.endpoint, "--credentials-file", str(s3.creds),
-            "--version", "slow-lost", "--public-key", str(pub), *ANALYSIS]
+    args = watcher_args(served_v1, workdir, s3, src, "slow-lost", *ANALYSIS, keys=[pub], socket=proxy.path)
     try:
         with Load(served_v1) as load:
             time.sleep(1.0)
@@ -490,9 +488,7 @@ def test_a_watcher_killed_mid_download_leaves_nothing_half_used(served_v1, workd
     src = s3.upload(d, "fraud/big")
     slow = SlowTcp(s3.port, rate=4 << 20)
     models_dir = workdir / f"models-{served_v1.http_port}"
-    args = [str(WATCHER), "run", "--admin-socket", served_v1.socket, "--models-dir", str(models_dir),
-            "--source", src, "--endpoint", slow.endpoint, "--credentials-file", str(s3.creds),
-            "--version", "big", "--public-key", str(pub), *ANALYSIS]
+    args = watcher_args(served_v1, workdir, s3, src, "big", *ANALYSIS, keys=[pub], endpoint=slow.endpoint)
     try:
         with Load(served_v1) as load:
             time.sleep(1.0)

@@ -1,0 +1,221 @@
+//! After the promotion: the analysis window against the previous version (kept loaded and
+//! warm), the verdict, the rollback (asked again until the runtime confirms it), and the
+//! analysis a killed watcher left unfinished, judged again.
+
+use std::time::Instant;
+
+use kinfer_api::report::{AnalysisPhase, AnalysisReport, Verdict, reasons};
+
+use super::{ADMIN_BACKOFF, Plan, ROLLBACK_DEADLINE, Stop, Watcher, stop};
+use crate::{
+    admin::AdminError,
+    analysis::{self, Figures, Judgement, Limits},
+};
+
+impl Watcher {
+    /// Judges again a version a killed watcher had promoted: the baseline is the previous
+    /// version's figures up to the swap (it has had no traffic since), the window starts over.
+    pub(super) async fn resume_analysis(
+        &mut self,
+        plan: &Plan,
+        mut r: AnalysisReport,
+        old: &str,
+        runtime: &kinfer_contract::admin::StatsAnswer,
+    ) -> AnalysisReport {
+        let baseline = Figures::from_stats(runtime, old, false);
+        r.previous_version = Some(old.to_owned());
+        r.verdict = None;
+        r.reason = None;
+        self.reporter
+            .serving(
+                Some(&plan.name),
+                true,
+                "Serving",
+                &format!("{} serves; its analysis is judged again", plan.name),
+            )
+            .await;
+        self.update(
+            &mut r,
+            AnalysisPhase::Analysing,
+            format!(
+                "the watcher restarted during the analysis of {}: judging it again against {old}, the window starts over",
+                plan.name
+            ),
+        )
+        .await;
+        match self
+            .analyse(plan, &mut r, old, baseline.as_ref(), Instant::now())
+            .await
+        {
+            Ok(()) => r,
+            Err(s) => {
+                self.done(r, Verdict::RolledBack, Some(s.reason), s.message)
+                    .await
+            }
+        }
+    }
+
+    pub(super) async fn analyse(
+        &mut self,
+        plan: &Plan,
+        r: &mut AnalysisReport,
+        old: &str,
+        baseline: Option<&Figures>,
+        promoted_at: Instant,
+    ) -> Result<(), Stop> {
+        let limits = Limits {
+            spec: plan.rollout.analysis.clone(),
+            p99_noise_floor: self.settings.p99_noise_floor,
+        };
+        let mut last_wait = String::new();
+        loop {
+            tokio::time::sleep(self.settings.poll).await;
+            let stats = match self.admin.stats().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "runtime unavailable during analysis");
+                    continue;
+                }
+            };
+            if !stats.versions.contains_key(&plan.name) {
+                // The runtime restarted (its container was killed) and lost the candidate: it
+                // counts as failed, and the last judged version serves again.
+                self.serving = Some(old.to_owned());
+                let restored = match self.serve_verified(old).await {
+                    Ok(true) => format!("; {old} restored from its verified artifact"),
+                    Ok(false) => format!("; {old} serves when its artifact is fetched again"),
+                    Err(e) => format!("; restoring {old} failed for now: {e}"),
+                };
+                let text = format!(
+                    "the runtime restarted during the analysis of {} and lost it{restored}",
+                    plan.name
+                );
+                self.reporter
+                    .event(true, reasons::RUNTIME_CRASHED, &text)
+                    .await;
+                self.reporter
+                    .event(
+                        true,
+                        reasons::ROLLED_BACK,
+                        &format!("{} rolled back to {old}: {text}", plan.name),
+                    )
+                    .await;
+                if stats.serving.as_deref() == Some(old) || restored.contains("restored") {
+                    self.reporter
+                        .serving(Some(old), true, "Serving", &format!("{old} serves again"))
+                        .await;
+                }
+                return Err(stop(reasons::RUNTIME_CRASHED, text));
+            }
+            if stats.serving.as_deref() != Some(plan.name.as_str()) {
+                self.serving = stats.serving.clone();
+                return Err(stop(
+                    reasons::LOAD_FAILED,
+                    format!(
+                        "the runtime no longer serves {} (changed by hand) during the analysis",
+                        plan.name
+                    ),
+                ));
+            }
+            let current = Figures::from_stats(&stats, &plan.name, false).unwrap_or_default();
+            r.figures = Some(analysis::figures(baseline, &current));
+            match analysis::judge(&limits, baseline, &current, promoted_at.elapsed()) {
+                Judgement::Wait(m) => {
+                    if m != last_wait {
+                        self.update(r, AnalysisPhase::Analysing, m.clone()).await;
+                        last_wait = m;
+                    }
+                }
+                Judgement::Pass(m) => {
+                    r.verdict = Some(Verdict::Passed);
+                    self.reporter
+                        .event(
+                            false,
+                            reasons::ANALYSIS_PASSED,
+                            &format!("{}: {m}", plan.name),
+                        )
+                        .await;
+                    self.update(r, AnalysisPhase::Done, m).await;
+                    self.rejection = None;
+                    self.collect_garbage(&[&plan.name, old]).await;
+                    return Ok(());
+                }
+                Judgement::Fail { reason, message } if plan.rollout.auto_rollback => {
+                    let t = Instant::now();
+                    self.roll_back_to(old)
+                        .await
+                        .map_err(|e| stop(reason, format!("{message}; rollback failed: {e}")))?;
+                    let took = t.elapsed();
+                    self.serving = Some(old.to_owned());
+                    let _ = self.admin.unload(&plan.name).await;
+                    let text = format!(
+                        "{message}; rolled back to {old} in {:.1} ms",
+                        took.as_secs_f64() * 1e3
+                    );
+                    tracing::warn!(version = %plan.name, %reason, %text, "rolled back");
+                    self.reporter
+                        .event(true, reason, &format!("{}: {message}", plan.name))
+                        .await;
+                    self.reporter
+                        .event(
+                            true,
+                            reasons::ROLLED_BACK,
+                            &format!("{} rolled back to {old}: {message}", plan.name),
+                        )
+                        .await;
+                    self.reporter
+                        .serving(
+                            Some(old),
+                            true,
+                            "Serving",
+                            &format!("{old} serves again after {} was rolled back", plan.name),
+                        )
+                        .await;
+                    return Err(stop(reason, text));
+                }
+                Judgement::Fail { reason, message } => {
+                    // A regression, judged: it stays (autoRollback is off), and the verdict says
+                    // it regressed so the rollout stops instead of promoting it further.
+                    r.verdict = Some(Verdict::Regressed);
+                    r.reason = Some(reason.into());
+                    let text = format!(
+                        "{message}; autoRollback is off, {} keeps serving on this pod and the rollout stops",
+                        plan.name
+                    );
+                    self.reporter.event(true, reason, &text).await;
+                    self.update(r, AnalysisPhase::Done, text.clone()).await;
+                    self.rejection = Some(r.clone());
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Makes `old` serve again and does not return before the runtime said so: a rollback
+    /// whose request or answer was lost is asked again (rollback names its target, so a repeat
+    /// is harmless), for up to [`ROLLBACK_DEADLINE`]. A runtime that restarted meanwhile and no
+    /// longer holds `old` gets it staged again from its verified artifact.
+    pub(super) async fn roll_back_to(&self, old: &str) -> Result<(), AdminError> {
+        let started = Instant::now();
+        let mut failures = 0;
+        loop {
+            let e = match self.admin.rollback(old).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.status() == Some(404) => {
+                    return match self.serve_verified(old).await {
+                        Ok(true) => Ok(()),
+                        Ok(false) | Err(_) => Err(e),
+                    };
+                }
+                Err(e @ AdminError::Refused { .. }) => return Err(e),
+                Err(e) => e,
+            };
+            failures += 1;
+            if started.elapsed() >= ROLLBACK_DEADLINE {
+                return Err(e);
+            }
+            tracing::warn!(error = %e, failures, "no answer to the rollback; asking again");
+            tokio::time::sleep(ADMIN_BACKOFF.delay(failures)).await;
+        }
+    }
+}
