@@ -2,18 +2,21 @@
 //! every write is a `replace` guarded by the `resourceVersion` that was read, so two replicas
 //! racing for the Lease cannot both win (the loser gets 409 Conflict).
 //!
-//! A Lease is free when it has no holder, when its `renewTime + leaseDurationSeconds` is in the
-//! past, or when its record has not changed for a whole lease duration as seen by this replica's
-//! own clock (client-go's rule, which tolerates clock skew between nodes). The leader renews every
-//! third of the duration and gives leadership up when it could not renew for a whole duration; on
-//! shutdown it releases the Lease (clears the holder) so a follower takes over at once.
+//! A Lease is free when it has no holder or when its record has not changed for a whole lease
+//! duration as seen by this replica's own clock — client-go's rule ([`lease_is_free`]). The
+//! holder's `renewTime` is never compared with this replica's clock, so clock skew between nodes
+//! cannot hand over a live lease. The leader renews every third of the duration and gives
+//! leadership up when it could not renew within the renew deadline (two thirds of the duration,
+//! so it has stopped before any follower may take over); every call to the API server has a
+//! timeout of a third of the duration. On shutdown it releases the Lease (clears the holder) so a
+//! follower takes over at once.
 
 use std::time::{Duration, Instant};
 
 use k8s_openapi::{
     api::coordination::v1::{Lease, LeaseSpec},
     apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
-    jiff::{SignedDuration, Timestamp},
+    jiff::Timestamp,
 };
 use kube::{Api, Client, api::PostParams};
 use tokio::sync::watch;
@@ -102,14 +105,7 @@ impl Elector {
                 .lease_duration_seconds
                 .map(|s| Duration::from_secs(s.max(1) as u64))
                 .unwrap_or(dur);
-            let expired_by_time = spec.renew_time.as_ref().is_none_or(|t| {
-                let lease = SignedDuration::try_from(lease_secs).unwrap_or_default();
-                t.0.saturating_add(lease)
-                    .map(|end| end < now)
-                    .unwrap_or(false)
-            });
-            let free = holder.is_none() || expired_by_time || unchanged_for >= lease_secs;
-            if !free {
+            if !lease_is_free(holder.as_deref(), unchanged_for, lease_secs) {
                 return Ok(false);
             }
         }
@@ -141,10 +137,10 @@ impl Elector {
         }
     }
 
-    /// Whether the last successful renewal is older than the lease duration (leadership lost).
+    /// Whether the last successful renewal is older than the renew deadline (leadership lost).
     pub fn expired(&self) -> bool {
         self.last_renew
-            .is_none_or(|t| t.elapsed() >= self.cfg.duration)
+            .is_none_or(|t| t.elapsed() >= renew_deadline(self.cfg.duration))
     }
 
     /// Gives the Lease up if this replica holds it: clears the holder so a follower takes over at
@@ -189,11 +185,15 @@ pub async fn run(
 ) {
     let period = (elector.cfg.duration / 3).max(Duration::from_millis(200));
     loop {
-        let holds = match elector.try_acquire_or_renew().await {
-            Ok(h) => h,
-            Err(e) => {
-                warn!(error = %e, "leader election round failed");
-                // Keep leading only while the last renewal is still valid.
+        let round = tokio::time::timeout(period, elector.try_acquire_or_renew()).await;
+        let holds = match round {
+            Ok(Ok(h)) => h,
+            failed => {
+                match failed {
+                    Ok(Err(e)) => warn!(error = %e, "leader election round failed"),
+                    _ => warn!(timeout = ?period, "leader election round timed out"),
+                }
+                // Keep leading only while the last renewal is within the renew deadline.
                 *leader.borrow() && !elector.expired()
             }
         };
@@ -211,10 +211,29 @@ pub async fn run(
             break;
         }
     }
-    if let Err(e) = elector.release().await {
-        warn!(error = %e, "could not release the leader Lease; a follower takes over when it expires");
+    match tokio::time::timeout(period, elector.release()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            warn!(error = %e, "could not release the leader Lease; a follower takes over when it expires")
+        }
+        Err(_) => {
+            warn!("releasing the leader Lease timed out; a follower takes over when it expires")
+        }
     }
     let _ = leader.send(false);
+}
+
+/// Whether a Lease held by `holder` may be taken: no holder, or its record (`resourceVersion`)
+/// unchanged for `lease` on this replica's own clock. The holder's `renewTime` does not count:
+/// it was written by another node's clock.
+pub fn lease_is_free(holder: Option<&str>, unchanged_for: Duration, lease: Duration) -> bool {
+    holder.is_none() || unchanged_for >= lease
+}
+
+/// How long a leader keeps leading without a successful renewal: two thirds of the lease, so it
+/// has stopped before a follower, which waits a whole lease, takes over.
+pub fn renew_deadline(lease: Duration) -> Duration {
+    lease.mul_f64(2.0 / 3.0)
 }
 
 /// An identity for this replica: `$POD_NAME` (or the hostname) plus a random-enough suffix, so
@@ -228,4 +247,22 @@ pub fn identity() -> String {
         .map(|d| d.subsec_nanos())
         .unwrap_or_default();
     format!("{base}_{:08x}", nanos ^ std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_is_free_only_when_unheld_or_unchanged_for_a_whole_lease() {
+        let lease = Duration::from_secs(15);
+        assert!(lease_is_free(None, Duration::ZERO, lease));
+        assert!(!lease_is_free(Some("a"), Duration::from_secs(14), lease));
+        assert!(lease_is_free(Some("a"), lease, lease));
+        assert!(renew_deadline(lease) < lease);
+        assert!(
+            renew_deadline(lease) > lease / 3,
+            "more than one renewal period"
+        );
+    }
 }

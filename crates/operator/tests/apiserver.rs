@@ -957,3 +957,80 @@ async fn leader_election_two_operators_the_follower_takes_over() {
     c3.kill();
     drop_ns(&c, &ns).await;
 }
+
+/// The holder's `renewTime` is another node's clock: a Lease whose renewTime is an hour old but
+/// whose record keeps changing is alive and is not taken; once it stops changing for a whole
+/// lease duration (on the follower's own clock) it is.
+#[tokio::test]
+#[ignore = "needs kube-apiserver: make test-operator"]
+async fn leader_election_ignores_a_skewed_renew_time_of_a_live_holder() {
+    let c = client().await;
+    let ns = temp_ns(&c, "op-skew").await;
+    let leases: Api<Lease> = Api::namespaced(c.clone(), &ns);
+    let old = "2026-01-01T00:00:00.000000Z";
+    let lease: Lease = serde_json::from_value(json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "kinfer-operator"},
+        "spec": {"holderIdentity": "ghost_1", "leaseDurationSeconds": 3,
+                 "acquireTime": old, "renewTime": old, "leaseTransitions": 0}
+    }))
+    .unwrap();
+    leases.create(&PostParams::default(), &lease).await.unwrap();
+    // The ghost renews (its record changes) every 500 ms, its clock far behind.
+    let renewing = {
+        let leases = leases.clone();
+        tokio::spawn(async move {
+            for n in 0.. {
+                let patch = json!({"metadata": {"annotations": {"renewals": n.to_string()}}});
+                let _ = leases
+                    .patch(
+                        "kinfer-operator",
+                        &PatchParams::default(),
+                        &Patch::Merge(&patch),
+                    )
+                    .await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+    let flags = [
+        "--leader-elect=true",
+        "--lease-namespace",
+        ns.as_str(),
+        "--lease-duration",
+        "3s",
+    ];
+    let mut a = Operator::start(&ns, "op-a", &flags);
+    wait_for("op-a up as a follower", T, || async {
+        a.metrics().contains("kinfer_leader 0").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let holder = leases
+        .get("kinfer-operator")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .holder_identity;
+    assert_eq!(holder.as_deref(), Some("ghost_1"), "a live lease was taken");
+    assert_eq!(a.metric("kinfer_leader"), Some(0.0));
+    renewing.abort();
+    let stopped = std::time::Instant::now();
+    wait_for("op-a to take the abandoned lease", T, || async {
+        let h = leases
+            .get_opt("kinfer-operator")
+            .await
+            .ok()??
+            .spec?
+            .holder_identity?;
+        h.starts_with("op-a").then_some(())
+    })
+    .await;
+    assert!(
+        stopped.elapsed() >= Duration::from_secs(2),
+        "taken before a whole lease passed unchanged"
+    );
+    a.kill();
+    drop_ns(&c, &ns).await;
+}
