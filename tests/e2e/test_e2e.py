@@ -87,6 +87,11 @@ def test_1_serves_v1_on_three_ready_pods(installed, artifacts, receiver, work):
     pod = k.pods(NS)[0]
     assert {"conditionType": "kinfer.dev/ModelReady"} in pod["spec"]["readinessGates"]
     assert k.condition(pod, "kinfer.dev/ModelReady")["status"] == "True"
+    # API credentials only where they are used: the watcher has the token, the runtime (which
+    # parses untrusted requests) has none, seen from inside each container.
+    token = "var/run/secrets/kubernetes.io/serviceaccount/token"
+    assert (k.container_root(pod, "watcher") / token).is_file()
+    assert not (k.container_root(pod, "runtime") / token).exists()
     svc = k.wait_for("status.servingVersion", lambda: isvc() if isvc().get("status", {}).get("servingVersion") == "fraud-v1" else None)
     assert k.condition(svc, "Ready")["status"] == "True"
     mv = k.kget("modelversion", "fraud-v1", NS)

@@ -383,6 +383,7 @@ pub struct Alerts {
 /// One alert webhook.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.url.startsWith('https://') || (has(self.allowInsecureHttp) && self.allowInsecureHttp)").message("webhook url must be https:// (set allowInsecureHttp: true to send alerts over plain http)"))]
 pub struct Webhook {
     /// URL to POST to.
     #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("webhook url must start with http:// or https://"))]
@@ -390,9 +391,14 @@ pub struct Webhook {
     /// Payload shape.
     #[serde(default)]
     pub format: WebhookFormat,
-    /// Secret key holding a bearer token sent as `Authorization: Bearer <token>`.
+    /// Secret key holding a bearer token sent as `Authorization: Bearer <token>`. The Secret must
+    /// be in the service's namespace and carry the label `kinfer.dev/webhook-token: "true"`;
+    /// otherwise the alert is sent without a token and a Warning Event says why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_secret: Option<SecretKeyRef>,
+    /// Allow a plain `http://` URL (the alert, and any token, travel unencrypted).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_insecure_http: bool,
 }
 
 /// Alert payload shapes.

@@ -26,6 +26,9 @@ pub use kinfer_contract::pod::{
 };
 /// Annotation on an InferenceService that asks the operator to retry a rolled-back version.
 pub const RETRY_ANNOTATION: &str = "kinfer.dev/retry";
+/// Label a Secret must carry (value `"true"`) for an alert webhook to send one of its keys as a
+/// bearer token: a Secret is never sent anywhere unless its owner opted it in.
+pub const WEBHOOK_TOKEN_LABEL: &str = "kinfer.dev/webhook-token";
 /// Every custom resource definition of this crate, in a stable order.
 pub fn crds()
 -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>

@@ -393,6 +393,13 @@ fn each_invariant_refuses_with_its_own_message() {
             "webhook url must start with http",
         ),
         (
+            "plain http webhook without the opt-in",
+            isvc(
+                json!({"modelVersion": "a", "alerts": {"webhooks": [{"url": "http://am:9093/api/v2/alerts"}]}}),
+            ),
+            "webhook url must be https://",
+        ),
+        (
             "negative atol",
             mv(
                 json!({"model": "m", "version": "v1", "source": good_source, "validation": {"atol": -1.0}}),

@@ -194,12 +194,21 @@ pub fn validate(isvc: &InferenceService, model: Option<String>) -> Result<Valida
     }
     if let Some(alerts) = &spec.alerts {
         for w in &alerts.webhooks {
+            if w.url.starts_with("http://") && !w.allow_insecure_http {
+                return Err(Invalid::new(
+                    "InvalidWebhook",
+                    format!(
+                        "alerts webhook {} is plain http: use https:// or set allowInsecureHttp: true",
+                        crate::alerts::redact(&w.url)
+                    ),
+                ));
+            }
             if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
                 return Err(Invalid::new(
                     "InvalidWebhook",
                     format!(
-                        "alerts webhook url {:?} must start with http:// or https://",
-                        w.url
+                        "alerts webhook url {} must start with https:// (or http://)",
+                        crate::alerts::redact(&w.url)
                     ),
                 ));
             }
@@ -336,6 +345,23 @@ pub(crate) mod tests {
         let e = validate(&i, None).unwrap_err();
         assert_eq!(e.reason, "ExecutionProviderNeedsGpu");
         assert!(e.message.contains("resources.gpu"));
+    }
+
+    #[test]
+    fn plain_http_webhooks_need_the_opt_in_and_errors_never_show_the_path() {
+        let hook = |extra: &str| {
+            isvc(
+                "fraud",
+                &format!(
+                    r#"{{"modelVersion":"v","alerts":{{"webhooks":[{{"url":"http://hooks.example/services/T0/B0/secret"{extra}}}]}}}}"#
+                ),
+            )
+        };
+        let e = validate(&hook(""), None).unwrap_err();
+        assert_eq!(e.reason, "InvalidWebhook");
+        assert!(e.message.contains("allowInsecureHttp"), "{}", e.message);
+        assert!(!e.message.contains("secret"), "{}", e.message);
+        assert!(validate(&hook(r#","allowInsecureHttp":true"#), None).is_ok());
     }
 
     #[test]

@@ -537,13 +537,18 @@ async fn regression_rolls_back_alerts_holds_and_retries_on_request() {
     let ns = temp_ns(&c, "op-rollback").await;
     verified_mv(&c, &ns, "fraud-v1").await;
     verified_mv(&c, &ns, "fraud-v2").await;
-    let secret: Secret = serde_json::from_value(json!({"metadata": {"name": "alert-token"},
-        "stringData": {"token": "s3cret"}}))
-    .unwrap();
-    Api::<Secret>::namespaced(c.clone(), &ns)
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
+    // One Secret opted in as a webhook token, one not (any other Secret of the namespace).
+    for secret in [
+        json!({"metadata": {"name": "alert-token", "labels": {"kinfer.dev/webhook-token": "true"}},
+               "stringData": {"token": "s3cret"}}),
+        json!({"metadata": {"name": "db-password"}, "stringData": {"token": "not-for-webhooks"}}),
+    ] {
+        let secret: Secret = serde_json::from_value(secret).unwrap();
+        Api::<Secret>::namespaced(c.clone(), &ns)
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
+    }
     let (port, seen) = receiver().await;
     create_isvc(
         &c,
@@ -553,8 +558,9 @@ async fn regression_rolls_back_alerts_holds_and_retries_on_request() {
         "rollout": {"canary": {"replicas": 1}},
         "alerts": {"webhooks": [
             {"url": format!("http://127.0.0.1:{port}/api/v2/alerts"), "format": "alertmanager",
-             "tokenSecret": {"name": "alert-token", "key": "token"}},
-            {"url": format!("http://127.0.0.1:{port}/slack"), "format": "slack"}
+             "tokenSecret": {"name": "alert-token", "key": "token"}, "allowInsecureHttp": true},
+            {"url": format!("http://127.0.0.1:{port}/slack"), "format": "slack",
+             "tokenSecret": {"name": "db-password", "key": "token"}, "allowInsecureHttp": true}
         ]}}),
     )
     .await;
@@ -636,6 +642,10 @@ async fn regression_rolls_back_alerts_holds_and_retries_on_request() {
         .iter()
         .find(|r| r.starts_with("POST /slack"))
         .expect("slack webhook");
+    assert!(
+        !slack.to_ascii_lowercase().contains("authorization"),
+        "a Secret without the opt-in label is never sent: {slack}"
+    );
     let body: Value = serde_json::from_str(&slack[slack.find("\r\n\r\n").unwrap() + 4..]).unwrap();
     assert!(
         body["text"]

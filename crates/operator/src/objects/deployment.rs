@@ -27,7 +27,10 @@ use kinfer_contract::{
 
 use super::{
     Defaults, labels, meta,
-    pod::{container_security_context, empty_dir, env, field_env, mount, pod_security_context},
+    pod::{
+        api_token_mount, api_token_volume, container_security_context, empty_dir, env, field_env,
+        mount, pod_security_context,
+    },
     policy_name, scheduling, selector_labels, watcher_name,
 };
 use crate::validate::{Validated, provider_flag};
@@ -67,7 +70,12 @@ pub fn deployment(v: &Validated, d: &Defaults) -> Deployment {
             format!("{:016x}", fnv1a(&text)),
         );
     }
-    let mut volumes = vec![empty_dir("models"), empty_dir("run"), empty_dir("tmp")];
+    let mut volumes = vec![
+        empty_dir("models"),
+        empty_dir("run"),
+        empty_dir("tmp"),
+        api_token_volume(),
+    ];
     if policy.is_some() {
         volumes.push(Volume {
             name: "policy".into(),
@@ -81,7 +89,9 @@ pub fn deployment(v: &Validated, d: &Defaults) -> Deployment {
     let (node_selector, tolerations) = scheduling::gpu_placement(v);
     let pod = PodSpec {
         service_account_name: Some(watcher_name(&v.name)),
-        automount_service_account_token: Some(true),
+        // The runtime, which parses untrusted requests, gets no API credentials: the token is
+        // mounted in the watcher container alone.
+        automount_service_account_token: Some(false),
         readiness_gates: Some(vec![PodReadinessGate {
             condition_type: MODEL_READY_CONDITION.into(),
         }]),
@@ -222,6 +232,7 @@ fn watcher_container(v: &Validated, d: &Defaults) -> Container {
             mount("models", MODELS_DIR),
             mount("run", "/run/kinfer"),
             mount("tmp", "/tmp"),
+            api_token_mount(),
         ]),
         ..Default::default()
     }
@@ -325,7 +336,8 @@ mod tests {
             .iter()
             .map(|v| v.name.as_str())
             .collect();
-        assert_eq!(vols, ["models", "run", "tmp"]);
+        assert_eq!(vols, ["models", "run", "tmp", "kube-api-access"]);
+        assert_eq!(p.automount_service_account_token, Some(false));
         assert_eq!(p.service_account_name.as_deref(), Some("fraud-watcher"));
         let rt = container(&p, "runtime");
         let args = rt.args.as_ref().unwrap().join(" ");
@@ -392,16 +404,24 @@ mod tests {
         assert_eq!(env["KINFER_INFERENCE_SERVICE"], "fraud");
         assert_eq!(env["KINFER_MODELS_DIR"], "/models");
         assert_eq!(env["KINFER_ADMIN_SOCKET"], "/run/kinfer/admin.sock");
-        for c in [rt, w] {
-            let paths: Vec<_> = c
-                .volume_mounts
-                .as_ref()
-                .unwrap()
+        let paths = |c: &Container| -> Vec<String> {
+            c.volume_mounts
                 .iter()
-                .map(|m| m.mount_path.as_str())
-                .collect();
-            assert_eq!(paths, ["/models", "/run/kinfer", "/tmp"]);
-        }
+                .flatten()
+                .map(|m| m.mount_path.clone())
+                .collect()
+        };
+        // API credentials in the watcher only; the runtime has none.
+        assert_eq!(paths(rt), ["/models", "/run/kinfer", "/tmp"]);
+        assert_eq!(
+            paths(w),
+            [
+                "/models",
+                "/run/kinfer",
+                "/tmp",
+                "/var/run/secrets/kubernetes.io/serviceaccount"
+            ]
+        );
     }
 
     #[test]

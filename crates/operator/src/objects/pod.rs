@@ -1,12 +1,15 @@
 //! What every pod the operator creates is made of (serving pods and the verification Job): the
 //! locked-down security contexts, volumes, mounts, environment variables and resource
-//! requirements. [`super::deployment`], [`super::job`] and [`super::scheduling`] build on it.
+//! requirements, and the projected API token of the one container that talks to the API
+//! server. [`super::deployment`], [`super::job`] and [`super::scheduling`] build on it.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector,
-    PodSecurityContext, ResourceRequirements, SeccompProfile, SecurityContext, Volume, VolumeMount,
+    Capabilities, ConfigMapProjection, DownwardAPIProjection, DownwardAPIVolumeFile,
+    EmptyDirVolumeSource, EnvVar, EnvVarSource, KeyToPath, ObjectFieldSelector, PodSecurityContext,
+    ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext,
+    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 
 /// UID/GID the containers run as (distroless `nonroot`).
@@ -106,6 +109,72 @@ pub fn requirements(
     ResourceRequirements {
         requests: conv(requests),
         limits: conv(limits),
+        ..Default::default()
+    }
+}
+
+/// Name of the volume that holds the service account token of the one container that talks to
+/// the API server (the pod itself mounts none: `automountServiceAccountToken: false`).
+pub const API_TOKEN_VOLUME: &str = "kube-api-access";
+/// Where client libraries look for the in-cluster token, CA and namespace.
+pub const API_TOKEN_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// Lifetime of the projected token; the kubelet rotates it at 80 %.
+pub const API_TOKEN_SECONDS: i64 = 3607;
+
+/// The projected volume the kubelet would mount in every container when automounting —
+/// a bound, expiring token, the cluster CA, the namespace — to be mounted only where the API
+/// server is used.
+pub fn api_token_volume() -> Volume {
+    Volume {
+        name: API_TOKEN_VOLUME.into(),
+        projected: Some(ProjectedVolumeSource {
+            default_mode: Some(0o444),
+            sources: Some(vec![
+                VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        path: "token".into(),
+                        expiration_seconds: Some(API_TOKEN_SECONDS),
+                        audience: None,
+                    }),
+                    ..Default::default()
+                },
+                VolumeProjection {
+                    config_map: Some(ConfigMapProjection {
+                        name: "kube-root-ca.crt".into(),
+                        items: Some(vec![KeyToPath {
+                            key: "ca.crt".into(),
+                            path: "ca.crt".into(),
+                            mode: None,
+                        }]),
+                        optional: None,
+                    }),
+                    ..Default::default()
+                },
+                VolumeProjection {
+                    downward_api: Some(DownwardAPIProjection {
+                        items: Some(vec![DownwardAPIVolumeFile {
+                            path: "namespace".into(),
+                            field_ref: Some(ObjectFieldSelector {
+                                api_version: Some("v1".into()),
+                                field_path: "metadata.namespace".into(),
+                            }),
+                            ..Default::default()
+                        }]),
+                    }),
+                    ..Default::default()
+                },
+            ]),
+        }),
+        ..Default::default()
+    }
+}
+
+/// The read-only mount of [`api_token_volume`] at [`API_TOKEN_DIR`].
+pub fn api_token_mount() -> VolumeMount {
+    VolumeMount {
+        name: API_TOKEN_VOLUME.into(),
+        mount_path: API_TOKEN_DIR.into(),
+        read_only: Some(true),
         ..Default::default()
     }
 }

@@ -2,20 +2,23 @@
 //! and an actor that delivers them. Reconciles hand a job to the actor through a bounded channel
 //! and never wait: deliveries run on background tasks with retries and exponential backoff, a
 //! bearer token read from the Secret the webhook names. A full queue drops the alert (counted in
-//! `kinfer_alerts_total{result="dropped"}`) rather than stall reconciliation.
+//! `kinfer_alerts_total{result="dropped"}`) rather than stall reconciliation. How one delivery is
+//! made safely (https, opted-in token Secrets, no redirects, bounded answers, redacted logs) is
+//! [`delivery`].
+
+mod delivery;
+
+pub use delivery::{deliver, redact};
 
 use std::{sync::Arc, time::Duration};
 
-use http_body_util::{BodyExt, Full};
-use hyper::{Request, body::Bytes};
-use hyper_util::{client::legacy::Client as HttpClient, rt::TokioExecutor};
-use k8s_openapi::{api::core::v1::Secret, jiff::Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kinfer_api::inference_service::{Webhook, WebhookFormat};
 use kinfer_contract::backoff::Backoff;
-use kube::{Api, Client};
+use kube::Client;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, info_span, warn};
 
 use crate::{
     metrics::Metrics,
@@ -155,13 +158,11 @@ pub struct Alerter {
     metrics: Arc<Metrics>,
 }
 
-type Https = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
-
 impl Alerter {
     /// Starts the actor. `client` reads token Secrets (none in tests without an API server).
     pub fn spawn(client: Option<Client>, metrics: Arc<Metrics>, retry: Retry) -> Self {
         let (tx, mut rx) = mpsc::channel::<Job>(256);
-        let http = http_client();
+        let http = delivery::http_client();
         let m = metrics.clone();
         tokio::spawn(
             async move {
@@ -173,7 +174,13 @@ impl Alerter {
                             async move {
                                 let token = match &hook.token_secret {
                                     Some(r) => {
-                                        read_token(client, &alert.namespace, &r.name, &r.key).await
+                                        delivery::read_token(
+                                            client,
+                                            &alert.namespace,
+                                            &r.name,
+                                            &r.key,
+                                        )
+                                        .await
                                     }
                                     None => None,
                                 };
@@ -203,91 +210,9 @@ impl Alerter {
     }
 }
 
-fn http_client() -> HttpClient<Https, Full<Bytes>> {
-    let builder = hyper_rustls::HttpsConnectorBuilder::new();
-    let tls = builder
-        .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
-        .unwrap_or_else(|_| {
-            // No system roots (a scratch image): https webhooks fail to verify, http still works.
-            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(
-                rustls::ClientConfig::builder_with_provider(Arc::new(
-                    rustls::crypto::ring::default_provider(),
-                ))
-                .with_safe_default_protocol_versions()
-                .expect("ring supports the default protocol versions")
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth(),
-            )
-        });
-    let connector = tls.https_or_http().enable_http1().build();
-    HttpClient::builder(TokioExecutor::new()).build(connector)
-}
-
-async fn read_token(client: Option<Client>, ns: &str, name: &str, key: &str) -> Option<String> {
-    let api: Api<Secret> = Api::namespaced(client?, ns);
-    match api.get(name).await {
-        Ok(s) => {
-            let v = s.data.and_then(|d| d.get(key).cloned())?;
-            Some(String::from_utf8_lossy(&v.0).trim().to_owned())
-        }
-        Err(e) => {
-            warn!(secret = name, error = %e, "cannot read the webhook token Secret; sending without a token");
-            None
-        }
-    }
-}
-
-/// Posts the alert to one webhook, retrying on connection errors, timeouts, 429 and 5xx.
-/// Returns whether it was accepted (2xx).
-pub async fn deliver(
-    http: &HttpClient<Https, Full<Bytes>>,
-    hook: &Webhook,
-    token: Option<&str>,
-    alert: &Alert,
-    retry: Retry,
-) -> bool {
-    let body = Bytes::from(serde_json::to_vec(&payload(hook.format, alert)).unwrap_or_default());
-    for attempt in 1..=retry.attempts {
-        let mut req = Request::post(&hook.url).header("content-type", "application/json");
-        if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        let req = match req.body(Full::new(body.clone())) {
-            Ok(r) => r,
-            Err(e) => {
-                warn!(url = %hook.url, error = %e, "invalid webhook URL; not retried");
-                return false;
-            }
-        };
-        let result = tokio::time::timeout(retry.timeout, async {
-            let resp = http.request(req).await?;
-            let status = resp.status();
-            let _ = resp.into_body().collect().await;
-            Ok::<_, hyper_util::client::legacy::Error>(status)
-        })
-        .await;
-        match result {
-            Ok(Ok(s)) if s.is_success() => {
-                info!(url = %hook.url, attempt, "alert delivered");
-                return true;
-            }
-            Ok(Ok(s)) if s.as_u16() != 429 && s.is_client_error() => {
-                warn!(url = %hook.url, status = %s, "webhook refused the alert; not retried");
-                return false;
-            }
-            Ok(Ok(s)) => warn!(url = %hook.url, status = %s, attempt, "webhook failed"),
-            Ok(Err(e)) => warn!(url = %hook.url, error = %e, attempt, "webhook unreachable"),
-            Err(_) => warn!(url = %hook.url, attempt, "webhook timed out"),
-        }
-        if attempt < retry.attempts {
-            tokio::time::sleep(retry.backoff.delay(attempt)).await;
-        }
-    }
-    false
-}
-
 #[cfg(test)]
 mod tests {
+    use super::delivery::http_client;
     use super::*;
     use kinfer_api::inference_service::AnalysisFigures;
     use std::sync::Mutex;
@@ -415,6 +340,7 @@ mod tests {
             url,
             format: WebhookFormat::Slack,
             token_secret: None,
+            allow_insecure_http: true,
         };
         assert!(deliver(&http_client(), &hook, Some("s3cret"), &alert(), fast()).await);
         let reqs = seen.lock().unwrap().clone();
@@ -437,8 +363,17 @@ mod tests {
             url,
             format: WebhookFormat::Alertmanager,
             token_secret: None,
+            allow_insecure_http: true,
         };
         assert!(!deliver(&http_client(), &hook, None, &alert(), fast()).await);
+        assert_eq!(seen.lock().unwrap().len(), 1);
+        // A redirect is neither followed nor retried (it could lead the token elsewhere).
+        let (url, seen) = receiver(vec![302]).await;
+        let redirected = Webhook {
+            url,
+            ..hook.clone()
+        };
+        assert!(!deliver(&http_client(), &redirected, Some("t"), &alert(), fast()).await);
         assert_eq!(seen.lock().unwrap().len(), 1);
         // Nothing listens: every attempt fails, then it gives up.
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -448,6 +383,7 @@ mod tests {
             url: dead,
             format: WebhookFormat::Alertmanager,
             token_secret: None,
+            allow_insecure_http: true,
         };
         assert!(!deliver(&http_client(), &hook, None, &alert(), fast()).await);
     }
@@ -464,6 +400,7 @@ mod tests {
                 url,
                 format: WebhookFormat::Alertmanager,
                 token_secret: None,
+                allow_insecure_http: true,
             }],
         });
         assert!(started.elapsed() < Duration::from_millis(50));
