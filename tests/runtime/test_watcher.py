@@ -518,6 +518,25 @@ def test_a_watcher_killed_mid_download_leaves_nothing_half_used(served_v1, workd
     assert load.failed == 0, load.errors[:3]
 
 
+def test_an_artifact_larger_than_allowed_is_refused_before_download(served_v1, workdir, s3, signing_key):
+    """--max-artifact-bytes (in a pod: a third of the models volume): a 24 MB artifact against a
+    1 MB limit is refused from its listing (ArtifactTooLarge, exit 3), nothing is downloaded and
+    the serving version is untouched."""
+    priv, pub = signing_key
+    d = artifact(workdir, "huge", lambda p: models.scorer(p, seed=0), sign_key=priv,
+                 extra={"weights.bin": os.urandom(24 << 20)})
+    src = s3.upload(d, "fraud/huge")
+    models_dir = workdir / f"models-{served_v1.http_port}"
+    before = {p.name for p in models_dir.glob("*")} if models_dir.exists() else set()
+    code, report, events, p = run_watcher(served_v1, workdir, s3, src, "huge", *ANALYSIS,
+                                          "--max-artifact-bytes", str(1 << 20), keys=[pub])
+    assert code == 3, p.stderr[-3000:]
+    assert report["verdict"] == "Refused" and report["reason"] == "ArtifactTooLarge", report
+    assert "more than the 1048576 bytes" in report["message"], report
+    assert {p.name for p in models_dir.glob("*")} == before, "nothing was downloaded"
+    assert serving(served_v1) == ("v1", ["v1"])
+
+
 def test_drifting_version_is_rolled_back_on_drift(served_v1, workdir, s3, signing_key):
     priv, pub = signing_key
     d = artifact(workdir, "drift", lambda p: models.scorer(p, seed=0, logit_shift=4.0), sign_key=priv)

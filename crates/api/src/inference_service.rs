@@ -198,6 +198,12 @@ pub struct ResourcesSpec {
     /// policy to take effect; requires `cpu` to be a whole number and `memory` to be set.
     #[serde(default)]
     pub cpu_pinning: bool,
+    /// Size limit of the pod's `models` volume (an emptyDir on the node's disk), which holds the
+    /// serving, the previous and the candidate version's artifacts: one artifact may use at most
+    /// a third of it, and a larger one is refused before it is downloaded (`ArtifactTooLarge`).
+    /// Default `2Gi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_storage: Option<Quantity>,
 }
 
 /// GPUs for the runtime container.

@@ -36,4 +36,7 @@ pub mod env {
     pub const ADMIN_SOCKET: &str = "KINFER_ADMIN_SOCKET";
     /// `text` or `json`.
     pub const LOG_FORMAT: &str = "KINFER_LOG_FORMAT";
+    /// The largest artifact (all its files together) the watcher downloads, in bytes; larger
+    /// ones are refused before the download (a third of the models volume's size limit).
+    pub const MAX_ARTIFACT_BYTES: &str = "KINFER_MAX_ARTIFACT_BYTES";
 }

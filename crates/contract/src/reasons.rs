@@ -8,6 +8,9 @@ pub const PROMOTED: &str = "Promoted";
 pub const ANALYSIS_PASSED: &str = "AnalysisPassed";
 /// The artifact could not be fetched (Warning; retried).
 pub const FETCH_FAILED: &str = "FetchFailed";
+/// The artifact is larger than the models volume allows one artifact (Warning; refused before
+/// anything is downloaded).
+pub const ARTIFACT_TOO_LARGE: &str = "ArtifactTooLarge";
 /// The signature bundle or a file digest does not hold (Warning; refused).
 pub const SIGNATURE_INVALID: &str = "SignatureInvalid";
 /// The artifact has no signature but the ModelVersion allows it (Warning; served).

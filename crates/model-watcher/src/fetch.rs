@@ -56,6 +56,16 @@ pub enum FetchError {
         #[source]
         source: std::io::Error,
     },
+    /// The artifact is larger than the caller allows (nothing was downloaded).
+    #[error(
+        "the artifact is {total} bytes, more than the {limit} bytes one artifact may use (a third of the models volume, resources.modelStorage)"
+    )]
+    TooLarge {
+        /// The listed size of all its objects.
+        total: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// The object changed size while downloading.
     #[error("object {key} is {got} bytes, S3 listed {want}: it changed during the download; retry")]
     SizeMismatch {
@@ -143,9 +153,29 @@ pub async fn fetch(
     root: &Path,
     retry: Retry,
 ) -> Result<Fetched, FetchError> {
+    fetch_at_most(client, uri, root, retry, None).await
+}
+
+/// [`fetch`], refusing before any download an artifact whose listed objects add up to more
+/// than `max_bytes`.
+pub async fn fetch_at_most(
+    client: &Client,
+    uri: &S3Uri,
+    root: &Path,
+    retry: Retry,
+    max_bytes: Option<u64>,
+) -> Result<Fetched, FetchError> {
     tokio::fs::create_dir_all(root).await.map_err(io(root))?;
     remove_partials(root).await?;
     let objects = list(client, uri, retry).await?;
+    let total = objects
+        .iter()
+        .fold(0u64, |sum, (_, _, size)| sum.saturating_add(*size));
+    if let Some(limit) = max_bytes
+        && total > limit
+    {
+        return Err(FetchError::TooLarge { total, limit });
+    }
     let tmp = root.join(format!(".partial-{}-{}", std::process::id(), nanos()));
     tokio::fs::create_dir(&tmp).await.map_err(io(&tmp))?;
     let result = download_all(client, uri, &objects, &tmp, retry).await;

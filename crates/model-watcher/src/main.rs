@@ -197,6 +197,9 @@ struct RunArgs {
     /// Standalone: give up fetching after this long.
     #[arg(long, default_value = "300s")]
     fetch_timeout: String,
+    /// Refuse, before downloading, an artifact larger than this many bytes (all files).
+    #[arg(long, env = env::MAX_ARTIFACT_BYTES)]
+    max_artifact_bytes: Option<u64>,
 }
 
 fn dur(flag: &str, v: &str) -> anyhow::Result<Duration> {
@@ -431,6 +434,7 @@ async fn run(a: RunArgs) -> anyhow::Result<i32> {
         } else {
             Some(dur("fetch-timeout", &a.fetch_timeout)?)
         },
+        max_artifact_bytes: a.max_artifact_bytes,
         ..Settings::default()
     };
     let watcher = Watcher::new(

@@ -48,8 +48,9 @@ pub const PREDICATE_TYPE: &str = "https://model_signing/signature/v1.0";
 /// The signature file name `model_signing` uses by default.
 pub const DEFAULT_SIGNATURE_FILE: &str = "model.sig";
 
-/// Largest signature bundle read, in bytes (a manifest of many files is still far below this).
-const MAX_BUNDLE_BYTES: u64 = 64 * 1024 * 1024;
+/// Largest signature bundle read, in bytes: a manifest of ten thousand files is about 2 MiB, and
+/// parsing 4 MiB of JSON stays well inside the watcher's 128 MiB.
+pub const MAX_BUNDLE_BYTES: u64 = 4 * 1024 * 1024;
 /// Read buffer for streaming file hashing.
 const HASH_BUFFER_BYTES: usize = 1024 * 1024;
 
@@ -751,6 +752,22 @@ pub fn verify_dir(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bundle_over_the_cap_is_refused_unparsed() {
+        let dir = std::env::temp_dir().join(format!("kinfer-bundle-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let big = dir.join("model.sig");
+        // Valid JSON, one byte over the cap: refused by size, not by content.
+        let mut text = String::from("\"");
+        text.push_str(&"a".repeat(MAX_BUNDLE_BYTES as usize - 1));
+        text.push('"');
+        std::fs::write(&big, &text).unwrap();
+        let e = read_bundle(&big).unwrap_err();
+        assert_eq!(e.reason(), "MalformedBundle");
+        assert!(e.to_string().contains("larger than 4194304 bytes"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn pae_matches_dsse_spec_example() {

@@ -14,6 +14,7 @@ pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod objects;
+pub mod owned;
 pub mod quantity;
 pub mod rollout;
 pub mod status;

@@ -192,6 +192,17 @@ pub fn validate(isvc: &InferenceService, model: Option<String>) -> Result<Valida
             ),
         ));
     }
+    if let Some(q) = &spec.resources.model_storage
+        && crate::quantity::memory_bytes(&q.0).is_none_or(|b| b < 3 << 20)
+    {
+        return Err(Invalid::new(
+            "InvalidModelStorage",
+            format!(
+                "resources.modelStorage {:?} is not a size of at least 3Mi (for example 2Gi)",
+                q.0
+            ),
+        ));
+    }
     if let Some(alerts) = &spec.alerts {
         for w in &alerts.webhooks {
             if w.url.starts_with("http://") && !w.allow_insecure_http {
@@ -362,6 +373,23 @@ pub(crate) mod tests {
         assert!(e.message.contains("allowInsecureHttp"), "{}", e.message);
         assert!(!e.message.contains("secret"), "{}", e.message);
         assert!(validate(&hook(r#","allowInsecureHttp":true"#), None).is_ok());
+    }
+
+    #[test]
+    fn model_storage_must_be_a_size() {
+        for bad in ["lots", "1Ki", "-2Gi"] {
+            let i = isvc(
+                "fraud",
+                &format!(r#"{{"modelVersion":"v","resources":{{"modelStorage":"{bad}"}}}}"#),
+            );
+            let e = validate(&i, None).unwrap_err();
+            assert_eq!(e.reason, "InvalidModelStorage", "{bad}");
+        }
+        let ok = isvc(
+            "fraud",
+            r#"{"modelVersion":"v","resources":{"modelStorage":"10Gi"}}"#,
+        );
+        assert!(validate(&ok, None).is_ok());
     }
 
     #[test]

@@ -399,6 +399,27 @@ async fn rollout_marks_canaries_oldest_first_then_promotes_on_passed_verdicts() 
     })
     .await;
 
+    let generation = Api::<Deployment>::namespaced(c.clone(), &ns)
+        .get("fraud")
+        .await
+        .unwrap()
+        .metadata
+        .generation;
+    // A look-alike: the service's labels, no owner, its own "target" and a RolledBack verdict
+    // for the next version. The operator must not believe it.
+    let evil: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "look-alike",
+                     "labels": {"app.kubernetes.io/name": "kinfer", "kinfer.dev/inferenceservice": "fraud"},
+                     "annotations": {"kinfer.dev/target-version": "fraud-v2",
+                                     "kinfer.dev/serving-version": "fraud-v1",
+                                     "kinfer.dev/analysis": report("fraud-v2", "RolledBack", Some("LatencyRegression"))}},
+        "spec": {"containers": [{"name": "runtime", "image": "kinfer.local/none:0"}]}
+    }))
+    .unwrap();
+    Api::<Pod>::namespaced(c.clone(), &ns)
+        .create(&PostParams::default(), &evil)
+        .await
+        .unwrap();
     spec_version(&c, &ns, "fraud", "fraud-v2").await;
     wait_target(&c, &ns, "p-0", "fraud-v2").await;
     let i = wait_for("phase Canary", T, || async {
@@ -449,6 +470,10 @@ async fn rollout_marks_canaries_oldest_first_then_promotes_on_passed_verdicts() 
     let st = i.status.unwrap();
     assert_eq!(st.previous_version.as_deref(), Some("fraud-v1"));
     assert_eq!(st.target_version, None);
+    assert_eq!(
+        st.rejected_version, None,
+        "the look-alike's verdict was not believed"
+    );
     assert_eq!(format!("{:?}", st.rollout.unwrap().phase), "Idle");
     wait_for("a Promoted Event", T, || async {
         let e = events(&c, &ns, "fraud", "Promoted").await;
@@ -472,7 +497,7 @@ async fn rollout_marks_canaries_oldest_first_then_promotes_on_passed_verdicts() 
             .unwrap()
             .contains("fraud-v")
     );
-    assert_eq!(d.metadata.generation, Some(1));
+    assert_eq!(d.metadata.generation, generation);
     wait_for("kinfer_rollouts_total{outcome=\"promoted\"}", T, || async {
         op.metrics()
             .contains("kinfer_rollouts_total{outcome=\"promoted\"}")
@@ -812,6 +837,7 @@ async fn model_version_job_results_land_in_status() {
         jobs.get_opt("fraud-v8-verify").await.ok().flatten()
     })
     .await;
+    let job_uid = job.metadata.uid.clone().unwrap();
     let p = job.spec.unwrap().template.spec.unwrap();
     assert_eq!(
         p.init_containers.as_ref().unwrap()[0]
@@ -834,20 +860,35 @@ async fn model_version_job_results_land_in_status() {
         "Unknown"
     );
 
-    // Stand in for the Job's pod: its containers terminated with the contract's JSON messages.
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "fraud-v8-verify-abcde", "labels": {"kinfer.dev/modelversion": "fraud-v8"}},
-        "spec": {"restartPolicy": "Never",
-                 "initContainers": [{"name": "verify", "image": "w:0"}],
-                 "containers": [{"name": "validate", "image": "r:0"}]}
-    }))
-    .unwrap();
+    // Stand in for the Job's pod (the Job controls it): its containers terminated with the
+    // contract's JSON messages. And a look-alike with the label but no owner, reporting a bad
+    // signature: it is never read.
     let pods: Api<Pod> = Api::namespaced(c.clone(), &ns);
-    pods.create(&PostParams::default(), &pod).await.unwrap();
+    for (name, owners) in [
+        (
+            "fraud-v8-verify-abcde",
+            json!([{"apiVersion": "batch/v1", "kind": "Job", "name": "fraud-v8-verify",
+                                          "uid": job_uid, "controller": true}]),
+        ),
+        ("fraud-v8-verify-forged", json!([])),
+    ] {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"kinfer.dev/modelversion": "fraud-v8"}, "ownerReferences": owners},
+            "spec": {"restartPolicy": "Never",
+                     "initContainers": [{"name": "verify", "image": "w:0"}],
+                     "containers": [{"name": "validate", "image": "r:0"}]}
+        }))
+        .unwrap();
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+    }
     let term = |name: &str, image: &str, msg: &str| {
         json!({"name": name, "image": image, "imageID": "", "ready": false,
         "restartCount": 0, "state": {"terminated": {"exitCode": 0, "reason": "Completed", "message": msg}}})
     };
+    pods.patch_status("fraud-v8-verify-forged", &PatchParams::default(), &Patch::Merge(json!({"status": {
+        "phase": "Failed",
+        "initContainerStatuses": [term("verify", "w:0", r#"{"ok":false,"digest":null,"signer":null,"reason":"SignatureInvalid","message":"forged"}"#)]
+    }}))).await.unwrap();
     pods.patch_status("fraud-v8-verify-abcde", &PatchParams::default(), &Patch::Merge(json!({"status": {
         "phase": "Succeeded",
         "initContainerStatuses": [term("verify", "w:0", r#"{"ok":true,"digest":"sha256:feed","signer":"release.pem sha256:beef","reason":null,"message":"ok"}"#)],

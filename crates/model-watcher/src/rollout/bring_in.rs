@@ -44,8 +44,21 @@ impl Watcher {
                 format!("downloading {} (attempt {attempt})", src.uri),
             )
             .await;
-            match fetch::fetch(&client, &uri, &self.models_dir, self.settings.fetch_retry).await {
+            let max = self.settings.max_artifact_bytes;
+            match fetch::fetch_at_most(
+                &client,
+                &uri,
+                &self.models_dir,
+                self.settings.fetch_retry,
+                max,
+            )
+            .await
+            {
                 Ok(f) => return Ok(f),
+                // A property of the artifact: no retry helps.
+                Err(e @ fetch::FetchError::TooLarge { .. }) => {
+                    return Err(stop(reasons::ARTIFACT_TOO_LARGE, e.to_string()));
+                }
                 Err(e) => {
                     let msg = format!("{e}; the current version keeps serving, retrying");
                     tracing::warn!(version = %plan.name, attempt, error = %e, "fetch failed");

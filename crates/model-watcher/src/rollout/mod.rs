@@ -65,6 +65,8 @@ pub struct Settings {
     pub fetch_deadline: Option<Duration>,
     /// Longest pause between two fetch attempts.
     pub fetch_backoff_max: Duration,
+    /// The largest artifact downloaded (bytes, all files); larger ones are refused up front.
+    pub max_artifact_bytes: Option<u64>,
 }
 
 impl Default for Settings {
@@ -75,6 +77,7 @@ impl Default for Settings {
             fetch_retry: Retry::default(),
             fetch_deadline: None,
             fetch_backoff_max: Duration::from_secs(60),
+            max_artifact_bytes: None,
         }
     }
 }

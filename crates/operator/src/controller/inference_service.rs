@@ -5,7 +5,7 @@
 use std::{sync::Arc, time::Instant};
 
 use k8s_openapi::api::{
-    apps::v1::Deployment,
+    apps::v1::{Deployment, ReplicaSet},
     autoscaling::v2::HorizontalPodAutoscaler,
     core::v1::{ConfigMap, Pod, Service, ServiceAccount},
     policy::v1::PodDisruptionBudget,
@@ -34,6 +34,7 @@ use crate::{
     Error, FIELD_MANAGER,
     alerts::{Alert, Job},
     objects::{self, policy_name},
+    owned,
     rollout::{self, Decision, PodView, Severity, VersionState},
     status::{self, Findings},
     validate::{self, Invalid},
@@ -183,7 +184,23 @@ async fn reconcile_inner(isvc: &InferenceService, ctx: &Context) -> Result<Actio
         .await
         .map_err(|e| Error::kube("listing pods", e))?
         .items;
-    let views: Vec<PodView> = pod_list.iter().map(pod_view).collect();
+    // Only the pods its Deployment made speak for the service; a look-alike with the same
+    // labels is ignored.
+    let replica_sets = Api::<ReplicaSet>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default().labels(&format!("{INFERENCE_SERVICE_LABEL}={name}")))
+        .await
+        .map_err(|e| Error::kube("listing replica sets", e))?
+        .items;
+    let deployment_uid = deployment.metadata.uid.clone().unwrap_or_default();
+    let owned = owned::serving_pods(&pod_list, &replica_sets, &deployment_uid);
+    if owned.len() < pod_list.len() {
+        warn!(
+            inferenceservice = %name,
+            ignored = pod_list.len() - owned.len(),
+            "pods with this service's label that its Deployment did not make are ignored"
+        );
+    }
+    let views: Vec<PodView> = owned.into_iter().map(pod_view).collect();
     let rejected_at = conditions::find(&current.conditions, ROLLED_BACK)
         .filter(|c| c.status == "True")
         .map(|c| c.last_transition_time.0);

@@ -28,6 +28,7 @@ use crate::{
     objects::job::{
         MODEL_VERSION_LABEL, VALIDATE_CONTAINER, VERIFY_CONTAINER, job_name, verification_job,
     },
+    owned,
 };
 
 /// Kind label for metrics.
@@ -308,6 +309,14 @@ async fn reconcile_inner(mv: &ModelVersion, ctx: &Context) -> Result<Action, Err
         .await
         .map_err(|e| Error::kube("listing verification pods", e))?
         .items;
+    // Only the Job's own pods carry its results; a look-alike with the label is ignored.
+    let pod_list: Vec<Pod> = match job.as_ref().and_then(|j| j.metadata.uid.as_deref()) {
+        Some(uid) => owned::job_pods(&pod_list, uid)
+            .into_iter()
+            .cloned()
+            .collect(),
+        None => Vec::new(),
+    };
     let o = outcome(job.as_ref(), &pod_list, mv.spec.validation.is_some());
     let next = compose(&current, generation, &jname, &o, now());
     if mv.status.is_none() || next != current {

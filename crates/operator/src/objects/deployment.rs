@@ -10,11 +10,12 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
         core::v1::{
-            ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction,
-            PodReadinessGate, PodSpec, PodTemplateSpec, Probe, Volume, VolumeMount,
+            ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+            HTTPGetAction, PodReadinessGate, PodSpec, PodTemplateSpec, Probe, Volume, VolumeMount,
         },
     },
     apimachinery::pkg::{
+        api::resource::Quantity,
         apis::meta::v1::{LabelSelector, ObjectMeta},
         util::intstr::IntOrString,
     },
@@ -71,7 +72,7 @@ pub fn deployment(v: &Validated, d: &Defaults) -> Deployment {
         );
     }
     let mut volumes = vec![
-        empty_dir("models"),
+        models_volume(v),
         empty_dir("run"),
         empty_dir("tmp"),
         api_token_volume(),
@@ -225,6 +226,10 @@ fn watcher_container(v: &Validated, d: &Defaults) -> Container {
             env(pod_env::MODELS_DIR, MODELS_DIR),
             env(pod_env::ADMIN_SOCKET, ADMIN_SOCKET),
             env(pod_env::LOG_FORMAT, "json"),
+            env(
+                pod_env::MAX_ARTIFACT_BYTES,
+                &(model_storage_bytes(v) / 3).to_string(),
+            ),
         ]),
         resources: Some(scheduling::watcher_resources(v)),
         security_context: Some(container_security_context()),
@@ -234,6 +239,37 @@ fn watcher_container(v: &Validated, d: &Defaults) -> Container {
             mount("tmp", "/tmp"),
             api_token_mount(),
         ]),
+        ..Default::default()
+    }
+}
+
+/// Size limit of the models volume when the spec sets none.
+pub const DEFAULT_MODEL_STORAGE: &str = "2Gi";
+
+/// `resources.modelStorage`, or the default, as written.
+fn model_storage(v: &Validated) -> String {
+    v.spec
+        .resources
+        .model_storage
+        .as_ref()
+        .map(|q| q.0.clone())
+        .unwrap_or_else(|| DEFAULT_MODEL_STORAGE.into())
+}
+
+/// The models volume's size limit in bytes (validation made sure it parses).
+pub fn model_storage_bytes(v: &Validated) -> u128 {
+    crate::quantity::memory_bytes(&model_storage(v)).unwrap_or(2 << 30)
+}
+
+/// The `models` emptyDir, bounded: the kubelet evicts a pod whose volume outgrows it, and the
+/// watcher refuses an artifact larger than a third of it before downloading.
+fn models_volume(v: &Validated) -> Volume {
+    Volume {
+        name: "models".into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: None,
+            size_limit: Some(Quantity(model_storage(v))),
+        }),
         ..Default::default()
     }
 }
@@ -404,6 +440,29 @@ mod tests {
         assert_eq!(env["KINFER_INFERENCE_SERVICE"], "fraud");
         assert_eq!(env["KINFER_MODELS_DIR"], "/models");
         assert_eq!(env["KINFER_ADMIN_SOCKET"], "/run/kinfer/admin.sock");
+        // The default 2Gi models volume: one artifact may use a third of it.
+        assert_eq!(
+            env["KINFER_MAX_ARTIFACT_BYTES"],
+            (2u64 << 30).div_euclid(3).to_string()
+        );
+        let models = p
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == "models")
+            .unwrap();
+        assert_eq!(
+            models
+                .empty_dir
+                .as_ref()
+                .unwrap()
+                .size_limit
+                .as_ref()
+                .unwrap()
+                .0,
+            "2Gi"
+        );
         let paths = |c: &Container| -> Vec<String> {
             c.volume_mounts
                 .iter()

@@ -13,7 +13,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::{
+    apps::v1::{Deployment, ReplicaSet},
+    core::v1::{Namespace, Pod},
+};
 use kube::{
     Api, Client,
     api::{DeleteParams, Patch, PatchParams, PostParams},
@@ -195,14 +198,18 @@ pub fn http_get(addr: &str, path: &str) -> Option<String> {
 /// Creates a Pod standing for one of the Deployment's pods (same labels); it stays Pending
 /// because there is no node. Returns its name.
 pub async fn serving_pod(c: &Client, ns: &str, isvc: &str, name: &str, version: &str) -> String {
+    let rs_uid = serving_replica_set(c, ns, isvc).await;
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {
             "name": name,
             "labels": {
                 "app.kubernetes.io/name": "kinfer",
                 "kinfer.dev/inferenceservice": isvc,
+                "pod-template-hash": "test",
             },
             "annotations": {"kinfer.dev/serving-version": version},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("{isvc}-test"),
+                                 "uid": rs_uid, "controller": true}],
         },
         "spec": {"containers": [{"name": "runtime", "image": "kinfer.local/none:0"}]}
     }))
@@ -212,6 +219,53 @@ pub async fn serving_pod(c: &Client, ns: &str, isvc: &str, name: &str, version: 
         .await
         .unwrap();
     name.to_owned()
+}
+
+/// What the controller manager (absent in this tier) would have made: the service's
+/// Deployment, when the operator has not applied it yet (the operator's apply takes it over, the
+/// uid stays), and a ReplicaSet it controls, whose uid a serving pod's controller reference
+/// names. Returns the ReplicaSet's uid.
+pub async fn serving_replica_set(c: &Client, ns: &str, isvc: &str) -> String {
+    let labels = json!({"app.kubernetes.io/name": "kinfer", "kinfer.dev/inferenceservice": isvc});
+    let deployments: Api<Deployment> = Api::namespaced(c.clone(), ns);
+    let dep = match deployments.get_opt(isvc).await.unwrap() {
+        Some(d) => d,
+        None => {
+            let d: Deployment = serde_json::from_value(json!({
+                "metadata": {"name": isvc},
+                "spec": {"replicas": 0, "selector": {"matchLabels": labels},
+                         "template": {"metadata": {"labels": labels},
+                                      "spec": {"containers": [{"name": "runtime", "image": "kinfer.local/none:0"}]}}}
+            }))
+            .unwrap();
+            deployments
+                .create(&PostParams::default(), &d)
+                .await
+                .unwrap()
+        }
+    };
+    let sets: Api<ReplicaSet> = Api::namespaced(c.clone(), ns);
+    let rs_name = format!("{isvc}-test");
+    if let Some(rs) = sets.get_opt(&rs_name).await.unwrap() {
+        return rs.metadata.uid.unwrap();
+    }
+    let mut rs_labels = labels.clone();
+    rs_labels["pod-template-hash"] = json!("test");
+    let rs: ReplicaSet = serde_json::from_value(json!({
+        "metadata": {"name": rs_name, "labels": rs_labels,
+                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": isvc,
+                                          "uid": dep.metadata.uid.unwrap(), "controller": true}]},
+        "spec": {"replicas": 0, "selector": {"matchLabels": rs_labels},
+                 "template": {"metadata": {"labels": rs_labels},
+                              "spec": {"containers": [{"name": "runtime", "image": "kinfer.local/none:0"}]}}}
+    }))
+    .unwrap();
+    sets.create(&PostParams::default(), &rs)
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap()
 }
 
 /// Writes annotations on a pod as the watcher does (merge patch).
