@@ -923,16 +923,7 @@ async fn leader_election_two_operators_the_follower_takes_over() {
     ];
     let mut a = Operator::start(&ns, "op-a", &flags);
     let leases: Api<Lease> = Api::namespaced(c.clone(), &ns);
-    let holder = wait_for("op-a to lead", T, || async {
-        let h = leases
-            .get_opt("kinfer-operator")
-            .await
-            .ok()??
-            .spec?
-            .holder_identity?;
-        h.starts_with("op-a").then_some(h)
-    })
-    .await;
+    let holder = wait_for("op-a to lead", T, || held_by(&leases, "op-a")).await;
     let mut b = Operator::start(&ns, "op-b", &flags);
     wait_for("op-b up as a follower", T, || async {
         let m = b.metrics();
@@ -955,16 +946,7 @@ async fn leader_election_two_operators_the_follower_takes_over() {
     // Kill the leader without a chance to release: op-b takes over after the lease duration.
     let killed = std::time::Instant::now();
     a.kill();
-    let new_holder = wait_for("op-b to take over", T, || async {
-        let h = leases
-            .get_opt("kinfer-operator")
-            .await
-            .ok()??
-            .spec?
-            .holder_identity?;
-        h.starts_with("op-b").then_some(h)
-    })
-    .await;
+    let new_holder = wait_for("op-b to take over", T, || held_by(&leases, "op-b")).await;
     let took = killed.elapsed();
     assert_ne!(new_holder, holder);
     assert!(
@@ -996,17 +978,22 @@ async fn leader_election_two_operators_the_follower_takes_over() {
         "released: {h:?}"
     );
     wait_for("op-c to lead", T, || async {
-        let h = leases
-            .get_opt("kinfer-operator")
-            .await
-            .ok()??
-            .spec?
-            .holder_identity?;
-        h.starts_with("op-c").then_some(())
+        held_by(&leases, "op-c").await.map(|_| ())
     })
     .await;
     c3.kill();
     drop_ns(&c, &ns).await;
+}
+
+/// The Lease's holder when it starts with `prefix` (an operator's pod name).
+async fn held_by(leases: &Api<Lease>, prefix: &str) -> Option<String> {
+    let h = leases
+        .get_opt("kinfer-operator")
+        .await
+        .ok()??
+        .spec?
+        .holder_identity?;
+    h.starts_with(prefix).then_some(h)
 }
 
 /// The holder's `renewTime` is another node's clock: a Lease whose renewTime is an hour old but
@@ -1069,13 +1056,7 @@ async fn leader_election_ignores_a_skewed_renew_time_of_a_live_holder() {
     renewing.abort();
     let stopped = std::time::Instant::now();
     wait_for("op-a to take the abandoned lease", T, || async {
-        let h = leases
-            .get_opt("kinfer-operator")
-            .await
-            .ok()??
-            .spec?
-            .holder_identity?;
-        h.starts_with("op-a").then_some(())
+        held_by(&leases, "op-a").await.map(|_| ())
     })
     .await;
     assert!(
