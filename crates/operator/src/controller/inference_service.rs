@@ -33,7 +33,7 @@ use super::{Context, apply, now};
 use crate::{
     Error, FIELD_MANAGER,
     alerts::{Alert, Job},
-    objects::{self, policy_name},
+    objects::{self, policy_name, rbac::Readable},
     owned,
     rollout::{self, Decision, PodView, Severity, VersionState},
     status::{self, Findings},
@@ -136,7 +136,9 @@ async fn reconcile_inner(isvc: &InferenceService, ctx: &Context) -> Result<Actio
     };
 
     // Build and apply.
-    let objs = objects::build(&v, &ctx.defaults);
+    // The watcher may read exactly the Secrets and ConfigMaps these versions name.
+    let readable = Readable::of(target_mv.iter().chain(serving_mv.iter()));
+    let objs = objects::build(&v, &ctx.defaults, &readable);
     let (deployment, ..) = futures::try_join!(
         apply(
             Api::<Deployment>::namespaced(client.clone(), &ns),

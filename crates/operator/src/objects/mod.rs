@@ -71,14 +71,15 @@ pub struct Objects {
     pub policy: Option<ConfigMap>,
 }
 
-/// Builds every owned object.
-pub fn build(v: &Validated, d: &Defaults) -> Objects {
+/// Builds every owned object; `readable` is what the watcher's Role may read (see
+/// [`rbac::Readable`]).
+pub fn build(v: &Validated, d: &Defaults, readable: &rbac::Readable) -> Objects {
     Objects {
         deployment: deployment::deployment(v, d),
         service: service::service(v),
         pdb: service::pdb(v),
         service_account: rbac::service_account(v),
-        role: rbac::role(v),
+        role: rbac::role(v, readable),
         role_binding: rbac::role_binding(v),
         hpa: service::hpa(v),
         policy: deployment::policy_config_map(v),
@@ -152,6 +153,7 @@ pub(crate) mod tests {
         let o = build(
             &validated(r#"{"modelVersion":"fraud-v7","replicas":3}"#),
             &Defaults::default(),
+            &Default::default(),
         );
         let metas = [
             &o.deployment.metadata,
@@ -180,8 +182,8 @@ pub(crate) mod tests {
     fn building_twice_is_equal() {
         let v = validated(r#"{"modelVersion":"fraud-v7","replicas":3}"#);
         assert_eq!(
-            build(&v, &Defaults::default()),
-            build(&v, &Defaults::default())
+            build(&v, &Defaults::default(), &Default::default()),
+            build(&v, &Defaults::default(), &Default::default())
         );
         assert_eq!(
             selector_string("fraud"),

@@ -1,10 +1,15 @@
 //! The watcher's identity and least-privilege access: a ServiceAccount, a Role with exactly the
 //! rules of the pod contract, and the RoleBinding between them (one set per InferenceService).
+//! Secrets and ConfigMaps are readable by name only: those the service's ModelVersions name
+//! (S3 credentials, trusted keys) — never the rest of the namespace.
+
+use std::collections::BTreeSet;
 
 use k8s_openapi::api::{
     core::v1::ServiceAccount,
     rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
 };
+use kinfer_api::ModelVersion;
 
 use super::{meta, watcher_name};
 use crate::validate::Validated;
@@ -18,24 +23,51 @@ pub fn service_account(v: &Validated) -> ServiceAccount {
     }
 }
 
-/// The pod contract's RBAC: pods get/patch, pods/status patch, inferenceservices and
-/// modelversions get/list/watch, configmaps and secrets get, events create/patch.
-pub fn role(v: &Validated) -> Role {
-    Role {
-        metadata: meta(v, watcher_name(&v.name)),
-        rules: Some(watcher_rules()),
+/// The Secrets and ConfigMaps the watcher may read: what the ModelVersions its pods may be
+/// asked for (the spec's and the serving one) name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Readable {
+    /// Secret names (S3 credentials, trusted keys in a Secret).
+    pub secrets: BTreeSet<String>,
+    /// ConfigMap names (trusted keys).
+    pub config_maps: BTreeSet<String>,
+}
+
+impl Readable {
+    /// What `versions` name.
+    pub fn of<'a>(versions: impl IntoIterator<Item = &'a ModelVersion>) -> Self {
+        let mut r = Self::default();
+        for mv in versions {
+            let spec = &mv.spec;
+            r.secrets.extend(spec.source.credentials_secret.clone());
+            if let Some(k) = &spec.signature.trusted_keys {
+                r.secrets.extend(k.secret.clone());
+                r.config_maps.extend(k.config_map.clone());
+            }
+        }
+        r
     }
 }
 
-/// The rules of [`role`].
-pub fn watcher_rules() -> Vec<PolicyRule> {
+/// The pod contract's RBAC: pods get/patch, pods/status patch, inferenceservices and
+/// modelversions get/list/watch, the named configmaps and secrets get, events create/patch.
+pub fn role(v: &Validated, readable: &Readable) -> Role {
+    Role {
+        metadata: meta(v, watcher_name(&v.name)),
+        rules: Some(watcher_rules(readable)),
+    }
+}
+
+/// The rules of [`role`]. A resource with no names to read gets no rule at all (an empty
+/// `resourceNames` would allow every name).
+pub fn watcher_rules(readable: &Readable) -> Vec<PolicyRule> {
     let rule = |groups: &[&str], resources: &[&str], verbs: &[&str]| PolicyRule {
         api_groups: Some(groups.iter().map(|s| s.to_string()).collect()),
         resources: Some(resources.iter().map(|s| s.to_string()).collect()),
         verbs: verbs.iter().map(|s| s.to_string()).collect(),
         ..Default::default()
     };
-    vec![
+    let mut rules = vec![
         // list+watch: the watcher watches its own pod (a field selector on its name) for the target.
         rule(&[""], &["pods"], &["get", "list", "watch", "patch"]),
         rule(&[""], &["pods/status"], &["patch"]),
@@ -44,9 +76,20 @@ pub fn watcher_rules() -> Vec<PolicyRule> {
             &["inferenceservices", "modelversions"],
             &["get", "list", "watch"],
         ),
-        rule(&[""], &["configmaps", "secrets"], &["get"]),
         rule(&["", "events.k8s.io"], &["events"], &["create", "patch"]),
-    ]
+    ];
+    for (resource, names) in [
+        ("secrets", &readable.secrets),
+        ("configmaps", &readable.config_maps),
+    ] {
+        if !names.is_empty() {
+            rules.push(PolicyRule {
+                resource_names: Some(names.iter().cloned().collect()),
+                ..rule(&[""], &[resource], &["get"])
+            });
+        }
+    }
+    rules
 }
 
 /// Binds the Role to the ServiceAccount.
@@ -83,7 +126,13 @@ mod tests {
 
     #[test]
     fn role_is_the_pod_contract_and_nothing_more() {
-        let r = role(&validated(r#"{"modelVersion":"v"}"#)).rules.unwrap();
+        let readable = Readable {
+            secrets: ["s3-credentials".to_string()].into(),
+            config_maps: ["signing-keys".to_string()].into(),
+        };
+        let r = role(&validated(r#"{"modelVersion":"v"}"#), &readable)
+            .rules
+            .unwrap();
         for (g, res, verb) in [
             ("", "pods", "get"),
             ("", "pods", "patch"),
@@ -112,6 +161,24 @@ mod tests {
             );
         }
         assert!(r.iter().all(|x| !x.verbs.iter().any(|v| v == "*")));
+        // Secrets and ConfigMaps by name only.
+        let named = |res: &str| {
+            r.iter()
+                .filter(|x| x.resources.as_ref().unwrap().iter().any(|y| y == res))
+                .map(|x| x.resource_names.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(named("secrets"), [Some(vec!["s3-credentials".to_string()])]);
+        assert_eq!(
+            named("configmaps"),
+            [Some(vec!["signing-keys".to_string()])]
+        );
+        // Nothing to read: no rule, never an empty resourceNames (which would allow all).
+        let none = role(&validated(r#"{"modelVersion":"v"}"#), &Readable::default())
+            .rules
+            .unwrap();
+        assert!(!allows(&none, "", "secrets", "get"));
+        assert!(!allows(&none, "", "configmaps", "get"));
     }
 
     #[test]
