@@ -101,6 +101,26 @@ def test_1_serves_v1_on_three_ready_pods(installed, artifacts, receiver, work):
     assert can("get", "secret/any-other") == "no"
     assert can("list", "secrets") == "no"
     assert can("get", "secret/s3-credentials", ns=SYSTEM_NS) == "no"
+    # A watcher token bound to one pod may change that pod and no other (the chart's
+    # ValidatingAdmissionPolicy; RBAC alone allows every pod of the namespace).
+    own, sibling = [p["metadata"]["name"] for p in k.pods(NS)][:2]
+    token = k.kubectl("create", "token", "fraud-watcher", "-n", NS, "--bound-object-kind", "Pod",
+                      "--bound-object-name", own, "--duration", "10m").strip()
+    cfg = json.loads(k.kubectl("config", "view", "--raw", "-o", "json"))
+    cluster = cfg["clusters"][0]["cluster"]
+    as_watcher = work / "watcher.kubeconfig"
+    as_watcher.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "w",
+        "clusters": [{"name": "c", "cluster": cluster}],
+        "users": [{"name": "w", "user": {"token": token}}],
+        "contexts": [{"name": "w", "context": {"cluster": "c", "user": "w", "namespace": NS}}]}))
+    def annotate(pod):
+        return subprocess.run(["kubectl", "--kubeconfig", str(as_watcher), "annotate", "pod", pod, "e2e/probe=1", "--overwrite"],
+                              capture_output=True, text=True, env=k.env())
+    r = annotate(sibling)
+    assert r.returncode != 0 and "only the pod its token is bound to" in r.stderr, (r.returncode, r.stderr)
+    r = annotate(own)
+    assert r.returncode == 0, r.stderr
     svc = k.wait_for("status.servingVersion", lambda: isvc() if isvc().get("status", {}).get("servingVersion") == "fraud-v1" else None)
     assert k.condition(svc, "Ready")["status"] == "True"
     mv = k.kget("modelversion", "fraud-v1", NS)

@@ -95,7 +95,7 @@ kinds_of() { grep -E '^kind: ' "$1" | sort | uniq -c | awk '{printf "%s=%s ", $3
 
 if render "$WORK/default.yaml"; then
   kinds="$(kinds_of "$WORK/default.yaml")"
-  want="ClusterRole=1 ClusterRoleBinding=1 CustomResourceDefinition=2 Deployment=1 PodDisruptionBudget=1 Role=1 RoleBinding=1 Service=1 ServiceAccount=1 "
+  want="ClusterRole=1 ClusterRoleBinding=1 CustomResourceDefinition=2 Deployment=1 PodDisruptionBudget=1 Role=1 RoleBinding=1 Service=1 ServiceAccount=1 ValidatingAdmissionPolicy=1 ValidatingAdmissionPolicyBinding=1 "
   if [[ "$kinds" == "$want" ]]; then ok "helm template (defaults): $kinds"
   else ko "helm template (defaults) kinds" "got:  $kinds" "want: $want"; fi
 else ko "helm template (defaults)" "$(tail_of "$WORK/default.yaml.err")"; fi
