@@ -1,6 +1,6 @@
 """The benchmark models, generated into a directory (no downloads):
 
-  mlp-64-256-256-2.onnx          the DESIGN.md §7 tabular MLP (a fraud scorer's shape), and a
+  mlp-64-256-256-2.onnx          the reference tabular MLP (a fraud scorer's shape), and a
   mlp-64-256-256-2-seed1.onnx    second version of it (other weights) for hot swap and rollback
   mlp-512-1200-1200-2.onnx       ~8 MB of weights, the cold-start target's size
   mlp-512-2048-2048-2.onnx       ~21 MB, compute-bound (about 5 MFLOP per row)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Operator scale benchmark (DESIGN.md §7): 1,000 InferenceServices on a real kube-apiserver.
+# Operator scale benchmark (a target in docs/benchmarks.md): 1,000 InferenceServices on a real kube-apiserver.
 #
 #   bench/operator-scale.sh [N]        (default N=1000; KINFER_BENCH_SAMPLES=100 spec changes)
 #

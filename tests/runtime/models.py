@@ -113,7 +113,7 @@ def golden(path, model_path, n=32, seed=1, perturb=0.0):
 
 
 def bench_mlp(path, features=64, hidden=256, classes=2, seed=0):
-    """The DESIGN.md §7 reference model: features -> hidden -> hidden -> classes (softmax)."""
+    """The benchmarks' reference model: features -> hidden -> hidden -> classes (softmax)."""
     rng = np.random.default_rng(seed)
     w1 = (rng.normal(size=(features, hidden)) / np.sqrt(features)).astype(np.float32)
     w2 = (rng.normal(size=(hidden, hidden)) / np.sqrt(hidden)).astype(np.float32)

@@ -1,4 +1,4 @@
-//! The one error type of a request and its status (DESIGN.md §5): bad input 400, unknown model
+//! The one error type of a request and its status (docs/runtime.md, "Protocol"): bad input 400, unknown model
 //! 404, overload 503 with `Retry-After`, deadline 504, model failure 500, shutting down or not
 //! ready 503. The wire mappings (gRPC codes, HTTP bodies) live with each protocol.
 

@@ -1,4 +1,4 @@
-//! Prometheus text exposition (`GET /metrics` on `--metrics-port`) of the names in DESIGN.md §5,
+//! Prometheus text exposition (`GET /metrics` on `--metrics-port`) of the names in docs/operations.md ("Metrics"),
 //! rendered on scrape from the lock-free per-version statistics. Label values (model, version and
 //! policy label names come from users) are escaped as the text format requires.
 

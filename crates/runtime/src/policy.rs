@@ -1,4 +1,4 @@
-//! Decision policy (DESIGN.md §3 `policy`): thresholds on one output's score mapped to labels,
+//! Decision policy (the InferenceService's `spec.policy`): thresholds on one output's score mapped to labels,
 //! returned as an extra `BYTES` output named `decision`, counted per label and version, and
 //! written to the sampled decision log. A score that is NaN or infinite matches no threshold and
 //! gets the reserved label `invalid` (never the default: a broken score must not fail open).
