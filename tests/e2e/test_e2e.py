@@ -295,7 +295,10 @@ def test_7_rollout_across_a_30s_api_server_outage(receiver):
                          timeout=400)
         k.wait_for("every pod Ready with fraud-v8", lambda: all_pods_ready_with("fraud-v8"), timeout=180)
         time.sleep(2)
-    assert load.failed == 0, load.errors[:5]
+    # On failure, the node's Events say whether the node lifecycle controller took the endpoints
+    # away (NodeNotReady) or something of kinfer's did.
+    assert load.failed == 0, (load.errors[:5], k.kubectl(
+        "get", "events", "-A", "--field-selector", "involvedObject.kind=Node", check=False)[-2000:])
     # The status catches up once the operator leads again (it may have restarted during the
     # outage and waits out its old lease).
     k.wait_for("Ready=True on the service", lambda: k.condition(isvc(), "Ready")["status"] == "True", timeout=180)
