@@ -114,13 +114,21 @@ def test_1_serves_v1_on_three_ready_pods(installed, artifacts, receiver, work):
         "clusters": [{"name": "c", "cluster": cluster}],
         "users": [{"name": "w", "user": {"token": token}}],
         "contexts": [{"name": "w", "context": {"cluster": "c", "user": "w", "namespace": NS}}]}))
-    def annotate(pod):
-        return subprocess.run(["kubectl", "--kubeconfig", str(as_watcher), "annotate", "pod", pod, "e2e/probe=1", "--overwrite"],
-                              capture_output=True, text=True, env=k.env())
-    r = annotate(sibling)
+    def as_the_watcher(*args):
+        return subprocess.run(["kubectl", "--kubeconfig", str(as_watcher), *args], capture_output=True, text=True,
+                              env=k.env())
+    r = as_the_watcher("annotate", "pod", sibling, "kinfer.dev/analysis={}", "--overwrite")
     assert r.returncode != 0 and "only the pod its token is bound to" in r.stderr, (r.returncode, r.stderr)
-    r = annotate(own)
-    assert r.returncode == 0, r.stderr
+    # On its own pod, only the two annotations the pod contract gives it and its condition (the
+    # real watcher writes exactly those throughout this run: every pod's readiness depends on it).
+    for change in ("e2e/probe=1", "kinfer.dev/target-version=fraud-v3"):
+        r = as_the_watcher("annotate", "pod", own, change, "--overwrite")
+        assert r.returncode != 0 and "only the annotations kinfer.dev/serving-version" in r.stderr, (change, r.stderr)
+    r = as_the_watcher("label", "pod", own, "kinfer.dev/inferenceservice=other", "--overwrite")
+    assert r.returncode != 0 and "Forbidden" in r.stderr, r.stderr
+    r = as_the_watcher("patch", "pod", own, "--subresource", "status", "--type", "strategic",
+                       "-p", json.dumps({"status": {"conditions": [{"type": "Ready", "status": "False"}]}}))
+    assert r.returncode != 0 and "only the kinfer.dev/ModelReady condition" in r.stderr, r.stderr
     svc = k.wait_for("status.servingVersion", lambda: isvc() if isvc().get("status", {}).get("servingVersion") == "fraud-v1" else None)
     assert k.condition(svc, "Ready")["status"] == "True"
     mv = k.kget("modelversion", "fraud-v1", NS)
@@ -204,6 +212,27 @@ def test_4_drift_tamper_and_golden_mismatch_are_refused(receiver):
         assert k.condition(job, "Failed")["reason"] == "PodFailurePolicy" and job["status"].get("failed") == 1, job["status"]
         k.wait_for(f"the service refusing fraud-{bad}", lambda: isvc()["status"].get("rejectedVersion") == f"fraud-{bad}", timeout=120)
         assert serving_annotations() == ["fraud-v2"] * 3, f"no pod ever serves fraud-{bad}"
+
+
+def test_4b_an_artifact_swapped_after_verification_is_refused(receiver, work):
+    """Digest pinning: fraud-pin is verified with v2's bytes; then someone who can write the bucket
+    puts v1's artifact (validly signed by the same key) under its prefix. The canary fetches the
+    new bytes, sees a digest other than the one the verification Job recorded and refuses them
+    (ArtifactChanged); no pod ever serves them."""
+    uri = k.upload(work / "artifacts" / "v2", f"e2e/{NS}/pin")
+    k.apply([k.model_version(NS, "pin", uri)])
+    mv = k.wait_for("fraud-pin verified", lambda: (lambda m: m if (k.condition(m, "Validated") or {}).get("status") == "True"
+                                                   else None)(k.kget("modelversion", "fraud-pin", NS)), timeout=180)
+    recorded = mv["status"]["digest"]
+    k.upload(work / "artifacts" / "v1", f"e2e/{NS}/pin")
+    apply_isvc("pin", receiver)
+    k.wait_for("the service refusing fraud-pin", lambda: isvc()["status"].get("rejectedVersion") == "fraud-pin", timeout=180)
+    canary = [r for r in map(k.analysis, k.pods(NS)) if r and r["version"] == "fraud-pin"]
+    assert len(canary) == 1 and canary[0]["verdict"] == "Refused" and canary[0]["reason"] == "ArtifactChanged", canary
+    assert recorded in canary[0]["message"] and canary[0]["digest"] != recorded, canary
+    assert k.wait_for("an ArtifactChanged Warning Event", lambda: [e for e in k.events(NS, "ArtifactChanged")
+                                                                   if e["type"] == "Warning"])
+    assert serving_annotations() == ["fraud-v2"] * 3, "no pod ever serves the swapped bytes"
 
 
 def test_5_runtime_restart_and_operator_failover(receiver):

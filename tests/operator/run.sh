@@ -10,4 +10,4 @@ trap '"$REPO/tests/operator/apiserver.sh" down "$D"' EXIT
 # shellcheck disable=SC1091
 source "$D/env"
 cd "$REPO"
-cargo test -p kinfer-operator --test apiserver -- --ignored --test-threads 2 "$@"
+cargo test -p kinfer-operator --test apiserver --test apiserver_security -- --ignored --test-threads 2 "$@"

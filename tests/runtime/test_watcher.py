@@ -666,3 +666,37 @@ def test_verification_job_commands(workdir, s3, signing_key):
     assert code == 0
     code, out = golden("job-mism")
     assert code == 3 and not out["ok"] and out["reason"] == "NumericalMismatch" and out["maxAbsError"] > 1e-4, out
+
+
+def test_an_artifact_swapped_after_verification_is_refused(served_v1, workdir, s3, signing_key):
+    """Digest pinning: `check` (the verification Job's command) records the digest of what is under
+    the prefix; someone with write access to the bucket then puts another artifact there, signed by
+    the same key. A watcher told to serve only the recorded digest refuses it (ArtifactChanged,
+    exit 3) and v1 keeps serving; with the verified bytes back the version is served."""
+    priv, pub = signing_key
+    verified = artifact(workdir, "pin-v2", base, sign_key=priv)
+    src = s3.upload(verified, "fraud/pin-v2")
+    p = subprocess.run([str(WATCHER), "check", "--source", src, "--endpoint", s3.endpoint,
+                        "--credentials-file", str(s3.creds), "--public-key", str(pub),
+                        "--dest", str(workdir / "pin-job"), "--termination-log", str(workdir / "pin.term")],
+                       capture_output=True, text=True, timeout=120)
+    recorded = json.loads(p.stdout.strip().splitlines()[-1])["digest"]
+    assert p.returncode == 0 and recorded.startswith("sha256:"), p.stdout
+    # An older artifact, validly signed by the same key, replaces the verified one.
+    older = artifact(workdir, "pin-older", lambda q: models.scorer(q, seed=0, weight_noise=1e-3), sign_key=priv)
+    s3.upload(older, "fraud/pin-v2")
+    fast = ["--golden", "golden.npz", "--atol", "1e-4", "--rtol", "1e-3", "--min-requests", "0", "--window", "0s"]
+    with Load(served_v1) as load:
+        code, report, events, p = run_watcher(served_v1, workdir, s3, src, "pin-v2", *fast,
+                                              "--expect-digest", recorded, keys=[pub])
+    assert code == 3, p.stderr[-3000:]
+    assert report["verdict"] == "Refused" and report["reason"] == "ArtifactChanged", report
+    assert recorded in report["message"] and report["digest"] != recorded, report
+    assert any(e["reason"] == "ArtifactChanged" and e["type"] == "Warning" for e in events), events
+    assert serving(served_v1) == ("v1", ["v1"])
+    assert load.failed == 0, load.errors[:3]
+    s3.upload(verified, "fraud/pin-v2")
+    code, report, _, p = run_watcher(served_v1, workdir, s3, src, "pin-v2", *fast, "--expect-digest", recorded,
+                                     keys=[pub])
+    assert code == 0 and report["verdict"] == "Passed" and report["digest"] == recorded, report
+    assert serving(served_v1)[0] == "pin-v2"

@@ -11,6 +11,10 @@ pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
 /// `RolledBack`: the last rollout was undone automatically; the message has the figures.
 pub const ROLLED_BACK: &str = "RolledBack";
+/// `AlertsConfigured`: every alert webhook that names a token Secret may send it (the Secret
+/// exists, opted in with `kinfer.dev/webhook-token: "true"`, and has the key). Present only while
+/// a webhook names a token Secret; False says which one is refused and why.
+pub const ALERTS_CONFIGURED: &str = "AlertsConfigured";
 /// `Verified`: a ModelVersion's signature and file digests hold.
 pub const VERIFIED: &str = "Verified";
 /// `Validated`: a ModelVersion's outputs match its golden set.

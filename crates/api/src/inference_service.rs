@@ -399,7 +399,8 @@ pub struct Webhook {
     pub format: WebhookFormat,
     /// Secret key holding a bearer token sent as `Authorization: Bearer <token>`. The Secret must
     /// be in the service's namespace and carry the label `kinfer.dev/webhook-token: "true"`;
-    /// otherwise the alert is sent without a token and a Warning Event says why.
+    /// otherwise the alert is sent without a token, and the condition `AlertsConfigured=False`
+    /// and a Warning Event say why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_secret: Option<SecretKeyRef>,
     /// Allow a plain `http://` URL (the alert, and any token, travel unencrypted).

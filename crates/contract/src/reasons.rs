@@ -11,6 +11,10 @@ pub const FETCH_FAILED: &str = "FetchFailed";
 /// The artifact is larger than the models volume allows one artifact (Warning; refused before
 /// anything is downloaded).
 pub const ARTIFACT_TOO_LARGE: &str = "ArtifactTooLarge";
+/// The fetched artifact's manifest digest differs from the one its verification recorded
+/// (`status.digest` of the ModelVersion): the bytes under the prefix changed after they were
+/// verified (Warning; refused).
+pub const ARTIFACT_CHANGED: &str = "ArtifactChanged";
 /// The signature bundle or a file digest does not hold (Warning; refused).
 pub const SIGNATURE_INVALID: &str = "SignatureInvalid";
 /// The artifact has no signature but the ModelVersion allows it (Warning; served).

@@ -111,6 +111,13 @@ impl Cluster {
             .get(name)
             .await
             .map_err(|e| format!("cannot read ModelVersion {name}: {e}"))?;
+        // Only the bytes the verification Job checked may serve (digest pinning).
+        let Some(digest) = mv.status.as_ref().and_then(|s| s.digest.clone()) else {
+            return Err(format!(
+                "ModelVersion {name} has no verified digest yet (status.digest): waiting for its \
+                 verification Job (kubectl get mv {name} -o wide)"
+            ));
+        };
         let svc = self
             .services
             .get(&self.id.service)
@@ -141,6 +148,7 @@ impl Cluster {
             credentials,
             keys,
             rollout: svc.spec.rollout,
+            digest: Some(digest),
         })
     }
 

@@ -194,6 +194,11 @@ struct RunArgs {
     /// A p99 increase smaller than this never counts as a regression.
     #[arg(long, env = "KINFER_P99_NOISE_FLOOR", default_value = "250us")]
     p99_noise_floor: String,
+    /// Standalone: serve only an artifact whose manifest digest is this (`sha256:<hex>`, what
+    /// `check` prints), as a cluster pod serves only the digest its verification Job recorded;
+    /// any other bytes are refused with `ArtifactChanged`.
+    #[arg(long)]
+    expect_digest: Option<String>,
     /// Standalone: give up fetching after this long.
     #[arg(long, default_value = "300s")]
     fetch_timeout: String,
@@ -285,6 +290,7 @@ impl SourceArgs {
                 },
                 validation,
             },
+            digest: None,
             credentials: self
                 .credentials_file
                 .as_deref()
@@ -496,7 +502,8 @@ async fn run(a: RunArgs) -> anyhow::Result<i32> {
             .transpose()?,
         auto_rollback: !a.no_auto_rollback,
     };
-    let plan = a.source.plan(&version, validation, rollout)?;
+    let mut plan = a.source.plan(&version, validation, rollout)?;
+    plan.digest = a.expect_digest.clone();
     let mut watcher = watcher;
     if let Some(last) = &a.last_report {
         let Some(report) = AnalysisReport::from_annotation(Some(last)) else {

@@ -1,7 +1,7 @@
 //! Composes an InferenceService's status from the reconcile's findings, pure: the rollout
 //! decision, the Deployment's replica counts, scheduling trouble, or the validation error. The
-//! conditions follow kstatus (`Ready`, `Progressing`, `RolledBack`, each with
-//! `observedGeneration`); `lastTransitionTime` only moves when a condition's status changes, so
+//! conditions follow kstatus (`Ready`, `Progressing`, `RolledBack`, and `AlertsConfigured` while a
+//! webhook names a token Secret, each with `observedGeneration`); `lastTransitionTime` only moves when a condition's status changes, so
 //! composing twice from the same findings gives an equal status and the controller skips the
 //! write.
 
@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::Time};
 use kinfer_api::{
-    conditions::{self, PROGRESSING, READY, ROLLED_BACK, Status},
+    conditions::{self, ALERTS_CONFIGURED, PROGRESSING, READY, ROLLED_BACK, Status},
     inference_service::{InferenceServiceStatus, RolloutPhase},
 };
 
@@ -43,7 +43,13 @@ pub struct Findings<'a> {
     pub ready: i32,
     /// The scheduler's message for a pod that cannot be scheduled.
     pub unschedulable: Option<String>,
+    /// Whether the webhooks' token Secrets may be sent: `None` when no webhook names one,
+    /// `Some(Err(why))` when one is refused.
+    pub webhook_tokens: Option<Result<(), String>>,
 }
+
+/// Reason of `AlertsConfigured=False` and of its Warning Event.
+pub const WEBHOOK_TOKEN_REFUSED: &str = "WebhookTokenRefused";
 
 /// The next status.
 pub fn compose(
@@ -173,6 +179,31 @@ pub fn compose(
         );
     } else {
         ensure_rolled_back(&mut s, g, &now);
+    }
+    match &f.webhook_tokens {
+        None => s.conditions.retain(|c| c.type_ != ALERTS_CONFIGURED),
+        Some(Ok(())) => {
+            conditions::upsert(
+                &mut s.conditions,
+                cond(
+                    ALERTS_CONFIGURED,
+                    Status::True,
+                    "TokensOptedIn",
+                    "every webhook's token Secret opted in".into(),
+                ),
+            );
+        }
+        Some(Err(why)) => {
+            conditions::upsert(
+                &mut s.conditions,
+                cond(
+                    ALERTS_CONFIGURED,
+                    Status::False,
+                    WEBHOOK_TOKEN_REFUSED,
+                    why.clone(),
+                ),
+            );
+        }
     }
     // Keep every condition's observedGeneration current.
     for c in &mut s.conditions {
@@ -322,6 +353,28 @@ mod tests {
         );
         // Composing again later from the same findings changes nothing.
         assert_eq!(compose(&s, &findings(&d), at(99)), s);
+    }
+
+    #[test]
+    fn alerts_configured_only_while_a_webhook_names_a_token_secret() {
+        let d = serving("v7");
+        let mut f = findings(&d);
+        f.webhook_tokens = Some(Err("webhook https://h/…: Secret s: no label".into()));
+        let s = compose(&Default::default(), &f, at(1));
+        let c = conditions::find(&s.conditions, ALERTS_CONFIGURED).unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", WEBHOOK_TOKEN_REFUSED)
+        );
+        assert!(c.message.contains("Secret s"));
+        // Serving is unaffected: an alert without a token is not an outage.
+        assert!(conditions::is_true(&s.conditions, READY));
+        f.webhook_tokens = Some(Ok(()));
+        let s = compose(&s, &f, at(2));
+        assert!(conditions::is_true(&s.conditions, ALERTS_CONFIGURED));
+        f.webhook_tokens = None;
+        let s = compose(&s, &f, at(3));
+        assert!(conditions::find(&s.conditions, ALERTS_CONFIGURED).is_none());
     }
 
     #[test]

@@ -17,14 +17,13 @@ use k8s_openapi::api::{
     batch::v1::Job,
     coordination::v1::Lease,
     core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount},
-    events::v1::Event,
     policy::v1::PodDisruptionBudget,
     rbac::v1::{Role, RoleBinding},
 };
 use kinfer_api::{InferenceService, ModelVersion, conditions};
 use kube::{
     Api, Client, ResourceExt,
-    api::{ListParams, Patch, PatchParams, PostParams},
+    api::{Patch, PatchParams, PostParams},
 };
 use serde_json::{Value, json};
 use support::*;
@@ -34,71 +33,6 @@ use tokio::{
 };
 
 const T: Duration = Duration::from_secs(30);
-
-/// Creates a ModelVersion and marks it verified, as its Job would have.
-async fn verified_mv(c: &Client, ns: &str, name: &str) {
-    let api: Api<ModelVersion> = Api::namespaced(c.clone(), ns);
-    let mv: ModelVersion = serde_json::from_value(json!({
-        "apiVersion": "kinfer.dev/v1alpha1", "kind": "ModelVersion",
-        "metadata": {"name": name},
-        "spec": {"model": "fraud", "version": name.rsplit('-').next().unwrap(),
-                 "source": {"uri": format!("s3://models/fraud/{name}/")}}
-    }))
-    .unwrap();
-    api.create(&PostParams::default(), &mv).await.unwrap();
-    let now = "2026-01-01T00:00:00Z";
-    let cond = |t: &str, r: &str| {
-        json!({"type": t, "status": "True", "reason": r, "message": "test",
-        "observedGeneration": 1, "lastTransitionTime": now})
-    };
-    api.patch_status(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": {
-            "digest": "sha256:00", "signer": "test",
-            "observedGeneration": 1,
-            "conditions": [cond("Verified", "SignatureValid"), cond("Validated", "GoldenSetMatched")]
-        }})),
-    )
-    .await
-    .unwrap();
-}
-
-async fn create_isvc(c: &Client, ns: &str, name: &str, spec: Value) -> InferenceService {
-    let api: Api<InferenceService> = Api::namespaced(c.clone(), ns);
-    let i: InferenceService = serde_json::from_value(json!({
-        "apiVersion": "kinfer.dev/v1alpha1", "kind": "InferenceService",
-        "metadata": {"name": name}, "spec": spec
-    }))
-    .unwrap();
-    api.create(&PostParams::default(), &i).await.unwrap()
-}
-
-async fn isvc(c: &Client, ns: &str, name: &str) -> InferenceService {
-    Api::<InferenceService>::namespaced(c.clone(), ns)
-        .get(name)
-        .await
-        .unwrap()
-}
-
-fn cond(i: &InferenceService, t: &str) -> Option<(String, String)> {
-    let s = i.status.as_ref()?;
-    conditions::find(&s.conditions, t).map(|c| (c.status.clone(), c.reason.clone()))
-}
-
-async fn events(c: &Client, ns: &str, regarding: &str, reason: &str) -> Vec<Event> {
-    Api::<Event>::namespaced(c.clone(), ns)
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| {
-            e.reason.as_deref() == Some(reason)
-                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(regarding)
-        })
-        .collect()
-}
 
 async fn spec_version(c: &Client, ns: &str, name: &str, v: &str) {
     Api::<InferenceService>::namespaced(c.clone(), ns)
@@ -670,6 +604,10 @@ async fn regression_rolls_back_alerts_holds_and_retries_on_request() {
     assert!(
         !slack.to_ascii_lowercase().contains("authorization"),
         "a Secret without the opt-in label is never sent: {slack}"
+    );
+    assert_eq!(
+        cond(&isvc(&c, &ns, "fraud").await, "AlertsConfigured").unwrap(),
+        ("False".into(), "WebhookTokenRefused".into())
     );
     let body: Value = serde_json::from_str(&slack[slack.find("\r\n\r\n").unwrap() + 4..]).unwrap();
     assert!(

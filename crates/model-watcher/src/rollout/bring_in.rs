@@ -103,6 +103,20 @@ impl Watcher {
     ) -> Result<(), Stop> {
         let fetched = self.fetch(plan, r).await?;
         r.digest = Some(fetched.digest.clone());
+        if let Some(pinned) = &plan.digest
+            && *pinned != fetched.digest
+        {
+            // The directory is left to garbage collection: another version may use the same bytes.
+            return Err(stop(
+                reasons::ARTIFACT_CHANGED,
+                format!(
+                    "{} now holds {} but its verification recorded {pinned}: the artifact changed \
+                     after it was verified and is not served; put the verified bytes back, or \
+                     publish the new ones as a new ModelVersion",
+                    plan.spec.source.uri, fetched.digest
+                ),
+            ));
+        }
         r.reason = None;
         self.update(
             r,

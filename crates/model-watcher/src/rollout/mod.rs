@@ -48,6 +48,10 @@ pub struct Plan {
     pub credentials: Option<(String, String)>,
     /// Trusted signing keys.
     pub keys: Vec<TrustedKey>,
+    /// The manifest digest (`sha256:<hex>`) the fetched artifact must have: in a cluster the
+    /// ModelVersion's `status.digest`, recorded by its verification Job. `None` (standalone
+    /// without `--expect-digest`) serves whatever verifies.
+    pub digest: Option<String>,
     /// Analysis and shadow settings of the InferenceService.
     pub rollout: RolloutSpec,
 }

@@ -68,6 +68,44 @@ pub(super) async fn read_token(
     }
 }
 
+/// Whether every webhook of a service that names a token Secret may send it, for the
+/// `AlertsConfigured` condition: `None` when no webhook names one, else `Err` with a sentence per
+/// refused webhook (URL redacted, the Secret named, never its contents).
+pub async fn check_tokens(
+    client: Client,
+    ns: &str,
+    webhooks: &[Webhook],
+) -> Option<Result<(), String>> {
+    let api: Api<Secret> = Api::namespaced(client, ns);
+    let mut problems = Vec::new();
+    let mut any = false;
+    for hook in webhooks {
+        let Some(r) = &hook.token_secret else {
+            continue;
+        };
+        any = true;
+        let why = match api.get_opt(&r.name).await {
+            Ok(Some(s)) => token_of(&s, &r.key).err(),
+            Ok(None) => Some("the webhook token Secret does not exist".to_owned()),
+            Err(e) => Some(format!("the webhook token Secret cannot be read: {e}")),
+        };
+        if let Some(why) = why {
+            problems.push(format!(
+                "webhook {}: Secret {}: {why}; its alerts go out without a token",
+                redact(&hook.url),
+                r.name
+            ));
+        }
+    }
+    any.then(|| {
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    })
+}
+
 /// The token in `key` of `s` if the Secret opted in, or why not.
 pub fn token_of(s: &Secret, key: &str) -> Result<String, String> {
     let opted_in = s

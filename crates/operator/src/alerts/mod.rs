@@ -8,7 +8,7 @@
 
 mod delivery;
 
-pub use delivery::{deliver, redact};
+pub use delivery::{check_tokens, deliver, redact};
 
 use std::{sync::Arc, time::Duration};
 

@@ -14,7 +14,7 @@ use k8s_openapi::api::{
 use kinfer_api::{
     ANALYSIS_ANNOTATION, InferenceService, ModelVersion, RETRY_ANNOTATION,
     SERVING_VERSION_ANNOTATION, TARGET_VERSION_ANNOTATION,
-    conditions::{self, ROLLED_BACK, VALIDATED, VERIFIED},
+    conditions::{self, ALERTS_CONFIGURED, ROLLED_BACK, VALIDATED, VERIFIED},
     inference_service::{InferenceServiceStatus, RolloutPhase},
     report::{AnalysisReport, INFERENCE_SERVICE_LABEL},
 };
@@ -32,7 +32,7 @@ use tracing::{info, warn};
 use super::{Context, apply, now};
 use crate::{
     Error, FIELD_MANAGER,
-    alerts::{Alert, Job},
+    alerts::{self, Alert, Job},
     objects::{self, policy_name, rbac::Readable},
     owned,
     rollout::{self, Decision, PodView, Severity, VersionState},
@@ -228,6 +228,10 @@ async fn reconcile_inner(isvc: &InferenceService, ctx: &Context) -> Result<Actio
     });
 
     // Status.
+    let webhook_tokens = match &isvc.spec.alerts {
+        Some(a) => alerts::check_tokens(client.clone(), &ns, &a.webhooks).await,
+        None => None,
+    };
     let dep_status = deployment.status.clone().unwrap_or_default();
     let desired = deployment
         .spec
@@ -244,9 +248,30 @@ async fn reconcile_inner(isvc: &InferenceService, ctx: &Context) -> Result<Actio
         replicas: dep_status.replicas.unwrap_or(0),
         ready: dep_status.ready_replicas.unwrap_or(0),
         unschedulable: status::unschedulable(&pod_list),
+        webhook_tokens,
     };
     let next = status::compose(&current, &findings, now());
-    write_status(isvc, ctx, &ns, &current, &next).await?;
+    if write_status(isvc, ctx, &ns, &current, &next).await? == Written::Stale {
+        // Someone wrote a newer status (a newer decision) since this reconcile read the
+        // object: acting on this one could undo it. Start over from what is stored.
+        info!(inferenceservice = %name, "status changed underneath; reconciling again");
+        return Ok(Action::requeue(std::time::Duration::from_millis(500)));
+    }
+    if let Some(refused) =
+        conditions::find(&next.conditions, ALERTS_CONFIGURED).filter(|c| c.status == "False")
+        && conditions::find(&current.conditions, ALERTS_CONFIGURED)
+            .is_none_or(|c| c.status != "False" || c.message != refused.message)
+    {
+        publish(
+            ctx,
+            isvc,
+            Severity::Warning,
+            status::WEBHOOK_TOKEN_REFUSED,
+            &refused.message,
+            "Alert",
+        )
+        .await;
+    }
 
     // Act on the decision.
     act(isvc, ctx, &ns, &decision, model).await?;
@@ -350,7 +375,7 @@ async fn refuse_spec(
         ..Default::default()
     };
     let next = status::compose(current, &findings, now());
-    if write_status(isvc, ctx, ns, current, &next).await? {
+    if write_status(isvc, ctx, ns, current, &next).await? == Written::Yes {
         publish(
             ctx,
             isvc,
@@ -365,31 +390,58 @@ async fn refuse_spec(
     Ok(Action::await_change())
 }
 
-/// Writes the status with server-side apply when it differs; returns whether it wrote.
+/// What [`write_status`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// The status was already `next`.
+    Unchanged,
+    /// Written.
+    Yes,
+    /// Not written: the object changed since it was read (its resourceVersion moved on).
+    Stale,
+}
+
 async fn write_status(
     isvc: &InferenceService,
     ctx: &Context,
     ns: &str,
     current: &InferenceServiceStatus,
     next: &InferenceServiceStatus,
-) -> Result<bool, Error> {
+) -> Result<Written, Error> {
     if isvc.status.is_some() && current == next {
-        return Ok(false);
+        return Ok(Written::Unchanged);
     }
     let api: Api<InferenceService> = Api::namespaced(ctx.client.clone(), ns);
+    apply_status(&api, isvc, next).await
+}
+
+/// Writes `next` as the status of `read` with server-side apply, on the condition that the object
+/// is still the one that was read: its `resourceVersion` is the apply's precondition, so a status
+/// composed from a stale read (a reconcile that raced a newer one, an old leader) never replaces
+/// a newer rollout decision — it comes back [`Written::Stale`] and the caller reads again.
+pub async fn apply_status(
+    api: &Api<InferenceService>,
+    read: &InferenceService,
+    next: &InferenceServiceStatus,
+) -> Result<Written, Error> {
     let body = json!({
         "apiVersion": "kinfer.dev/v1alpha1",
         "kind": "InferenceService",
+        "metadata": {"resourceVersion": read.resource_version()},
         "status": next,
     });
-    api.patch_status(
-        &isvc.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map_err(|e| Error::kube("writing InferenceService status", e))?;
-    Ok(true)
+    match api
+        .patch_status(
+            &read.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+    {
+        Ok(_) => Ok(Written::Yes),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(Written::Stale),
+        Err(e) => Err(Error::kube("writing InferenceService status", e)),
+    }
 }
 
 /// Deletes an object the spec no longer asks for (an HPA, the policy ConfigMap), but only one

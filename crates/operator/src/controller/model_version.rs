@@ -121,6 +121,23 @@ pub fn compose(
                 "the artifact was not verified".into(),
             );
         }
+        // Pods serve only the digest recorded here: a success without one pins nothing.
+        Some(v) if v.digest.is_none() => {
+            set(
+                VERIFIED,
+                Status::False,
+                "VerificationFailed",
+                "the verification Job reported success without the artifact's digest; \
+                 its model-watcher image is older than the operator's"
+                    .into(),
+            );
+            set(
+                VALIDATED,
+                Status::Unknown,
+                "NotRun",
+                "the artifact was not verified".into(),
+            );
+        }
         Some(v) => {
             let (reason, msg) = match &v.signer {
                 Some(signer) => (
@@ -468,6 +485,25 @@ mod tests {
                 .contains("agreement 0.5000")
         );
         assert_eq!(s.validation_result.unwrap().agreement, 0.5);
+    }
+
+    #[test]
+    fn a_success_without_digest_is_not_verified() {
+        // Pods serve only the recorded digest, so a result that records none verifies nothing.
+        let pods = [pod(
+            10,
+            Some(r#"{"ok":true,"signer":"k"}"#),
+            Some(r#"{"ok":true}"#),
+        )];
+        let s = compose(
+            &Default::default(),
+            Some(1),
+            "j",
+            &outcome(None, &pods, false),
+            at(1),
+        );
+        assert_eq!(cond(&s, VERIFIED), ("False", "VerificationFailed"));
+        assert!(s.digest.is_none());
     }
 
     #[test]

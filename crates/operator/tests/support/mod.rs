@@ -5,6 +5,9 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+mod objects;
+pub use objects::*;
+
 use std::{
     future::Future,
     io::{Read, Write},

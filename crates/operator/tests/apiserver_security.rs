@@ -1,0 +1,154 @@
+//! The operator's guards against a stale writer and an over-eager webhook author, against a real
+//! kube-apiserver (tests/operator/run.sh starts one; plain `cargo test` skips these).
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kinfer_api::{InferenceService, conditions, inference_service::InferenceServiceStatus};
+use kinfer_operator::controller::inference_service::{Written, apply_status};
+use kube::{
+    Api,
+    api::{Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+use support::*;
+
+const T: Duration = Duration::from_secs(30);
+
+fn with_serving(v: &str) -> InferenceServiceStatus {
+    InferenceServiceStatus {
+        serving_version: Some(v.into()),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs kube-apiserver: make test-operator"]
+async fn a_status_composed_from_a_stale_read_never_replaces_a_newer_one() {
+    let c = client().await;
+    let ns = temp_ns(&c, "op-stale").await;
+    create_isvc(&c, &ns, "fraud", json!({"modelVersion": "fraud-v1"})).await;
+    let api: Api<InferenceService> = Api::namespaced(c.clone(), &ns);
+    // Two writers read the same object; the first writes its decision.
+    let read = api.get("fraud").await.unwrap();
+    let newer = with_serving("fraud-v2");
+    assert_eq!(
+        apply_status(&api, &read, &newer).await.unwrap(),
+        Written::Yes
+    );
+    // The second, composed from the read before that write, is refused, and what is stored is
+    // the newer decision.
+    let stale = with_serving("fraud-v1");
+    assert_eq!(
+        apply_status(&api, &read, &stale).await.unwrap(),
+        Written::Stale
+    );
+    let stored = api.get("fraud").await.unwrap();
+    assert_eq!(
+        stored.status.unwrap().serving_version.as_deref(),
+        Some("fraud-v2")
+    );
+    // Read again, it writes.
+    let fresh = api.get("fraud").await.unwrap();
+    assert_eq!(
+        apply_status(&api, &fresh, &stale).await.unwrap(),
+        Written::Yes
+    );
+    drop_ns(&c, &ns).await;
+}
+
+#[tokio::test]
+#[ignore = "needs kube-apiserver: make test-operator"]
+async fn a_webhook_token_secret_without_the_opt_in_label_is_refused_with_a_condition() {
+    let c = client().await;
+    let ns = temp_ns(&c, "op-webhook").await;
+    verified_mv(&c, &ns, "fraud-v1").await;
+    let secrets: Api<Secret> = Api::namespaced(c.clone(), &ns);
+    let secret: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "db-password"}, "stringData": {"token": "not-for-webhooks"}}),
+    )
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let hook = "https://hooks.example.invalid/services/T000/B000/XXXXSECRETPATH";
+    create_isvc(
+        &c,
+        &ns,
+        "fraud",
+        json!({"modelVersion": "fraud-v1",
+        "alerts": {"webhooks": [{"url": hook, "format": "slack",
+                                 "tokenSecret": {"name": "db-password", "key": "token"}}]}}),
+    )
+    .await;
+    let _op = Operator::start(&ns, "op", &[]);
+    let msg = wait_for("AlertsConfigured=False", T, || async {
+        let i = isvc(&c, &ns, "fraud").await;
+        let s = i.status?;
+        let c = conditions::find(&s.conditions, "AlertsConfigured")?;
+        (c.status == "False").then(|| (c.reason.clone(), c.message.clone()))
+    })
+    .await;
+    assert_eq!(msg.0, "WebhookTokenRefused");
+    assert!(
+        msg.1.contains("Secret db-password") && msg.1.contains("kinfer.dev/webhook-token=true"),
+        "the condition names the Secret and the fix: {}",
+        msg.1
+    );
+    assert!(
+        !msg.1.contains("not-for-webhooks") && !msg.1.contains("XXXXSECRETPATH"),
+        "neither the Secret's value nor the URL's path is shown: {}",
+        msg.1
+    );
+    let ev = wait_for("a WebhookTokenRefused Event", T, || async {
+        events(&c, &ns, "fraud", "WebhookTokenRefused")
+            .await
+            .into_iter()
+            .next()
+    })
+    .await;
+    assert_eq!(ev.type_.as_deref(), Some("Warning"));
+
+    // The Secret's owner opts it in; the next reconcile (Secrets are not watched) sees it.
+    secrets
+        .patch(
+            "db-password",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"kinfer.dev/webhook-token": "true"}}})),
+        )
+        .await
+        .unwrap();
+    Api::<InferenceService>::namespaced(c.clone(), &ns)
+        .patch(
+            "fraud",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"test/poke": "1"}}})),
+        )
+        .await
+        .unwrap();
+    wait_for("AlertsConfigured=True", T, || async {
+        let i = isvc(&c, &ns, "fraud").await;
+        (cond(&i, "AlertsConfigured")?.0 == "True").then_some(())
+    })
+    .await;
+    // No webhook names a token: no condition.
+    Api::<InferenceService>::namespaced(c.clone(), &ns)
+        .patch(
+            "fraud",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"alerts": {"webhooks": [{"url": hook, "format": "slack"}]}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    wait_for("no AlertsConfigured condition", T, || async {
+        let i = isvc(&c, &ns, "fraud").await;
+        (i.status.is_some() && cond(&i, "AlertsConfigured").is_none()).then_some(())
+    })
+    .await;
+    drop_ns(&c, &ns).await;
+}
