@@ -18,7 +18,7 @@ say "building the images and importing them into the cluster: images/build.sh --
 images/build.sh --import >&2
 # CRDs applied by hand earlier (kubectl apply -f crds/, the cluster tier does) are adopted by the
 # release rather than deleted, so existing ModelVersions and InferenceServices survive.
-for crd in inferenceservices.kinfer.dev modelversions.kinfer.dev; do
+for crd in inferenceservices.kinfer.dev modelversions.kinfer.dev modeltrustpolicies.kinfer.dev; do
   if kubectl get crd "$crd" >/dev/null 2>&1 &&
      [[ "$(kubectl get crd "$crd" -o jsonpath='{.metadata.labels.app\.kubernetes\.io/managed-by}')" != Helm ]]; then
     say "adopting the existing CRD $crd into the helm release"

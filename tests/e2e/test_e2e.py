@@ -3,6 +3,7 @@
 through the Service by tritonclient. The steps build on each other, so they run in file order
 within one namespace (pytest runs tests in definition order)."""
 import json
+import pathlib
 import os
 import random
 import string
@@ -32,6 +33,7 @@ def installed():
     yield
     if os.environ.get("KINFER_KEEP_E2E") != "1":
         k.kubectl("delete", "namespace", NS, "--wait=false", check=False)
+        k.kubectl("delete", "modeltrustpolicy", f"{NS}-release", "--ignore-not-found", check=False)
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +51,12 @@ def artifacts(work):
         d = k.make_artifact(work, v, priv)
         uris[v] = k.upload(d, f"e2e/{NS}/{v}")
     return pub, uris
+
+
+def trust_policy(pub):  # noqa: N802 - a constant object, built from the test key
+    return {"apiVersion": "kinfer.dev/v1alpha1", "kind": "ModelTrustPolicy", "metadata": {"name": f"{NS}-release"},
+            "spec": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NS}},
+                     "publicKeys": [{"name": "release", "pem": pathlib.Path(pub).read_text()}]}}
 
 
 def isvc():
@@ -80,7 +88,10 @@ def apply_isvc(version, receiver, **extra):
 def test_1_serves_v1_on_three_ready_pods(installed, artifacts, receiver, work):
     pub, uris = artifacts
     k.kubectl("create", "namespace", NS)
-    k.apply(k.base_objects(NS, pub) + [k.model_version(NS, v, u) for v, u in uris.items()])
+    # The cluster's trust for this namespace: the release key only, never unsigned. The
+    # ModelVersions name a ConfigMap holding that key (a narrowing the policy allows); their
+    # verification Jobs get the policy's keys on the command line, the pods from status.trust.
+    k.apply([trust_policy(pub)] + k.base_objects(NS, pub) + [k.model_version(NS, v, u) for v, u in uris.items()])
     apply_isvc("v1", receiver)
     k.wait_for("3 ready pods serving fraud-v1", lambda: len(ready_pods()) == 3
                and serving_annotations() == ["fraud-v1"] * 3, timeout=300)
@@ -133,6 +144,10 @@ def test_1_serves_v1_on_three_ready_pods(installed, artifacts, receiver, work):
     assert k.condition(svc, "Ready")["status"] == "True"
     mv = k.kget("modelversion", "fraud-v1", NS)
     assert k.condition(mv, "Verified")["status"] == "True" and mv["status"]["digest"].startswith("sha256:")
+    assert mv["status"]["trust"]["policies"] == [f"{NS}-release"], mv["status"]
+    job = k.kget("job", "fraud-v1-verify", NS)
+    assert any(a.startswith("release=-----BEGIN PUBLIC KEY-----")
+               for a in job["spec"]["template"]["spec"]["initContainers"][0]["args"])
     rows = np.random.default_rng(9).normal(size=(5, 8))
     want = local_reference(work, rows)
     ip = k.service_ip(NS)
@@ -199,7 +214,7 @@ def test_3_slow_version_is_rolled_back_with_event_and_alert(receiver):
     assert "fraud-v3" not in targets and isvc()["status"]["servingVersion"] == "fraud-v2"
 
 
-def test_4_drift_tamper_and_golden_mismatch_are_refused(receiver):
+def test_4_drift_tamper_and_golden_mismatch_are_refused(receiver, work):
     rolled_back_to("v2", "v4", receiver, "DriftDetected")
     for bad, cond in (("v5", "Verified"), ("v6", "Validated")):
         apply_isvc(bad, receiver)
@@ -212,6 +227,15 @@ def test_4_drift_tamper_and_golden_mismatch_are_refused(receiver):
         assert k.condition(job, "Failed")["reason"] == "PodFailurePolicy" and job["status"].get("failed") == 1, job["status"]
         k.wait_for(f"the service refusing fraud-{bad}", lambda: isvc()["status"].get("rejectedVersion") == f"fraud-{bad}", timeout=120)
         assert serving_annotations() == ["fraud-v2"] * 3, f"no pod ever serves fraud-{bad}"
+    # Unsigned is not the ModelVersion author's choice here: the policy refuses it, before any Job.
+    unsigned = k.model_version(NS, "unsigned", k.upload(work / "artifacts" / "v2", f"e2e/{NS}/unsigned"))
+    unsigned["spec"]["signature"] = {"required": False}
+    k.apply([unsigned])
+    mv = k.wait_for("fraud-unsigned refused", lambda: (lambda m: m if k.condition(m, "Verified") else None)(
+        k.kget("modelversion", "fraud-unsigned", NS)))
+    c = k.condition(mv, "Verified")
+    assert (c["status"], c["reason"]) == ("False", "TrustPolicyViolation") and f"ModelTrustPolicy {NS}-release" in c["message"], c
+    assert not k.kubectl("get", "job", "fraud-unsigned-verify", "-n", NS, "--ignore-not-found", check=False).strip()
 
 
 def test_4b_an_artifact_swapped_after_verification_is_refused(receiver, work):

@@ -87,7 +87,7 @@ KC
   [[ -n "$ok" ]] || { echo "kube-apiserver did not become ready; log:" >&2; tail -30 "$D/logs/kube-apiserver.log" >&2; down "$D"; exit 1; }
   KUBECONFIG="$D/kubeconfig" "$K8S_BIN/kubectl" apply -f "$REPO/crds/" >/dev/null
   KUBECONFIG="$D/kubeconfig" "$K8S_BIN/kubectl" wait --for condition=established --timeout 60s \
-    crd/inferenceservices.kinfer.dev crd/modelversions.kinfer.dev >/dev/null
+    crd/inferenceservices.kinfer.dev crd/modelversions.kinfer.dev crd/modeltrustpolicies.kinfer.dev >/dev/null
   printf 'export KUBECONFIG=%q\nexport KINFER_TEST_KUBECTL=%q\n' "$D/kubeconfig" "$K8S_BIN/kubectl" > "$D/env"
   echo "kube-apiserver ready on https://127.0.0.1:$api_port (KUBECONFIG=$D/kubeconfig)"
 }

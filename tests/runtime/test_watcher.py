@@ -657,6 +657,20 @@ def test_verification_job_commands(workdir, s3, signing_key):
 
     code, out = check(good, "job-good")
     assert code == 0 and out["ok"] and out["signer"].startswith("sha256:") and out["digest"].startswith("sha256:")
+    # A trust policy's keys come inline (--public-key-pem NAME=PEM), as the operator writes them.
+    def check_inline(pem):
+        p = subprocess.run([str(WATCHER), "check", "--source", good, "--endpoint", s3.endpoint,
+                            "--credentials-file", str(s3.creds), "--public-key-pem", f"release={pem}",
+                            "--dest", str(workdir / "job-inline"), "--termination-log", str(workdir / "inline.term")],
+                           capture_output=True, text=True, timeout=120)
+        return p.returncode, json.loads(p.stdout.strip().splitlines()[-1])
+    code, inline = check_inline(pathlib.Path(pub).read_text())
+    assert code == 0 and inline["signer"] == out["signer"] and inline["digest"] == out["digest"], inline
+    other = workdir / "other.pub"
+    subprocess.run(f"openssl ecparam -name prime256v1 -genkey -noout | openssl ec -pubout -out {other}",
+                   shell=True, check=True, capture_output=True)
+    code, inline = check_inline(other.read_text())
+    assert code == 3 and inline["reason"] == "SignatureInvalid", inline
     code, out = golden("job-good")
     assert code == 0 and out["ok"] and out["samples"] == 64 and out["agreement"] == 1.0, out
     code, out = check(bad, "job-bad")

@@ -1,4 +1,4 @@
-//! kinfer's API: the `InferenceService` and `ModelVersion` custom resources (group `kinfer.dev`,
+//! kinfer's API: the `InferenceService`, `ModelVersion` and `ModelTrustPolicy` custom resources (group `kinfer.dev`,
 //! version `v1alpha1`), their status and condition types, and small value types (durations) that
 //! the operator and the model-watcher both parse.
 //!
@@ -11,9 +11,11 @@ pub mod duration;
 pub mod inference_service;
 pub mod model_version;
 pub mod report;
+pub mod trust_policy;
 
 pub use inference_service::{InferenceService, InferenceServiceSpec, InferenceServiceStatus};
 pub use model_version::{ModelVersion, ModelVersionSpec, ModelVersionStatus};
+pub use trust_policy::{ModelTrustPolicy, ModelTrustPolicySpec};
 
 /// The API group of every kinfer resource.
 pub const GROUP: &str = "kinfer.dev";
@@ -34,7 +36,11 @@ pub fn crds()
 -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
     use kube::CustomResourceExt;
-    vec![InferenceService::crd(), ModelVersion::crd()]
+    vec![
+        InferenceService::crd(),
+        ModelVersion::crd(),
+        ModelTrustPolicy::crd(),
+    ]
 }
 
 /// Renders one CRD as the YAML committed under `crds/`, with a header that says how it was made.

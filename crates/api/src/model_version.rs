@@ -177,6 +177,11 @@ pub struct ModelVersionStatus {
     /// Which trusted key signed it (the key's name in the ConfigMap/Secret, and its fingerprint).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signer: Option<String>,
+    /// The trust the verification applied when a ModelTrustPolicy governs the namespace: the
+    /// policies and the keys the artifact was verified against. Pods verify against these keys
+    /// too; `None` when no policy selects the namespace (the spec's `signature` applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust: Option<AppliedTrust>,
     /// Worst absolute and relative error and decision agreement on the golden set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation_result: Option<ValidationResult>,
@@ -186,6 +191,17 @@ pub struct ModelVersionStatus {
     /// The generation these conditions describe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+/// What a ModelTrustPolicy made of a ModelVersion's trust.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedTrust {
+    /// The ModelTrustPolicies that select the namespace.
+    pub policies: Vec<String>,
+    /// The keys the artifact is verified against (the ModelVersion's own, each one allowed by
+    /// every policy, or else the keys every policy trusts).
+    pub public_keys: Vec<crate::trust_policy::PublicKey>,
 }
 
 /// Figures from a golden-set evaluation.

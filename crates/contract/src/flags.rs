@@ -64,6 +64,8 @@ pub mod watcher {
     pub const DEST: &str = "dest";
     /// Directory of trusted public keys.
     pub const PUBLIC_KEY_DIR: &str = "public-key-dir";
+    /// A trusted public key given inline as `NAME=PEM` (repeatable).
+    pub const PUBLIC_KEY_PEM: &str = "public-key-pem";
     /// Signature bundle inside the artifact.
     pub const SIGNATURE: &str = "signature";
     /// Accept an artifact without a bundle.
@@ -206,6 +208,10 @@ pub struct WatcherCheck {
     pub dest: String,
     /// `--public-key-dir`.
     pub public_key_dir: String,
+    /// `--public-key-pem NAME=PEM` for each (name, PEM): keys a trust policy chose, given on the
+    /// command line so that nothing a namespace user can edit stands between the policy and the
+    /// check.
+    pub public_keys_pem: Vec<(String, String)>,
     /// `--signature`, the bundle's name inside the artifact.
     pub signature: String,
     /// `--allow-unsigned` when true.
@@ -221,6 +227,9 @@ impl WatcherCheck {
         optional(&mut a, ENDPOINT, self.endpoint.as_ref());
         flag(&mut a, DEST, &self.dest);
         flag(&mut a, PUBLIC_KEY_DIR, &self.public_key_dir);
+        for (name, pem) in &self.public_keys_pem {
+            flag(&mut a, PUBLIC_KEY_PEM, format!("{name}={pem}"));
+        }
         flag(&mut a, SIGNATURE, &self.signature);
         if self.allow_unsigned {
             a.push(format!("--{ALLOW_UNSIGNED}"));

@@ -111,13 +111,9 @@ impl Cluster {
             .get(name)
             .await
             .map_err(|e| format!("cannot read ModelVersion {name}: {e}"))?;
-        // Only the bytes the verification Job checked may serve (digest pinning).
-        let Some(digest) = mv.status.as_ref().and_then(|s| s.digest.clone()) else {
-            return Err(format!(
-                "ModelVersion {name} has no verified digest yet (status.digest): waiting for its \
-                 verification Job (kubectl get mv {name} -o wide)"
-            ));
-        };
+        // Only the bytes the verification Job checked may serve (digest pinning); `run` waits
+        // while there is none.
+        let digest = mv.status.as_ref().and_then(|s| s.digest.clone());
         let svc = self
             .services
             .get(&self.id.service)
@@ -138,9 +134,24 @@ impl Cluster {
                 Some((key("AWS_ACCESS_KEY_ID")?, key("AWS_SECRET_ACCESS_KEY")?))
             }
         };
-        let keys = match &mv.spec.signature.trusted_keys {
-            None => Vec::new(),
-            Some(tk) => self.trusted_keys(tk).await?,
+        // A trust policy's keys, as the operator recorded them for the verification, take the
+        // place of the ModelVersion's own (which a namespace user can edit).
+        let applied = mv.status.as_ref().and_then(|s| s.trust.as_ref());
+        let keys = match (applied, &mv.spec.signature.trusted_keys) {
+            (Some(t), _) => t
+                .public_keys
+                .iter()
+                .map(|k| {
+                    TrustedKey::from_pem(&k.pem, std::path::Path::new(&k.name)).map_err(|e| {
+                        format!(
+                            "ModelVersion {name}: key {} of its trust policy: {e}",
+                            k.name
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            (None, None) => Vec::new(),
+            (None, Some(tk)) => self.trusted_keys(tk).await?,
         };
         Ok(Plan {
             name: name.to_owned(),
@@ -148,7 +159,7 @@ impl Cluster {
             credentials,
             keys,
             rollout: svc.spec.rollout,
-            digest: Some(digest),
+            digest,
         })
     }
 
@@ -338,6 +349,25 @@ pub async fn run(client: Client, id: Identity, mut watcher: Watcher) -> anyhow::
                 continue;
             }
         };
+        // Digest pinning: nothing is brought in before its verification recorded the digest
+        // (the normal state of a new ModelVersion for a few seconds, so no Warning).
+        if plan.digest.is_none() {
+            let msg = format!(
+                "waiting for the verification of ModelVersion {target} to record its digest \
+                 (status.digest; kubectl get mv {target} -o wide)"
+            );
+            if msg != last_problem {
+                let r = AnalysisReport {
+                    version: target.clone(),
+                    phase: AnalysisPhase::Pending,
+                    message: Some(msg.clone()),
+                    ..Default::default()
+                };
+                watcher.reporter.report(&r).await;
+                last_problem = msg;
+            }
+            continue;
+        }
         last_problem.clear();
         // Apply, but give up on it when the target changes underneath (an aborted rollout).
         let changed = async {

@@ -8,7 +8,10 @@
 //! - `verify`: check a downloaded artifact offline (docs/signing.md).
 //! - `fetch`: download a version's artifact atomically into a content-addressed directory.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use kinfer_api::{
@@ -57,6 +60,10 @@ struct SourceArgs {
     /// Trusted public key (SubjectPublicKeyInfo PEM, P-256 or P-384); repeatable.
     #[arg(long = "public-key", value_delimiter = ',')]
     public_keys: Vec<PathBuf>,
+    /// A trusted public key given inline, `NAME=PEM` (the verification Job gets a trust policy's
+    /// keys this way); repeatable.
+    #[arg(long = flags::PUBLIC_KEY_PEM)]
+    public_key_pems: Vec<String>,
     /// A directory whose `*.pem` files (and other files holding a PEM public key) are trusted
     /// keys (a mounted ConfigMap or Secret).
     #[arg(long = flags::PUBLIC_KEY_DIR, env = "KINFER_PUBLIC_KEY_DIR")]
@@ -234,6 +241,12 @@ impl SourceArgs {
         let mut keys = Vec::new();
         for p in &self.public_keys {
             keys.push(TrustedKey::from_file(p)?);
+        }
+        for inline in &self.public_key_pems {
+            let Some((name, pem)) = inline.split_once('=') else {
+                anyhow::bail!("--public-key-pem takes NAME=PEM, got no '=' in {inline:.40}");
+            };
+            keys.push(TrustedKey::from_pem(pem, Path::new(name))?);
         }
         if let Some(dir) = &self.public_key_dir {
             let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -602,6 +615,10 @@ mod tests {
             endpoint: Some("http://s3:8333".into()),
             dest: "/work".into(),
             public_key_dir: "/etc/kinfer/keys".into(),
+            public_keys_pem: vec![(
+                "release".into(),
+                "-----BEGIN PUBLIC KEY-----\nAA==\n".into(),
+            )],
             signature: "bundle.sig".into(),
             allow_unsigned: true,
         };
@@ -617,6 +634,10 @@ mod tests {
         assert_eq!(
             source.public_key_dir.as_deref(),
             Some(std::path::Path::new("/etc/kinfer/keys"))
+        );
+        assert_eq!(
+            source.public_key_pems,
+            ["release=-----BEGIN PUBLIC KEY-----\nAA==\n"]
         );
         assert_eq!(source.signature, "bundle.sig");
         assert!(source.allow_unsigned);

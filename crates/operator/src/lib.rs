@@ -18,6 +18,7 @@ pub mod owned;
 pub mod quantity;
 pub mod rollout;
 pub mod status;
+pub mod trust;
 pub mod validate;
 
 /// The one field manager every write of the operator uses (server-side apply and patches).

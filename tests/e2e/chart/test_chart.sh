@@ -174,7 +174,7 @@ k create namespace "$NS" >/dev/null && NS_MADE=1
 # The CRDs may already be in the cluster: applied with kubectl (the cluster tier does), or owned by
 # another Helm release (the e2e suite's, make demo's). Record how they are so the test can leave
 # them exactly so: a Helm release may only take over objects that carry its ownership metadata.
-CRDS=(inferenceservices.kinfer.dev modelversions.kinfer.dev)
+CRDS=(inferenceservices.kinfer.dev modelversions.kinfer.dev modeltrustpolicies.kinfer.dev)
 for c in "${CRDS[@]}"; do
   if k get crd "$c" >/dev/null 2>&1; then
     CRD_OWNER[$c]="$(k get crd "$c" -o jsonpath='{.metadata.annotations.meta\.helm\.sh/release-name}/{.metadata.annotations.meta\.helm\.sh/release-namespace}')"
@@ -224,10 +224,11 @@ for o in "deployment/$FULL" "serviceaccount/$FULL" "service/$FULL-metrics" "podd
          "role/$FULL-leader-election" "rolebinding/$FULL-leader-election"; do
   k -n "$NS" get "$o" >/dev/null 2>&1 || { objs_ok=0; missing+=("$o"); }
 done
-for o in "clusterrole/$FULL" "clusterrolebinding/$FULL" crd/inferenceservices.kinfer.dev crd/modelversions.kinfer.dev; do
+for o in "clusterrole/$FULL" "clusterrolebinding/$FULL" crd/inferenceservices.kinfer.dev crd/modelversions.kinfer.dev \
+         crd/modeltrustpolicies.kinfer.dev; do
   k get "$o" >/dev/null 2>&1 || { objs_ok=0; missing+=("$o"); }
 done
-if ((objs_ok)); then ok "installed: Deployment, ServiceAccount, metrics Service, PDB, ClusterRole(+Binding), lease Role(+Binding), both CRDs"
+if ((objs_ok)); then ok "installed: Deployment, ServiceAccount, metrics Service, PDB, ClusterRole(+Binding), lease Role(+Binding), the three CRDs"
 else ko "installed objects" "missing: ${missing[*]}"; fi
 if k wait --for condition=established --timeout=30s crd/inferenceservices.kinfer.dev crd/modelversions.kinfer.dev >/dev/null 2>&1 \
    && k get infsvc,mv -A >/dev/null 2>&1; then ok "CRDs established; kubectl get infsvc,mv answers"
@@ -240,11 +241,11 @@ for a in "patch inferenceservices.kinfer.dev/status" "watch modelversions.kinfer
          "delete poddisruptionbudgets.policy" "create jobs.batch" "patch pods" "patch pods --subresource=status" \
          "get secrets" "create roles.rbac.authorization.k8s.io" "create rolebindings.rbac.authorization.k8s.io" \
          "create events" "create events.events.k8s.io" "create horizontalpodautoscalers.autoscaling" "update configmaps" \
-         "update leases.coordination.k8s.io -n $NS"; do
+         "update leases.coordination.k8s.io -n $NS" "list modeltrustpolicies.kinfer.dev" "get namespaces"; do
   # shellcheck disable=SC2086
   can $a -n default 2>/dev/null || can $a || rbac_bad+=("cannot: $a")
 done
-for a in "list secrets" "delete pods" "create pods" "delete namespaces" "create clusterroles.rbac.authorization.k8s.io" \
+for a in "list secrets" "delete pods" "create pods" "delete namespaces" "create clusterroles.rbac.authorization.k8s.io" "update modeltrustpolicies.kinfer.dev" \
          "update leases.coordination.k8s.io -n default" "delete customresourcedefinitions.apiextensions.k8s.io" "escalate roles.rbac.authorization.k8s.io"; do
   # shellcheck disable=SC2086
   can $a && rbac_bad+=("can, but should not: $a")

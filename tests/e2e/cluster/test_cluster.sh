@@ -149,7 +149,7 @@ shopt -s nullglob
 crds=("$REPO_ROOT"/crds/*.yaml "$REPO_ROOT"/crds/*.yml "$REPO_ROOT"/crds/*.json)
 if ((${#crds[@]})); then
   if out=$(kc apply -f "$REPO_ROOT/crds/" 2>&1); then ok "kubectl apply -f crds/ ($(wc -l <<<"$out") object(s))"; else ko "kubectl apply -f crds/" "$out"; fi
-  kc wait --for condition=established --timeout=60s crd/inferenceservices.kinfer.dev crd/modelversions.kinfer.dev >/dev/null 2>&1
+  kc wait --for condition=established --timeout=60s crd/inferenceservices.kinfer.dev crd/modelversions.kinfer.dev crd/modeltrustpolicies.kinfer.dev >/dev/null 2>&1
   # The examples are accepted by the real API server (schema + CEL rules), and show in kubectl get.
   if out=$(kc -n "$NS" apply -f "$REPO_ROOT/examples/" 2>&1); then ok "kubectl apply -f examples/ ($(grep -c . <<<"$out") object(s))"; else ko "kubectl apply -f examples/" "$out"; fi
   if out=$(kc -n "$NS" get infsvc 2>&1) && grep -q 'SERVING *TARGET *PHASE *READY *AGE' <<<"$out" && grep -q '^fraud ' <<<"$out"; then

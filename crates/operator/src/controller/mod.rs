@@ -1,8 +1,10 @@
 //! The two controllers (InferenceService and ModelVersion), their shared [`Context`], the error
-//! policy (per-object exponential backoff) and [`run`], which drives both until shutdown.
+//! policy (per-object exponential backoff) and [`run`], which drives both until shutdown;
+//! [`trust`] reads what a ModelVersion's trust decision needs.
 
 pub mod inference_service;
 pub mod model_version;
+pub mod trust;
 
 use std::{
     collections::HashMap,

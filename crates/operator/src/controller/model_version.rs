@@ -29,6 +29,7 @@ use crate::{
         MODEL_VERSION_LABEL, VALIDATE_CONTAINER, VERIFY_CONTAINER, job_name, verification_job,
     },
     owned,
+    trust::{TRUST_POLICY_VIOLATION, Violation},
 };
 
 /// Kind label for metrics.
@@ -211,6 +212,57 @@ pub fn compose(
     s
 }
 
+/// The status of a ModelVersion a ModelTrustPolicy refuses, pure: `Verified=False` with the
+/// policy's sentence; no Job is made for it.
+pub fn refuse(
+    current: &ModelVersionStatus,
+    generation: Option<i64>,
+    v: &Violation,
+    now: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+) -> ModelVersionStatus {
+    let mut s = current.clone();
+    s.observed_generation = generation;
+    s.trust = None;
+    for (t, st, reason, msg) in [
+        (
+            VERIFIED,
+            Status::False,
+            TRUST_POLICY_VIOLATION,
+            v.message.clone(),
+        ),
+        (
+            VALIDATED,
+            Status::Unknown,
+            "NotRun",
+            "the artifact was not verified".to_owned(),
+        ),
+    ] {
+        conditions::upsert(
+            &mut s.conditions,
+            conditions::new(t, st, reason, msg, generation, now.clone()),
+        );
+    }
+    s
+}
+
+async fn write_status(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    next: &ModelVersionStatus,
+) -> Result<(), Error> {
+    let api: Api<ModelVersion> = Api::namespaced(ctx.client.clone(), ns);
+    let body = json!({"apiVersion": "kinfer.dev/v1alpha1", "kind": "ModelVersion", "status": next});
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(|e| Error::kube("writing ModelVersion status", e))?;
+    Ok(())
+}
+
 /// Reads the results from the Job's pods (newest first) and the Job's own status.
 pub fn outcome(job: Option<&Job>, pods: &[Pod], has_golden_set: bool) -> JobOutcome {
     let mut pods: Vec<&Pod> = pods.iter().collect();
@@ -293,6 +345,18 @@ async fn reconcile_inner(mv: &ModelVersion, ctx: &Context) -> Result<Action, Err
     if decided(&current) && current.observed_generation == generation {
         return Ok(Action::await_change());
     }
+    // The cluster's trust policies decide which keys verify it, or refuse it outright.
+    let trust = match super::trust::applied(&ctx.client, mv, &ns).await? {
+        Ok(t) => t,
+        Err(v) => {
+            let next = refuse(&current, generation, &v, now());
+            if mv.status.is_none() || next != current {
+                info!(modelversion = %name, policy = %v.policy, "refused by a ModelTrustPolicy");
+                write_status(ctx, &ns, &name, &next).await?;
+            }
+            return Ok(Action::await_change());
+        }
+    };
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
     let jname = job_name(&name);
     let mut job = jobs
@@ -300,7 +364,7 @@ async fn reconcile_inner(mv: &ModelVersion, ctx: &Context) -> Result<Action, Err
         .await
         .map_err(|e| Error::kube(format!("reading Job {jname}"), e))?;
     if job.is_none()
-        && let Some(j) = verification_job(mv, &ctx.defaults)
+        && let Some(j) = verification_job(mv, &ctx.defaults, trust.as_ref())
     {
         match jobs
             .create(
@@ -335,18 +399,10 @@ async fn reconcile_inner(mv: &ModelVersion, ctx: &Context) -> Result<Action, Err
         None => Vec::new(),
     };
     let o = outcome(job.as_ref(), &pod_list, mv.spec.validation.is_some());
-    let next = compose(&current, generation, &jname, &o, now());
+    let mut next = compose(&current, generation, &jname, &o, now());
+    next.trust = trust;
     if mv.status.is_none() || next != current {
-        let api: Api<ModelVersion> = Api::namespaced(ctx.client.clone(), &ns);
-        let body =
-            json!({"apiVersion": "kinfer.dev/v1alpha1", "kind": "ModelVersion", "status": next});
-        api.patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&body),
-        )
-        .await
-        .map_err(|e| Error::kube("writing ModelVersion status", e))?;
+        write_status(ctx, &ns, &name, &next).await?;
     }
     Ok(if decided(&next) {
         Action::await_change()

@@ -19,7 +19,7 @@ use k8s_openapi::{
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
-use kinfer_api::{ModelVersion, report::EXIT_REFUSED};
+use kinfer_api::{ModelVersion, model_version::AppliedTrust, report::EXIT_REFUSED};
 use kinfer_contract::flags::{GoldenCheck, RuntimeCheck, WatcherCheck};
 use kube::{Resource, ResourceExt};
 
@@ -49,7 +49,13 @@ pub fn job_name(mv: &str) -> String {
 }
 
 /// Builds the Job; `None` when the ModelVersion has no namespace or uid (not from the API).
-pub fn verification_job(mv: &ModelVersion, d: &Defaults) -> Option<Job> {
+/// With `trust` (a ModelTrustPolicy governs the namespace) the check gets exactly those keys on
+/// its command line and mounts none of the namespace's ConfigMaps or Secrets.
+pub fn verification_job(
+    mv: &ModelVersion,
+    d: &Defaults,
+    trust: Option<&AppliedTrust>,
+) -> Option<Job> {
     let name = mv.name_any();
     let ns = mv.namespace()?;
     let owner = mv.controller_owner_ref(&())?;
@@ -75,6 +81,14 @@ pub fn verification_job(mv: &ModelVersion, d: &Defaults) -> Option<Job> {
         endpoint: spec.source.endpoint.clone(),
         dest: WORK_DIR.into(),
         public_key_dir: KEYS_DIR.into(),
+        public_keys_pem: trust
+            .map(|t| {
+                t.public_keys
+                    .iter()
+                    .map(|k| (k.name.clone(), k.pem.clone()))
+                    .collect()
+            })
+            .unwrap_or_default(),
         signature: spec.signature.bundle.clone(),
         allow_unsigned: !spec.signature.required,
     }
@@ -104,6 +118,7 @@ pub fn verification_job(mv: &ModelVersion, d: &Defaults) -> Option<Job> {
         }
     }
     let keys_volume = match spec.signature.trusted_keys.as_ref() {
+        _ if trust.is_some() => empty_dir("keys"),
         Some(k) if k.config_map.is_some() => Volume {
             name: "keys".into(),
             config_map: Some(ConfigMapVolumeSource {
@@ -245,6 +260,34 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_trust_policy_puts_its_keys_on_the_command_line_and_mounts_nothing_editable() {
+        let m = mv(
+            "fraud-v8",
+            r#"{"model":"fraud","version":"v8","source":{"uri":"s3://models/fraud/v8/"},
+                "signature":{"trustedKeys":{"configMap":"keys"}}}"#,
+        );
+        let trust = AppliedTrust {
+            policies: vec!["corp".into()],
+            public_keys: vec![kinfer_api::trust_policy::PublicKey {
+                name: "release".into(),
+                pem: "-----BEGIN PUBLIC KEY-----\nAA==\n-----END PUBLIC KEY-----\n".into(),
+            }],
+        };
+        let j = verification_job(&m, &Defaults::default(), Some(&trust)).unwrap();
+        let p = j.spec.unwrap().template.spec.unwrap();
+        let args = p.init_containers.unwrap()[0].args.clone().unwrap();
+        let at = args.iter().position(|a| a == "--public-key-pem").unwrap();
+        assert!(args[at + 1].starts_with("release=-----BEGIN PUBLIC KEY-----"));
+        let keys = p
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "keys")
+            .unwrap();
+        assert!(keys.config_map.is_none() && keys.secret.is_none() && keys.empty_dir.is_some());
+    }
+
+    #[test]
     fn job_follows_the_contract() {
         let m = mv(
             "fraud-v8",
@@ -253,7 +296,7 @@ pub(crate) mod tests {
                 "signature":{"trustedKeys":{"configMap":"keys"}},
                 "validation":{"goldenSet":"golden.npz","atol":0.001,"rtol":0.01,"minAgreement":0.99}}"#,
         );
-        let j = verification_job(&m, &Defaults::default()).unwrap();
+        let j = verification_job(&m, &Defaults::default(), None).unwrap();
         assert_eq!(j.metadata.name.as_deref(), Some("fraud-v8-verify"));
         assert_eq!(
             j.metadata.owner_references.as_ref().unwrap()[0].kind,
@@ -346,7 +389,7 @@ pub(crate) mod tests {
             r#"{"model":"fraud","version":"v9","source":{"uri":"s3://models/fraud/v9/"},
                 "signature":{"required":false}}"#,
         );
-        let p = verification_job(&m, &Defaults::default())
+        let p = verification_job(&m, &Defaults::default(), None)
             .unwrap()
             .spec
             .unwrap()
