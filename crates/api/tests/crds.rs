@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use kinfer_api::{InferenceService, ModelVersion};
+use kinfer_api::{InferenceService, ModelTrustPolicy, ModelVersion};
 use kube::CustomResourceExt;
 use serde_json::Value;
 
@@ -197,6 +197,12 @@ fn admit(doc: &Value, old: Option<&Value>) -> Result<(), Vec<String>> {
         "ModelVersion" => (
             ModelVersion::crd(),
             serde_json::from_value::<ModelVersion>(doc.clone())
+                .map(|o| serde_json::to_value(o).unwrap())
+                .map_err(|e| e.to_string()),
+        ),
+        "ModelTrustPolicy" => (
+            ModelTrustPolicy::crd(),
+            serde_json::from_value::<ModelTrustPolicy>(doc.clone())
                 .map(|o| serde_json::to_value(o).unwrap())
                 .map_err(|e| e.to_string()),
         ),
@@ -507,4 +513,34 @@ fn defaults_are_filled_in() {
         "signatures are required by default"
     );
     assert_eq!(mv.spec.signature.bundle, "model.sig");
+}
+
+#[test]
+fn trust_policy_rules() {
+    use serde_json::json;
+    let policy = |spec: Value| {
+        json!({"apiVersion": "kinfer.dev/v1alpha1", "kind": "ModelTrustPolicy",
+               "metadata": {"name": "p"}, "spec": spec})
+    };
+    let pem = "-----BEGIN PUBLIC KEY-----\nAA==\n-----END PUBLIC KEY-----\n";
+    admit(
+        &policy(json!({"publicKeys": [{"name": "release", "pem": pem}]})),
+        None,
+    )
+    .expect("one key, signatures required");
+    admit(&policy(json!({"allowUnsigned": true})), None).expect("unsigned only, no keys");
+    for (spec, want) in [
+        (json!({}), "needs at least one public key"),
+        (
+            json!({"publicKeys": [{"name": "release", "pem": "not a key"}]}),
+            "pem must be one PEM public key",
+        ),
+        (
+            json!({"publicKeys": [{"name": "bad name!", "pem": pem}]}),
+            "name must be 1-63 characters",
+        ),
+    ] {
+        let errs = admit(&policy(spec.clone()), None).expect_err(&spec.to_string());
+        assert!(errs.iter().any(|e| e.contains(want)), "{spec}: {errs:?}");
+    }
 }
