@@ -198,9 +198,11 @@ pub struct ModelVersionStatus {
 #[serde(rename_all = "camelCase")]
 pub struct AppliedTrust {
     /// The ModelTrustPolicies that select the namespace.
+    #[schemars(length(max = 32))]
     pub policies: Vec<String>,
     /// The keys the artifact is verified against (the ModelVersion's own, each one allowed by
     /// every policy, or else the keys every policy trusts).
+    #[schemars(length(max = 32))]
     pub public_keys: Vec<crate::trust_policy::PublicKey>,
 }
 

@@ -43,6 +43,7 @@ pub struct ModelTrustPolicySpec {
     /// trust. A ModelVersion that names `signature.trustedKeys` must name only keys from this
     /// list; one that names none is verified against all of them.
     #[serde(default)]
+    #[schemars(length(max = 32))]
     pub public_keys: Vec<PublicKey>,
     /// Allow ModelVersions with `signature.required: false` (served without a signature, with a
     /// Warning Event). Default false.
@@ -56,8 +57,10 @@ pub struct ModelTrustPolicySpec {
 pub struct PublicKey {
     /// A name for the key, shown as the signer (`release`, `team-a-2026`).
     #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$')").message("name must be 1-63 characters of letters, digits, '.', '_' or '-'"))]
+    #[schemars(length(max = 63))]
     pub name: String,
     /// The key as SubjectPublicKeyInfo PEM (`-----BEGIN PUBLIC KEY-----`).
-    #[x_kube(validation = Rule::new("self.contains('-----BEGIN PUBLIC KEY-----') && size(self) <= 4096").message("pem must be one PEM public key (-----BEGIN PUBLIC KEY-----), at most 4096 characters"))]
+    #[x_kube(validation = Rule::new("self.contains('-----BEGIN PUBLIC KEY-----')").message("pem must be one PEM public key (-----BEGIN PUBLIC KEY-----)"))]
+    #[schemars(length(max = 4096))]
     pub pem: String,
 }
