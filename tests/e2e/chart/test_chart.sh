@@ -95,7 +95,7 @@ kinds_of() { grep -E '^kind: ' "$1" | sort | uniq -c | awk '{printf "%s=%s ", $3
 
 if render "$WORK/default.yaml"; then
   kinds="$(kinds_of "$WORK/default.yaml")"
-  want="ClusterRole=1 ClusterRoleBinding=1 CustomResourceDefinition=2 Deployment=1 PodDisruptionBudget=1 Role=1 RoleBinding=1 Service=1 ServiceAccount=1 ValidatingAdmissionPolicy=1 ValidatingAdmissionPolicyBinding=1 "
+  want="ClusterRole=1 ClusterRoleBinding=1 CustomResourceDefinition=3 Deployment=1 PodDisruptionBudget=1 Role=1 RoleBinding=1 Service=1 ServiceAccount=1 ValidatingAdmissionPolicy=1 ValidatingAdmissionPolicyBinding=1 "
   if [[ "$kinds" == "$want" ]]; then ok "helm template (defaults): $kinds"
   else ko "helm template (defaults) kinds" "got:  $kinds" "want: $want"; fi
 else ko "helm template (defaults)" "$(tail_of "$WORK/default.yaml.err")"; fi
@@ -109,9 +109,9 @@ if render "$WORK/monitoring.yaml" "${MON[@]}"; then
 else ko "helm template (monitoring on)" "$(tail_of "$WORK/monitoring.yaml.err")"; fi
 
 # CRDs: kept by default; crds.keep=false drops the policy; crds.install=false drops the CRDs.
-if [[ $(grep -c 'helm.sh/resource-policy: keep' "$WORK/default.yaml") == 2 ]] \
+if [[ $(grep -c 'helm.sh/resource-policy: keep' "$WORK/default.yaml") == 3 ]] \
    && render "$WORK/nokeep.yaml" --set crds.keep=false && ! grep -q 'resource-policy' "$WORK/nokeep.yaml" \
-   && [[ $(grep -c '^kind: CustomResourceDefinition' "$WORK/nokeep.yaml") == 2 ]] \
+   && [[ $(grep -c '^kind: CustomResourceDefinition' "$WORK/nokeep.yaml") == 3 ]] \
    && render "$WORK/nocrds.yaml" --set crds.install=false && ! grep -q '^kind: CustomResourceDefinition' "$WORK/nocrds.yaml"; then
   ok "crds.keep adds helm.sh/resource-policy: keep; crds.install=false renders no CRD"
 else ko "crds.install / crds.keep"; fi
