@@ -137,9 +137,19 @@ def test_1_serves_v1_on_three_ready_pods(installed, artifacts, receiver, work):
         assert r.returncode != 0 and "only the annotations kinfer.dev/serving-version" in r.stderr, (change, r.stderr)
     r = as_the_watcher("label", "pod", own, "kinfer.dev/inferenceservice=other", "--overwrite")
     assert r.returncode != 0 and "Forbidden" in r.stderr, r.stderr
-    r = as_the_watcher("patch", "pod", own, "--subresource", "status", "--type", "strategic",
-                       "-p", json.dumps({"status": {"conditions": [{"type": "Ready", "status": "False"}]}}))
-    assert r.returncode != 0 and "only the kinfer.dev/ModelReady condition" in r.stderr, r.stderr
+    # The status patch goes straight to the API (kubectl would first GET pods/status, which the
+    # watcher's Role does not grant; the watcher itself only patches).
+    import base64, ssl, tempfile, urllib.error, urllib.request
+    with tempfile.NamedTemporaryFile("wb", suffix=".crt", delete=False) as ca:
+        ca.write(base64.b64decode(cluster["certificate-authority-data"]))
+    req = urllib.request.Request(
+        f"{cluster['server']}/api/v1/namespaces/{NS}/pods/{own}/status", method="PATCH",
+        data=json.dumps({"status": {"conditions": [{"type": "Ready", "status": "False"}]}}).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/strategic-merge-patch+json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(req, context=ssl.create_default_context(cafile=ca.name), timeout=30)
+    body = refused.value.read().decode()
+    assert refused.value.code == 403 and "only the kinfer.dev/ModelReady condition" in body, body
     svc = k.wait_for("status.servingVersion", lambda: isvc() if isvc().get("status", {}).get("servingVersion") == "fraud-v1" else None)
     assert k.condition(svc, "Ready")["status"] == "True"
     mv = k.kget("modelversion", "fraud-v1", NS)
