@@ -261,8 +261,13 @@ def test_4b_an_artifact_swapped_after_verification_is_refused(receiver, work):
     k.upload(work / "artifacts" / "v1", f"e2e/{NS}/pin")
     apply_isvc("pin", receiver)
     k.wait_for("the service refusing fraud-pin", lambda: isvc()["status"].get("rejectedVersion") == "fraud-pin", timeout=180)
-    canary = [r for r in map(k.analysis, k.pods(NS)) if r and r["version"] == "fraud-pin"]
-    assert len(canary) == 1 and canary[0]["verdict"] == "Refused" and canary[0]["reason"] == "ArtifactChanged", canary
+    # The pod's report says why (one CI run read it, right after the service's refusal, without
+    # its verdict: the verdict is asserted on the report the pod settles on).
+    canary = k.wait_for("the canary's ArtifactChanged report", lambda: [
+        r for r in map(k.analysis, k.pods(NS))
+        if r and r["version"] == "fraud-pin" and r.get("verdict") == "Refused" and r.get("reason") == "ArtifactChanged"],
+        timeout=60)
+    assert len(canary) == 1, canary
     assert recorded in canary[0]["message"] and canary[0]["digest"] != recorded, canary
     assert k.wait_for("an ArtifactChanged Warning Event", lambda: [e for e in k.events(NS, "ArtifactChanged")
                                                                    if e["type"] == "Warning"])
