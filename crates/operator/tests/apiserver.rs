@@ -280,14 +280,13 @@ async fn reconciles_owned_objects_status_and_a_second_reconcile_writes_nothing()
     // but no spec change) and compare every resourceVersion once it ran.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before_count = op.reconciles();
-    Api::<InferenceService>::namespaced(c.clone(), &ns)
-        .patch(
-            "fraud",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {"test/poke": "1"}}})),
-        )
-        .await
-        .unwrap();
+    patch_isvc(
+        &c,
+        &ns,
+        "fraud",
+        json!({"metadata": {"annotations": {"test/poke": "1"}}}),
+    )
+    .await;
     let before = resource_versions(&c, &ns, "fraud").await;
     wait_for("a reconcile after the poke", T, || async {
         (op.reconciles() > before_count).then_some(())
@@ -623,14 +622,13 @@ async fn regression_rolls_back_alerts_holds_and_retries_on_request() {
 
     // GitOps hold: the spec still names fraud-v2; reconciles do not retry it or alert again.
     let n = op.reconciles();
-    Api::<InferenceService>::namespaced(c.clone(), &ns)
-        .patch(
-            "fraud",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {"test/poke": "1"}}})),
-        )
-        .await
-        .unwrap();
+    patch_isvc(
+        &c,
+        &ns,
+        "fraud",
+        json!({"metadata": {"annotations": {"test/poke": "1"}}}),
+    )
+    .await;
     wait_for("a reconcile", T, || async {
         (op.reconciles() > n).then_some(())
     })
@@ -660,14 +658,13 @@ async fn regression_rolls_back_alerts_holds_and_retries_on_request() {
     );
 
     // Retry on request: the annotation releases the hold, and the operator removes it.
-    Api::<InferenceService>::namespaced(c.clone(), &ns)
-        .patch(
-            "fraud",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {"kinfer.dev/retry": "please"}}})),
-        )
-        .await
-        .unwrap();
+    patch_isvc(
+        &c,
+        &ns,
+        "fraud",
+        json!({"metadata": {"annotations": {"kinfer.dev/retry": "please"}}}),
+    )
+    .await;
     wait_target(&c, &ns, "p-0", "fraud-v2").await;
     wait_for("the retry annotation to be consumed", T, || async {
         let i = isvc(&c, &ns, "fraud").await;
@@ -726,14 +723,13 @@ async fn invalid_spec_is_reported_and_nothing_is_created() {
             .is_none()
     );
     // Fixing the spec reconciles at once.
-    Api::<InferenceService>::namespaced(c.clone(), &ns)
-        .patch(
-            "fraud",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"resources": {"cpu": "2"}}})),
-        )
-        .await
-        .unwrap();
+    patch_isvc(
+        &c,
+        &ns,
+        "fraud",
+        json!({"spec": {"resources": {"cpu": "2"}}}),
+    )
+    .await;
     let d = wait_for("the Deployment", T, || async {
         Api::<Deployment>::namespaced(c.clone(), &ns)
             .get_opt("fraud")

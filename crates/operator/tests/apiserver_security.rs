@@ -127,14 +127,13 @@ async fn a_webhook_token_secret_without_the_opt_in_label_is_refused_with_a_condi
         )
         .await
         .unwrap();
-    Api::<InferenceService>::namespaced(c.clone(), &ns)
-        .patch(
-            "fraud",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {"test/poke": "1"}}})),
-        )
-        .await
-        .unwrap();
+    patch_isvc(
+        &c,
+        &ns,
+        "fraud",
+        json!({"metadata": {"annotations": {"test/poke": "1"}}}),
+    )
+    .await;
     wait_for("AlertsConfigured=True", T, || async {
         let i = isvc(&c, &ns, "fraud").await;
         (cond(&i, "AlertsConfigured")?.0 == "True").then_some(())

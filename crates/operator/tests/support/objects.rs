@@ -73,3 +73,12 @@ pub async fn events(c: &Client, ns: &str, regarding: &str, reason: &str) -> Vec<
         })
         .collect()
 }
+
+/// Merge-patches an InferenceService (a spec change, or an annotation that makes the operator
+/// reconcile it again).
+pub async fn patch_isvc(c: &Client, ns: &str, name: &str, patch: Value) {
+    Api::<InferenceService>::namespaced(c.clone(), ns)
+        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap();
+}
