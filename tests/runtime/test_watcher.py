@@ -210,24 +210,51 @@ def test_numerically_different_version_is_refused_before_serving(served_v1, work
     assert load.failed == 0 and "mismatch" not in load.versions
 
 
-def test_slower_version_is_rolled_back_on_p99(served_v1, workdir, s3, signing_key):
+def test_slower_version_is_rolled_back_against_the_paired_baseline(served_v1, workdir, s3, signing_key):
+    """The default analysis: v1 answers a random half of the live requests while the candidate is
+    judged, and the verdict is the interval of the latency ratio over those same moments."""
     priv, pub = signing_key
-    # ~2.4 ms more compute per request: well past the 1 ms noise floor and 2x whatever v1 does.
+    # ~2.4 ms more compute per request: many times whatever v1 does.
     d = artifact(workdir, "slow", lambda p: models.scorer(p, seed=0, slow_layers=40), sign_key=priv)
     src = s3.upload(d, "fraud/slow")
     with Load(served_v1) as load:
         time.sleep(1.0)
+        before = dict(load.versions)
         code, report, events, p = run_watcher(served_v1, workdir, s3, src, "slow", *ANALYSIS, keys=[pub])
         time.sleep(0.3)
     assert code == 2, p.stderr[-3000:]
     assert report["verdict"] == "RolledBack" and report["reason"] == "LatencyRegression", report
     f = report["figures"]
-    assert f["p99"] > f["baselineP99"] and f["requests"] >= 150, f
+    assert f["latencyRatioLow"] > 1.1 and f["requests"] >= 150 and f["baselineRequests"] >= 150, f
+    m = re.match(r"latency ([0-9.]+)× the baseline's \(([0-9.]+)–([0-9.]+) at 95% confidence; p50 ", report["message"])
+    assert m and float(m.group(2)) > 1.1, report["message"]
+    assert "in the same window, over maxLatencyRatio 1.1" in report["message"]
+    assert "rolled back to v1" in report["message"]
+    assert {"LatencyRegression", "RolledBack"} <= {e["reason"] for e in events if e["type"] == "Warning"}
+    assert serving(served_v1) == ("v1", ["v1"])
+    # Both versions answered live requests during the analysis (v1 as the baseline).
+    assert load.versions.get("slow", 0) > 0 and load.versions["v1"] - before.get("v1", 0) > 150, load.versions
+    assert load.failed == 0, load.errors[:3]
+
+
+def test_slower_version_is_rolled_back_on_p99_before_after(served_v1, workdir, s3, signing_key):
+    """`--baseline-fraction 0` (analysis.baseline.fraction: 0): the candidate is compared with v1's
+    figures from just before the swap."""
+    priv, pub = signing_key
+    d = artifact(workdir, "slow-ba", lambda p: models.scorer(p, seed=0, slow_layers=40), sign_key=priv)
+    src = s3.upload(d, "fraud/slow-ba")
+    with Load(served_v1) as load:
+        time.sleep(1.0)
+        code, report, events, p = run_watcher(served_v1, workdir, s3, src, "slow-ba", *ANALYSIS,
+                                              "--baseline-fraction", "0", keys=[pub])
+        time.sleep(0.3)
+    assert code == 2, p.stderr[-3000:]
+    assert report["verdict"] == "RolledBack" and report["reason"] == "LatencyRegression", report
+    f = report["figures"]
+    assert f["p99"] > f["baselineP99"] and f["requests"] >= 150 and "latencyRatio" not in f, f
     # The judged percentile (p90 below 1,000 requests, else p99) moved past maxP99Ratio 2.
     m = re.match(r"(p90|p99) [0-9.]+ ms is ([0-9.]+)× the previous version's", report["message"])
     assert m and float(m.group(2)) > 2.0, report["message"]
-    assert "rolled back to v1" in report["message"]
-    assert {"LatencyRegression", "RolledBack"} <= {e["reason"] for e in events if e["type"] == "Warning"}
     assert serving(served_v1) == ("v1", ["v1"])
     assert load.failed == 0, load.errors[:3]
 
@@ -546,7 +573,9 @@ def test_drifting_version_is_rolled_back_on_drift(served_v1, workdir, s3, signin
         code, report, events, p = run_watcher(served_v1, workdir, s3, src, "drift", *ANALYSIS, keys=[pub])
     assert code == 2, p.stderr[-3000:]
     assert report["verdict"] == "RolledBack" and report["reason"] == "DriftDetected", report
-    assert report["figures"]["drift"] > 0.2
+    # Judged on the pairs: the two versions' decisions on the same inputs.
+    assert "requests run on both" in report["message"], report["message"]
+    assert report["figures"]["disagreement"] > 0.05 and report["figures"]["drift"] > 0.2, report
     assert serving(served_v1)[0] == "v1"
     assert load.failed == 0, load.errors[:3]
 

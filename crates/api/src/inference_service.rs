@@ -271,43 +271,99 @@ impl Default for CanarySpec {
 }
 
 /// What "no regression" means after a swap.
+///
+/// By default the previous version (kept loaded) answers a random `baseline.fraction` of the
+/// canary pod's live requests during the analysis, so both versions are measured on the same
+/// load at the same moments; each comparison is a confidence interval, and the verdict is a
+/// regression only when the interval lies beyond the limit, a pass only when it lies within,
+/// and otherwise the window extends up to `maxWindow`, after which the rollout holds
+/// (`AnalysisInconclusive`). With `baseline.fraction: 0` the new version is compared with the
+/// previous version's figures from just before the swap instead.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct AnalysisSpec {
-    /// How long the new version is watched before the verdict.
+    /// The shortest analysis: no pass before it is over (a regression is acted on at once).
+    /// `0s` skips the analysis: the version is kept as soon as it serves (with `minRequests: 0`).
     #[serde(default = "default_window")]
     pub window: Duration,
-    /// Requests needed before any verdict; a window with fewer extends until it has them.
+    /// The longest analysis: with no evidence either way by then, the verdict is
+    /// `Inconclusive` and the rollout holds. Read as `window` when shorter.
+    #[serde(default = "default_max_window")]
+    pub max_window: Duration,
+    /// Requests each side needs before any verdict (the tests' intervals decide how many more).
     #[serde(default = "default_min_requests")]
     #[x_kube(validation = Rule::new("self >= 0").message("analysis.minRequests must be >= 0"))]
     pub min_requests: i64,
-    /// Largest allowed ratio of the new p99 to the previous version's p99 measured just before
-    /// the swap. Until the new version has answered 1,000 requests its p90 is compared with the
-    /// previous p90 instead (the p99 of fewer requests rests on fewer than ten samples).
+    /// Confidence of every verdict: the chance that a version as good as the limits is not
+    /// rolled back (split over the tests and the looks of one analysis).
+    #[serde(default = "default_confidence")]
+    #[x_kube(validation = Rule::new("self >= 0.5 && self < 1.0").message("analysis.confidence must be in [0.5, 1)"))]
+    pub confidence: f64,
+    /// Largest allowed ratio of the new version's typical latency to the baseline's (the
+    /// Hodges–Lehmann estimate of the ratio over all requests of the window).
+    #[serde(default = "default_max_latency_ratio")]
+    #[x_kube(validation = Rule::new("self >= 1.0").message("analysis.maxLatencyRatio must be >= 1"))]
+    pub max_latency_ratio: f64,
+    /// Largest allowed ratio of the new version's p99 to the baseline's. Judged once each side
+    /// has 1,000 requests (the p99 of fewer rests on fewer than ten samples); without a paired
+    /// baseline the p90 stands in below that.
     #[serde(default = "default_max_p99_ratio")]
     #[x_kube(validation = Rule::new("self >= 1.0").message("analysis.maxP99Ratio must be >= 1"))]
     pub max_p99_ratio: f64,
     /// Absolute p99 budget (`20ms`), checked as well as the ratio.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_p99: Option<Duration>,
-    /// Largest allowed fraction of failed requests.
+    /// Largest allowed fraction of failed requests more than the baseline's (the previous
+    /// version's own rate without a paired baseline).
     #[serde(default = "default_max_error_rate")]
     #[x_kube(validation = Rule::new("self >= 0.0 && self <= 1.0").message("analysis.maxErrorRate must be between 0 and 1"))]
     pub max_error_rate: f64,
     /// Output drift against the previous version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drift: Option<DriftSpec>,
+    /// The paired baseline.
+    #[serde(default)]
+    pub baseline: BaselineSpec,
 }
 
 impl Default for AnalysisSpec {
     fn default() -> Self {
         Self {
             window: default_window(),
+            max_window: default_max_window(),
             min_requests: default_min_requests(),
+            confidence: default_confidence(),
+            max_latency_ratio: default_max_latency_ratio(),
             max_p99_ratio: default_max_p99_ratio(),
             max_p99: None,
             max_error_rate: default_max_error_rate(),
             drift: None,
+            baseline: BaselineSpec::default(),
+        }
+    }
+}
+
+/// The previous version answering part of the live traffic during an analysis.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BaselineSpec {
+    /// Fraction of the canary pod's live requests the previous version answers, picked at
+    /// random per request; 0 compares with the figures from before the swap instead.
+    #[serde(default = "default_baseline_fraction")]
+    #[x_kube(validation = Rule::new("self >= 0.0 && self <= 0.5").message("analysis.baseline.fraction must be between 0 and 0.5"))]
+    pub fraction: f64,
+    /// Fraction of live requests also run on the other version, off the request path, to
+    /// compare the two answers on identical inputs (what `drift.maxDisagreement` judges).
+    #[serde(default = "default_pair_rate")]
+    #[x_kube(validation = Rule::new("self >= 0.0 && self <= 1.0").message("analysis.baseline.pairRate must be between 0 and 1"))]
+    pub pair_rate: f64,
+}
+
+impl Default for BaselineSpec {
+    fn default() -> Self {
+        Self {
+            fraction: default_baseline_fraction(),
+            pair_rate: default_pair_rate(),
         }
     }
 }
@@ -324,6 +380,11 @@ pub struct DriftSpec {
     #[serde(default = "default_max_drift")]
     #[x_kube(validation = Rule::new("self >= 0.0").message("drift.maxScore must be >= 0"))]
     pub max_score: f64,
+    /// With a paired baseline: the largest allowed fraction of requests, run on both versions
+    /// with the same inputs, whose decisions (arg-max, or score >= 0.5) differ.
+    #[serde(default = "default_max_disagreement")]
+    #[x_kube(validation = Rule::new("self >= 0.0 && self <= 1.0").message("drift.maxDisagreement must be between 0 and 1"))]
+    pub max_disagreement: f64,
 }
 
 /// Drift statistics.
@@ -528,7 +589,25 @@ fn default_queue_capacity() -> i32 {
     1024
 }
 fn default_window() -> Duration {
-    "60s".parse().expect("valid literal")
+    "30s".parse().expect("valid literal")
+}
+fn default_max_window() -> Duration {
+    "2m".parse().expect("valid literal")
+}
+fn default_confidence() -> f64 {
+    0.95
+}
+fn default_max_latency_ratio() -> f64 {
+    1.1
+}
+fn default_baseline_fraction() -> f64 {
+    0.5
+}
+fn default_pair_rate() -> f64 {
+    0.1
+}
+fn default_max_disagreement() -> f64 {
+    0.05
 }
 fn default_min_requests() -> i64 {
     100

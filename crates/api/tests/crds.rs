@@ -353,6 +353,23 @@ fn each_invariant_refuses_with_its_own_message() {
             "maxQueueDelay must be at most 1s",
         ),
         (
+            "baseline fraction over a half",
+            isvc(
+                json!({"modelVersion": "a", "rollout": {"analysis": {"baseline": {"fraction": 0.7}}}}),
+            ),
+            "analysis.baseline.fraction must be between 0 and 0.5",
+        ),
+        (
+            "certain confidence",
+            isvc(json!({"modelVersion": "a", "rollout": {"analysis": {"confidence": 1.0}}})),
+            "analysis.confidence must be in [0.5, 1)",
+        ),
+        (
+            "latency ratio below one",
+            isvc(json!({"modelVersion": "a", "rollout": {"analysis": {"maxLatencyRatio": 0.9}}})),
+            "analysis.maxLatencyRatio must be >= 1",
+        ),
+        (
             "too many instances",
             isvc(json!({"modelVersion": "a", "runtime": {"instances": 1000}})),
             "instances must be between 1 and 64",
@@ -496,9 +513,13 @@ fn defaults_are_filled_in() {
     assert!(obj.spec.rollout.auto_rollback);
     assert_eq!(
         obj.spec.rollout.analysis.window.get(),
-        std::time::Duration::from_secs(60)
+        std::time::Duration::from_secs(30)
     );
-    assert_eq!(obj.spec.rollout.analysis.max_p99_ratio, 1.5);
+    let a = &obj.spec.rollout.analysis;
+    assert_eq!(a.max_window.get(), std::time::Duration::from_secs(120));
+    assert_eq!(a.max_p99_ratio, 1.5);
+    assert_eq!((a.max_latency_ratio, a.confidence), (1.1, 0.95));
+    assert_eq!((a.baseline.fraction, a.baseline.pair_rate), (0.5, 0.1));
     let schema = serde_json::to_string(&InferenceService::crd()).unwrap();
     assert!(
         schema.contains("\"default\""),

@@ -7,6 +7,7 @@
 //! | `POST /admin/stage` | [`StageRequest`] | [`StageAnswer`] |
 //! | `POST /admin/evaluate` | [`EvaluateRequest`] | [`EvaluateAnswer`] |
 //! | `POST /admin/shadow` | [`ShadowRequest`] | [`ShadowAnswer`] |
+//! | `POST /admin/baseline` | [`BaselineRequest`] | [`BaselineAnswer`] |
 //! | `POST /admin/serve` (and its older name `promote`) | [`VersionRequest`] | [`ServeAnswer`] |
 //! | `POST /admin/rollback` | [`VersionRequest`] (the version to go back to) | [`ServeAnswer`] |
 //! | `POST /admin/unload` | [`VersionRequest`] | [`UnloadAnswer`] |
@@ -27,6 +28,8 @@ pub mod paths {
     pub const EVALUATE: &str = "/admin/evaluate";
     /// Mirror live traffic to a loaded version.
     pub const SHADOW: &str = "/admin/shadow";
+    /// Answer a fraction of live requests with the previous version during an analysis.
+    pub const BASELINE: &str = "/admin/baseline";
     /// Make a loaded version serve.
     pub const SERVE: &str = "/admin/serve";
     /// The older name of [`SERVE`].
@@ -201,6 +204,87 @@ pub struct ShadowAnswer {
     pub stopped: Option<ShadowSummary>,
 }
 
+/// `POST /admin/baseline`: while the serving version (the candidate) is analysed, answer
+/// `fraction` of its live requests with `version` (the version that served before, kept loaded),
+/// picked at random per request, and run `pair_rate` of all live requests on the other version
+/// too, off the request path, to compare the two answers on identical inputs. Each call starts
+/// the figures afresh; `fraction` 0 stops (and returns the final figures).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BaselineRequest {
+    /// The baseline: a loaded version that does not serve (ignored when stopping).
+    #[serde(default)]
+    pub version: String,
+    /// Fraction of live requests the baseline answers, 0 to 0.5 (0 stops).
+    pub fraction: f64,
+    /// Fraction of live requests also run on the other version and compared, 0 to 1.
+    #[serde(default)]
+    pub pair_rate: f64,
+}
+
+/// One arm of a paired baseline: the requests one version answered since the split began.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ArmSummary {
+    /// The version.
+    pub version: String,
+    /// Requests answered (ok + errors).
+    pub requests: u64,
+    /// Failures the server is answerable for (as [`VersionStats::server_errors`]).
+    pub server_errors: u64,
+    /// End-to-end latency histogram: `[lower µs, upper µs, count]` per non-empty bucket, in
+    /// increasing order (log-linear buckets, ~4.4% wide).
+    pub latency: Vec<[u64; 3]>,
+    /// `value` or `argmax`, as [`VersionStats::output_kind`].
+    pub output_kind: String,
+    /// Counts per bin of the first output, as [`VersionStats::output_distribution`].
+    pub output_distribution: Vec<u64>,
+}
+
+/// Both versions run on the same inputs.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PairSummary {
+    /// Requests run on both versions whose two answers were compared.
+    pub compared: u64,
+    /// Compared requests whose decisions (arg-max, or score >= 0.5, of the first output per
+    /// row) were the same for every row.
+    pub agreed: u64,
+    /// Mean over compared requests of the largest absolute difference of the first output.
+    pub mean_abs_deviation: f64,
+    /// Largest absolute difference of the first output seen.
+    pub max_abs_deviation: f64,
+    /// Requests that could not be run on the other version (its queue full, an error).
+    pub errors: u64,
+}
+
+/// A paired baseline's figures.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BaselineSummary {
+    /// Fraction of live requests answered by the baseline.
+    pub fraction: f64,
+    /// Fraction of live requests run on both versions.
+    pub pair_rate: f64,
+    /// Milliseconds since the split began.
+    pub elapsed_ms: u64,
+    /// The serving version under analysis.
+    pub candidate: ArmSummary,
+    /// The previous version.
+    pub baseline: ArmSummary,
+    /// The pairwise comparison.
+    pub pairs: PairSummary,
+}
+
+/// Answer to `baseline`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct BaselineAnswer {
+    /// The split now (none after a stop).
+    pub baseline: Option<BaselineSummary>,
+    /// The split this call replaced or stopped, with its final figures.
+    pub stopped: Option<BaselineSummary>,
+}
+
 /// Percentiles of a latency histogram, in seconds.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq)]
 pub struct Percentiles {
@@ -285,6 +369,9 @@ pub struct StatsAnswer {
     pub rollbacks: u64,
     /// The shadow, if one runs.
     pub shadow: Option<ShadowSummary>,
+    /// The paired baseline, if one runs.
+    #[serde(default)]
+    pub baseline: Option<BaselineSummary>,
     /// Every loaded version by label.
     pub versions: BTreeMap<String, VersionEntry>,
 }
@@ -307,6 +394,8 @@ pub enum Conflict {
     Serving,
     /// `shadow`: the version serves; shadow a staged one.
     ShadowServing,
+    /// `baseline`: the version serves (the baseline must be another), or nothing serves yet.
+    BaselineServing,
 }
 
 /// The body of every error answer.
@@ -370,7 +459,33 @@ mod tests {
             swaps: 1,
             rollbacks: 0,
             shadow: None,
+            baseline: Some(BaselineSummary {
+                fraction: 0.5,
+                pair_rate: 0.1,
+                elapsed_ms: 1200,
+                candidate: ArmSummary {
+                    version: "v1".into(),
+                    requests: 3,
+                    latency: vec![[100, 103, 2], [200, 207, 1]],
+                    ..Default::default()
+                },
+                baseline: ArmSummary {
+                    version: "v0".into(),
+                    ..Default::default()
+                },
+                pairs: PairSummary {
+                    compared: 1,
+                    agreed: 1,
+                    max_abs_deviation: f64::MAX,
+                    ..Default::default()
+                },
+            }),
             versions,
+        });
+        round_trip(&BaselineRequest {
+            version: "v0".into(),
+            fraction: 0.3,
+            pair_rate: 0.1,
         });
     }
 

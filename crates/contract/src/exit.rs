@@ -12,3 +12,5 @@ pub const ROLLED_BACK: i32 = 2;
 pub const REFUSED: i32 = 3;
 /// `kinfer-watcher run`: the version regressed and keeps serving (autoRollback off).
 pub const REGRESSED: i32 = 4;
+/// `kinfer-watcher run`: the analysis was inconclusive; the version keeps serving.
+pub const INCONCLUSIVE: i32 = 5;

@@ -39,5 +39,8 @@ pub const ROLLED_BACK: &str = "RolledBack";
 /// The runtime restarted during a version's analysis and lost it: the candidate counts as
 /// failed and the last judged version serves again (Warning; rolled back).
 pub const RUNTIME_CRASHED: &str = "RuntimeCrashed";
+/// The analysis reached its longest window without evidence either way: the rollout holds where
+/// it is (Warning).
+pub const ANALYSIS_INCONCLUSIVE: &str = "AnalysisInconclusive";
 /// A rollout stopped where it is: a version regressed and `autoRollback` is off (Warning).
 pub const ROLLOUT_STOPPED: &str = "RolloutStopped";

@@ -26,6 +26,28 @@ pub struct AnalysisFigures {
     /// Requests seen in the window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests: Option<i64>,
+    /// With a paired baseline: the baseline's fraction of failed requests in the same window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_error_rate: Option<f64>,
+    /// With a paired baseline: requests the baseline answered in the same window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_requests: Option<i64>,
+    /// With a paired baseline: the typical latency ratio new / baseline (Hodges–Lehmann).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ratio: Option<f64>,
+    /// Lower bound of `latencyRatio` at the analysis's confidence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ratio_low: Option<f64>,
+    /// Upper bound of `latencyRatio` at the analysis's confidence (absent: unbounded yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ratio_high: Option<f64>,
+    /// With a paired baseline: the fraction of requests run on both versions whose decisions
+    /// differed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disagreement: Option<f64>,
+    /// With a paired baseline: requests run on both versions and compared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pairs: Option<i64>,
 }
 
 /// How far the watcher has got with the version it was asked for.
@@ -60,6 +82,9 @@ pub enum Verdict {
     /// Served and regressed, and kept serving because `autoRollback` is off: the rollout stops
     /// where it is (nothing more is promoted) until the spec changes or a retry is asked for.
     Regressed,
+    /// Served, and the analysis found no evidence either way within its longest window (too
+    /// little traffic, too much noise): kept serving, and the rollout holds where it is.
+    Inconclusive,
 }
 
 /// Golden-set figures of the numerical gate.

@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode, body::Bytes};
 use kinfer_contract::admin::{
-    Conflict, ErrorBody, EvaluateAnswer, EvaluateRequest, ServeAnswer, ShadowAnswer, ShadowRequest,
-    StageAnswer, StageRequest, StatsAnswer, UnloadAnswer, VersionRequest, paths,
+    BaselineAnswer, BaselineRequest, Conflict, ErrorBody, EvaluateAnswer, EvaluateRequest,
+    ServeAnswer, ShadowAnswer, ShadowRequest, StageAnswer, StageRequest, StatsAnswer, UnloadAnswer,
+    VersionRequest, paths,
 };
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -197,6 +198,22 @@ impl AdminClient {
             sample_rate,
         };
         self.call(Method::POST, paths::SHADOW, Some(&req)).await
+    }
+
+    /// Answers `fraction` of the serving version's live requests with `version` and compares
+    /// `pair_rate` of them on both (a fraction of 0 stops; the figures start afresh each call).
+    pub async fn baseline(
+        &self,
+        version: &str,
+        fraction: f64,
+        pair_rate: f64,
+    ) -> Result<BaselineAnswer, AdminError> {
+        let req = BaselineRequest {
+            version: version.to_owned(),
+            fraction,
+            pair_rate,
+        };
+        self.call(Method::POST, paths::BASELINE, Some(&req)).await
     }
 
     /// Makes `version` serve (a no-op when it serves already).

@@ -1,5 +1,7 @@
-//! The analysis verdict, as pure functions: compare a freshly promoted version's figures with
+//! The before/after verdict, as pure functions: compare a freshly promoted version's figures with
 //! the baseline the previous version had just before the swap, and say keep, wait or roll back.
+//! It judges when the paired baseline is off (`analysis.baseline.fraction: 0`) or the runtime
+//! cannot split traffic; [`crate::paired`] judges otherwise. The [`Judgement`] is shared.
 //!
 //! Figures come from the runtime's `GET /admin/stats` (see [`Figures::from_stats`]): p90 and p99
 //! of the end-to-end request latency, the rate of the failures the server is answerable for
@@ -121,6 +123,8 @@ pub enum Judgement {
     Wait(String),
     /// The window is over and nothing regressed.
     Pass(String),
+    /// The longest window is over without evidence either way: hold.
+    Inconclusive(String),
     /// A regression: roll back. `reason` is one of [`reasons`].
     Fail {
         /// `LatencyRegression`, `ErrorRateRegression` or `DriftDetected`.
@@ -151,6 +155,7 @@ pub fn figures(baseline: Option<&Figures>, current: &Figures) -> AnalysisFigures
             .filter(|b| b.output_kind == current.output_kind)
             .and_then(|b| psi(&b.distribution, &current.distribution)),
         requests: Some(current.requests as i64),
+        ..Default::default()
     }
 }
 
@@ -290,7 +295,9 @@ mod tests {
                 drift: Some(DriftSpec {
                     metric: Default::default(),
                     max_score: 0.2,
+                    max_disagreement: 0.05,
                 }),
+                ..Default::default()
             },
             p99_noise_floor: Duration::from_micros(250),
         }
@@ -502,6 +509,7 @@ mod tests {
             swaps: 1,
             rollbacks: 0,
             shadow: None,
+            baseline: None,
             versions: [(
                 "v2".to_string(),
                 VersionEntry {

@@ -2,7 +2,9 @@
 //!
 //! [`fetch`] downloads artifacts atomically from any S3-compatible store; [`signature`]
 //! verifies OpenSSF model-signing bundles; [`admin`] talks to the runtime's admin socket;
-//! [`analysis`] holds the pure verdict math (p99 ratio and budget, error rate, PSI drift);
+//! [`paired`] holds the pure verdict math of an analysis against a paired baseline (confidence
+//! intervals on latency, errors and decisions) and [`analysis`] that of the before/after
+//! comparison (p99 ratio and budget, error rate, PSI drift);
 //! [`rollout`] brings one version in step by step; [`report`] publishes annotations, the
 //! `ModelReady` condition and Events; [`cluster`] resolves the pod's target and runs the loop.
 
@@ -10,6 +12,7 @@ pub mod admin;
 pub mod analysis;
 pub mod cluster;
 pub mod fetch;
+pub mod paired;
 pub mod report;
 pub mod rollout;
 pub mod signature;

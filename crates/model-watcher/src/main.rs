@@ -16,7 +16,9 @@ use std::{
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use kinfer_api::{
     duration::Duration as ApiDuration,
-    inference_service::{AnalysisSpec, DriftMetric, DriftSpec, RolloutSpec, ShadowSpec},
+    inference_service::{
+        AnalysisSpec, BaselineSpec, DriftMetric, DriftSpec, RolloutSpec, ShadowSpec,
+    },
     model_version::{ModelSource, ModelVersionSpec, SignaturePolicy, Validation},
     report::{AnalysisReport, Verdict, reasons},
 };
@@ -173,9 +175,25 @@ struct RunArgs {
     /// Shadow duration.
     #[arg(long, default_value = "30s")]
     shadow_duration: String,
-    /// Analysis window after promotion.
-    #[arg(long, default_value = "60s")]
+    /// Shortest analysis after promotion (no pass before it is over).
+    #[arg(long, default_value = "30s")]
     window: String,
+    /// Longest analysis: without evidence either way by then the verdict is Inconclusive.
+    #[arg(long, default_value = "2m")]
+    max_window: String,
+    /// Confidence of every verdict.
+    #[arg(long, default_value_t = 0.95)]
+    confidence: f64,
+    /// Fraction of live requests the previous version answers during the analysis (the paired
+    /// baseline, up to 0.5); 0 compares with its figures from before the swap.
+    #[arg(long, default_value_t = 0.5)]
+    baseline_fraction: f64,
+    /// Fraction of live requests run on both versions and compared.
+    #[arg(long, default_value_t = 0.1)]
+    pair_rate: f64,
+    /// Largest typical-latency ratio new / baseline.
+    #[arg(long, default_value_t = 1.1)]
+    max_latency_ratio: f64,
     /// Requests needed before any verdict.
     #[arg(long, default_value_t = 100)]
     min_requests: i64,
@@ -191,6 +209,10 @@ struct RunArgs {
     /// Largest PSI of the output distribution against the previous version (no drift check when empty).
     #[arg(long)]
     max_drift: Option<f64>,
+    /// With --max-drift and a paired baseline: the largest fraction of requests run on both
+    /// versions whose decisions differ.
+    #[arg(long, default_value_t = 0.05)]
+    max_disagreement: f64,
     /// Report a regression but keep the version.
     #[arg(long)]
     no_auto_rollback: bool,
@@ -487,11 +509,24 @@ async fn run(a: RunArgs) -> anyhow::Result<i32> {
         rtol: a.rtol,
         min_agreement: a.min_agreement,
     });
+    anyhow::ensure!(
+        (0.0..=0.5).contains(&a.baseline_fraction),
+        "--baseline-fraction {} must be between 0 and 0.5 (0 compares with the figures from before the swap)",
+        a.baseline_fraction
+    );
+    anyhow::ensure!(
+        (0.5..1.0).contains(&a.confidence),
+        "--confidence {} must be at least 0.5 and below 1",
+        a.confidence
+    );
     let rollout = RolloutSpec {
         canary: Default::default(),
         analysis: AnalysisSpec {
             window: api_dur("window", &a.window)?,
+            max_window: api_dur("max-window", &a.max_window)?,
             min_requests: a.min_requests,
+            confidence: a.confidence,
+            max_latency_ratio: a.max_latency_ratio,
             max_p99_ratio: a.max_p99_ratio,
             max_p99: a
                 .max_p99
@@ -502,7 +537,12 @@ async fn run(a: RunArgs) -> anyhow::Result<i32> {
             drift: a.max_drift.map(|m| DriftSpec {
                 metric: DriftMetric::Psi,
                 max_score: m,
+                max_disagreement: a.max_disagreement,
             }),
+            baseline: BaselineSpec {
+                fraction: a.baseline_fraction,
+                pair_rate: a.pair_rate,
+            },
         },
         shadow: (a.shadow_sample_rate > 0.0)
             .then(|| -> anyhow::Result<ShadowSpec> {
@@ -533,6 +573,7 @@ async fn run(a: RunArgs) -> anyhow::Result<i32> {
         Some(Verdict::RolledBack) => exit::ROLLED_BACK,
         Some(Verdict::Refused) => exit::REFUSED,
         Some(Verdict::Regressed) => exit::REGRESSED,
+        Some(Verdict::Inconclusive) => exit::INCONCLUSIVE,
         None => exit::RETRY,
     })
 }

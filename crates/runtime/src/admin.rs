@@ -5,6 +5,8 @@
 //! `POST /admin/stage {"version","path","digest"}` load and warm, not serving ·
 //! `POST /admin/evaluate {"version","golden","atol","rtol"}` run a golden set ·
 //! `POST /admin/shadow {"version","sampleRate"}` mirror live traffic (0 stops) ·
+//! `POST /admin/baseline {"version","fraction","pairRate"}` answer a fraction of live traffic
+//! with the previous version during an analysis (0 stops) ·
 //! `POST /admin/serve {"version"}` make it serve (`/admin/promote` is the same) ·
 //! `POST /admin/rollback {"version"}` serve that version again, counted as a rollback ·
 //! `POST /admin/unload {"version"}` · `GET /admin/stats`.
@@ -23,13 +25,15 @@ use axum::{
     routing::{get, post},
 };
 use kinfer_contract::admin::{
-    Conflict, ErrorBody, EvaluateRequest, ShadowAnswer, ShadowRequest, StageAnswer, StageRequest,
-    StatsAnswer, TensorInfo, UnloadAnswer, VersionEntry, VersionRequest, paths,
+    BaselineAnswer, BaselineRequest, Conflict, ErrorBody, EvaluateRequest, ShadowAnswer,
+    ShadowRequest, StageAnswer, StageRequest, StatsAnswer, TensorInfo, UnloadAnswer, VersionEntry,
+    VersionRequest, paths,
 };
 
 use crate::{
     golden,
     models::{
+        baseline::MAX_FRACTION,
         registry::{Registry, RegistryError},
         version::{LoadOptions, LoadedVersion},
     },
@@ -71,6 +75,9 @@ impl IntoResponse for RegistryError {
                 loaded.clone(),
             ),
             RegistryError::Serving(_) => (StatusCode::CONFLICT, Some(Conflict::Serving), None),
+            RegistryError::NothingServes | RegistryError::BaselineServes(_) => {
+                (StatusCode::CONFLICT, Some(Conflict::BaselineServing), None)
+            }
         };
         let body = ErrorBody {
             error: self.to_string(),
@@ -96,6 +103,7 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route(paths::STAGE, post(stage))
         .route(paths::EVALUATE, post(evaluate))
         .route(paths::SHADOW, post(shadow))
+        .route(paths::BASELINE, post(baseline))
         .route(paths::SERVE, post(serve))
         .route(paths::PROMOTE, post(serve))
         .route(paths::ROLLBACK, post(rollback))
@@ -232,6 +240,7 @@ async fn stats(State(a): State<Arc<Admin>>) -> Response {
         swaps: r.swaps.load(std::sync::atomic::Ordering::Relaxed),
         rollbacks: r.rollbacks.load(std::sync::atomic::Ordering::Relaxed),
         shadow: r.shadow().map(|s| s.summary()),
+        baseline: r.baseline().map(|b| b.summary()),
         versions,
     })
     .into_response()
@@ -269,6 +278,42 @@ async fn shadow(State(a): State<Arc<Admin>>, body: JsonBody<ShadowRequest>) -> R
     match a.registry.set_shadow(&req.version, req.sample_rate) {
         Ok(stopped) => Json(ShadowAnswer {
             shadow: a.registry.shadow().map(|s| s.summary()),
+            stopped,
+        })
+        .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn baseline(State(a): State<Arc<Admin>>, body: JsonBody<BaselineRequest>) -> Response {
+    let req = match parse(
+        body,
+        r#"baseline expects {"version", "fraction", "pairRate"}"#,
+    ) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    if !(0.0..=MAX_FRACTION).contains(&req.fraction) {
+        return err(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "fraction {} must be between 0 and {MAX_FRACTION} (0 stops the split; the candidate keeps at least half of the traffic)",
+                req.fraction
+            ),
+        );
+    }
+    if !(0.0..=1.0).contains(&req.pair_rate) {
+        return err(
+            StatusCode::BAD_REQUEST,
+            format!("pairRate {} must be between 0 and 1", req.pair_rate),
+        );
+    }
+    match a
+        .registry
+        .set_baseline(&req.version, req.fraction, req.pair_rate)
+    {
+        Ok(stopped) => Json(BaselineAnswer {
+            baseline: a.registry.baseline().map(|b| b.summary()),
             stopped,
         })
         .into_response(),

@@ -1,6 +1,7 @@
 //! After the promotion: the analysis window against the previous version (kept loaded and
-//! warm), the verdict, the rollback (asked again until the runtime confirms it), and the
-//! analysis a killed watcher left unfinished, judged again.
+//! warm, answering a random fraction of live requests as the paired baseline), the verdict, the
+//! rollback (asked again until the runtime confirms it), and the analysis a killed watcher left
+//! unfinished, judged again.
 
 use std::time::Instant;
 
@@ -10,6 +11,7 @@ use super::{ADMIN_BACKOFF, Plan, ROLLBACK_DEADLINE, Stop, Watcher, stop};
 use crate::{
     admin::AdminError,
     analysis::{self, Figures, Judgement, Limits},
+    paired,
 };
 
 impl Watcher {
@@ -63,10 +65,20 @@ impl Watcher {
         baseline: Option<&Figures>,
         promoted_at: Instant,
     ) -> Result<(), Stop> {
+        let spec = &plan.rollout.analysis;
         let limits = Limits {
-            spec: plan.rollout.analysis.clone(),
+            spec: spec.clone(),
             p99_noise_floor: self.settings.p99_noise_floor,
         };
+        // The paired baseline: the previous version answers a random fraction of live requests
+        // for the whole analysis, so both are measured under the same load at the same moments.
+        // A window of 0 asks for no analysis at all (the before/after judge then keeps the
+        // version at once when minRequests is 0 too).
+        let mut split = spec.baseline.fraction > 0.0
+            && !spec.window.get().is_zero()
+            && self.start_split(plan, old, r).await;
+        let look_every = paired::look_every(spec);
+        let mut next_look = look_every;
         let mut last_wait = String::new();
         loop {
             tokio::time::sleep(self.settings.poll).await;
@@ -117,9 +129,36 @@ impl Watcher {
                     ),
                 ));
             }
-            let current = Figures::from_stats(&stats, &plan.name, false).unwrap_or_default();
-            r.figures = Some(analysis::figures(baseline, &current));
-            match analysis::judge(&limits, baseline, &current, promoted_at.elapsed()) {
+            let elapsed = promoted_at.elapsed();
+            let judgement = if split {
+                match stats
+                    .baseline
+                    .as_ref()
+                    .filter(|b| b.candidate.version == plan.name && b.baseline.version == old)
+                {
+                    Some(b) if elapsed < next_look => {
+                        r.figures = Some(paired::figures(b, None));
+                        continue;
+                    }
+                    Some(b) => {
+                        next_look = elapsed + look_every;
+                        let (j, look) = paired::judge(spec, b, elapsed);
+                        r.figures = Some(paired::figures(b, Some(&look)));
+                        j
+                    }
+                    None => {
+                        // The split is gone without a change of version (the runtime lost it):
+                        // start it again; its figures start over, the window does not.
+                        split = self.start_split(plan, old, r).await;
+                        continue;
+                    }
+                }
+            } else {
+                let current = Figures::from_stats(&stats, &plan.name, false).unwrap_or_default();
+                r.figures = Some(analysis::figures(baseline, &current));
+                analysis::judge(&limits, baseline, &current, elapsed)
+            };
+            match judgement {
                 Judgement::Wait(m) => {
                     if m != last_wait {
                         self.update(r, AnalysisPhase::Analysing, m.clone()).await;
@@ -127,6 +166,7 @@ impl Watcher {
                     }
                 }
                 Judgement::Pass(m) => {
+                    self.stop_split(split).await;
                     r.verdict = Some(Verdict::Passed);
                     self.reporter
                         .event(
@@ -173,7 +213,29 @@ impl Watcher {
                         .await;
                     return Err(stop(reason, text));
                 }
+                Judgement::Inconclusive(m) => {
+                    // No evidence either way within maxWindow: the version keeps serving here,
+                    // and the verdict holds the rollout instead of passing it blindly.
+                    self.stop_split(split).await;
+                    r.verdict = Some(Verdict::Inconclusive);
+                    r.reason = Some(reasons::ANALYSIS_INCONCLUSIVE.into());
+                    let text = format!(
+                        "{m}; {} keeps serving on this pod and the rollout holds",
+                        plan.name
+                    );
+                    self.reporter
+                        .event(
+                            true,
+                            reasons::ANALYSIS_INCONCLUSIVE,
+                            &format!("{}: {text}", plan.name),
+                        )
+                        .await;
+                    self.update(r, AnalysisPhase::Done, text).await;
+                    self.rejection = Some(r.clone());
+                    return Ok(());
+                }
                 Judgement::Fail { reason, message } => {
+                    self.stop_split(split).await;
                     // A regression, judged: it stays (autoRollback is off), and the verdict says
                     // it regressed so the rollout stops instead of promoting it further.
                     r.verdict = Some(Verdict::Regressed);
@@ -188,6 +250,37 @@ impl Watcher {
                     return Ok(());
                 }
             }
+        }
+    }
+
+    /// Asks the runtime to answer `baseline.fraction` of live requests with `old`. A runtime that
+    /// refuses (an older one, `old` unloaded) leaves the before/after comparison, said in the
+    /// report.
+    async fn start_split(&mut self, plan: &Plan, old: &str, r: &mut AnalysisReport) -> bool {
+        let b = &plan.rollout.analysis.baseline;
+        match self.admin.baseline(old, b.fraction, b.pair_rate).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "no paired baseline");
+                self.update(
+                    r,
+                    AnalysisPhase::Analysing,
+                    format!(
+                        "the runtime did not split traffic with {old} ({e}); comparing {} with {old}'s figures from before the swap",
+                        plan.name
+                    ),
+                )
+                .await;
+                false
+            }
+        }
+    }
+
+    /// Ends the split (the whole traffic goes to the serving version); a lost answer is
+    /// harmless, the next change of version ends it too.
+    async fn stop_split(&self, split: bool) {
+        if split && let Err(e) = self.admin.baseline("", 0.0, 0.0).await {
+            tracing::warn!(error = %e, "the paired baseline was not stopped");
         }
     }
 

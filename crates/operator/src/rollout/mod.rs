@@ -253,7 +253,9 @@ pub fn decide(input: &Input) -> Decision {
     if let Some(failed) = marked.iter().find(|p| {
         matches!(
             p.verdict(spec),
-            Some(Verdict::Refused | Verdict::RolledBack | Verdict::Regressed)
+            Some(
+                Verdict::Refused | Verdict::RolledBack | Verdict::Regressed | Verdict::Inconclusive
+            )
         )
     }) {
         outcomes::fail(&mut d, input, &live, &serving, spec, failed);
@@ -334,6 +336,15 @@ pub fn describe(f: &AnalysisFigures) -> String {
         }
         parts.push(s);
     }
+    if let Some(r) = f.latency_ratio {
+        let hi = f
+            .latency_ratio_high
+            .map_or_else(|| "∞".to_owned(), |h| format!("{h:.2}"));
+        parts.push(format!(
+            "latency {r:.2}× baseline ({:.2}–{hi})",
+            f.latency_ratio_low.unwrap_or(0.0)
+        ));
+    }
     if let Some(e) = f.error_rate {
         parts.push(format!("error rate {:.2}%", e * 100.0));
     }
@@ -341,7 +352,10 @@ pub fn describe(f: &AnalysisFigures) -> String {
         parts.push(format!("drift {x:.3}"));
     }
     if let Some(r) = f.requests {
-        parts.push(format!("{r} requests"));
+        match f.baseline_requests {
+            Some(b) => parts.push(format!("{r} requests ({b} on the baseline)")),
+            None => parts.push(format!("{r} requests")),
+        }
     }
     parts.join(", ")
 }

@@ -71,14 +71,17 @@ pub(super) fn fail(
     let what = match verdict {
         Some(Verdict::Refused) => "refused",
         Some(Verdict::Regressed) => "regressed",
+        Some(Verdict::Inconclusive) => "was not judged",
         _ => "rolled back",
     };
+    // An inconclusive analysis is no regression: nothing is swapped back, the rollout pauses.
+    let revert = input.auto_rollback && verdict != Some(Verdict::Inconclusive);
     d.rejected = Some(spec.to_owned());
     d.target = None;
     d.rollout.analysis = report.figures.clone();
     let outcome;
     let msg;
-    if input.auto_rollback {
+    if revert {
         msg = format!(
             "{spec} {what} on pod {}: {reason}: {detail}; {serving} serves again",
             failed.name
@@ -97,8 +100,13 @@ pub(super) fn fail(
         };
         outcome = Outcome::RolledBack;
     } else {
+        let why = if input.auto_rollback {
+            "rollout held"
+        } else {
+            "rollout stopped (autoRollback is false)"
+        };
         msg = format!(
-            "{spec} {what} on pod {}: {reason}: {detail}; rollout stopped (autoRollback is false), pods keep what they serve",
+            "{spec} {what} on pod {}: {reason}: {detail}; {why}, pods keep what they serve",
             failed.name
         );
         outcome = Outcome::Stopped;
@@ -106,7 +114,7 @@ pub(super) fn fail(
     d.rollout.message = Some(msg.clone());
     d.notice = Some(Notice {
         severity: Severity::Warning,
-        reason: if input.auto_rollback {
+        reason: if revert {
             reasons::ROLLED_BACK.into()
         } else {
             reasons::ROLLOUT_STOPPED.into()
@@ -129,7 +137,12 @@ pub(super) fn fail(
 
 pub(super) fn hold(d: &mut Decision, input: &Input, live: &[&PodView], serving: &str, spec: &str) {
     d.target = None;
-    if input.auto_rollback {
+    // After an inconclusive analysis the canaries keep the version: the rollout only pauses.
+    let paused = live
+        .iter()
+        .any(|p| p.verdict(spec) == Some(Verdict::Inconclusive));
+    let revert = input.auto_rollback && !paused;
+    if revert {
         // Make sure no pod is still asked for the rejected version (a patch may have failed).
         for p in live.iter().filter(|p| p.target.as_deref() == Some(spec)) {
             d.patches.push(PodPatch {
@@ -146,7 +159,7 @@ pub(super) fn hold(d: &mut Decision, input: &Input, live: &[&PodView], serving: 
     if !matches!(
         d.rollout.phase,
         RolloutPhase::RollingBack | RolloutPhase::RolledBack
-    ) && input.auto_rollback
+    ) && revert
     {
         d.rollout.phase = RolloutPhase::RolledBack;
     }

@@ -557,9 +557,57 @@ fn describes_figures() {
         error_rate: Some(0.0),
         drift: Some(0.31),
         requests: Some(1200),
+        ..Default::default()
     };
     assert_eq!(
         describe(&f),
         "p99 20.0ms (baseline 1.0ms), error rate 0.00%, drift 0.310, 1200 requests"
     );
+    let paired = AnalysisFigures {
+        latency_ratio: Some(1.52),
+        latency_ratio_low: Some(1.41),
+        baseline_requests: Some(1190),
+        ..f
+    };
+    assert_eq!(
+        describe(&paired),
+        "p99 20.0ms (baseline 1.0ms), latency 1.52× baseline (1.41–∞), error rate 0.00%, drift 0.310, 1200 requests (1190 on the baseline)"
+    );
+}
+
+#[test]
+fn an_inconclusive_analysis_holds_the_rollout_without_a_revert() {
+    let mut st = serving("v7");
+    st.target_version = Some("v8".into());
+    st.rollout = Some(RolloutStatus {
+        phase: RolloutPhase::Canary,
+        ..Default::default()
+    });
+    // What the watcher writes when its analysis reached maxWindow without evidence either way
+    // (asserted from the real watcher in tests/runtime/test_paired.py).
+    let pods = vec![
+        report(
+            marked(pod("a", 10), "v8"),
+            "v8",
+            Some(Verdict::Inconclusive),
+        ),
+        pod("b", 20),
+    ];
+    let i = input("v8", &st, &pods);
+    assert!(i.auto_rollback);
+    let d = decide(&i);
+    assert!(d.patches.is_empty(), "no revert and nothing promoted");
+    assert_eq!(d.outcome, Some(Outcome::Stopped));
+    assert_eq!(d.notice.as_ref().unwrap().reason, reasons::ROLLOUT_STOPPED);
+    let msg = d.rollout.message.clone().unwrap();
+    assert!(msg.contains("v8 was not judged on pod a"), "{msg}");
+    assert!(msg.contains("rollout held"), "{msg}");
+    assert_eq!(d.rejected.as_deref(), Some("v8"));
+    // The next reconcile holds too, and still reverts nothing.
+    let mut st2 = st.clone();
+    st2.rejected_version = d.rejected.clone();
+    st2.rollout = Some(d.rollout.clone());
+    let h = decide(&input("v8", &st2, &pods));
+    assert!(h.patches.is_empty(), "{:?}", h.patches);
+    assert_ne!(h.rollout.phase, RolloutPhase::RolledBack);
 }

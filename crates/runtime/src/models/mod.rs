@@ -1,6 +1,7 @@
 //! Models: ONNX Runtime sessions, the loaded versions with their queues and workers, the registry
-//! of which version serves, and the per-version statistics.
+//! of which version serves, the per-version statistics and the paired baseline of an analysis.
 
+pub mod baseline;
 pub mod registry;
 pub mod session;
 pub mod stats;

@@ -15,9 +15,10 @@ use std::{
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 
-use kinfer_contract::admin::{ServeAnswer, ShadowSummary};
+use kinfer_contract::admin::{BaselineSummary, ServeAnswer, ShadowSummary};
 
 use super::{
+    baseline::Baseline,
     stats::{Histogram, percentiles},
     version::LoadedVersion,
 };
@@ -47,6 +48,12 @@ pub enum RegistryError {
         /// The digest loaded now.
         loaded: Option<String>,
     },
+    /// A paired baseline needs a serving version to compare with.
+    #[error("no version serves yet; a baseline needs a serving version to compare with")]
+    NothingServes,
+    /// The baseline asked for is the serving version.
+    #[error("version '{0}' is serving; the baseline must be another loaded version")]
+    BaselineServes(String),
     /// The version serves and cannot be unloaded.
     #[error("version '{0}' is serving; serve another version before unloading it")]
     Serving(String),
@@ -103,6 +110,7 @@ pub struct Registry {
     serving: ArcSwapOption<LoadedVersion>,
     previous: ArcSwapOption<LoadedVersion>,
     shadow: ArcSwapOption<Shadow>,
+    baseline: ArcSwapOption<Baseline>,
     write: Mutex<()>,
     /// Promotions and rollbacks.
     pub swaps: AtomicU64,
@@ -121,6 +129,7 @@ impl Registry {
             serving: ArcSwapOption::empty(),
             previous: ArcSwapOption::empty(),
             shadow: ArcSwapOption::empty(),
+            baseline: ArcSwapOption::empty(),
             write: Mutex::new(()),
             swaps: AtomicU64::new(0),
             rollbacks: AtomicU64::new(0),
@@ -184,6 +193,8 @@ impl Registry {
             if !rollback {
                 v.stats.reset();
             }
+            // A split compares the serving version with another: it ends with this change.
+            self.baseline.store(None);
             self.serving.store(Some(v));
             if old.is_some() {
                 self.previous.store(old);
@@ -223,6 +234,14 @@ impl Registry {
         {
             self.previous.store(None);
         }
+        if self
+            .baseline
+            .load()
+            .as_ref()
+            .is_some_and(|b| Arc::ptr_eq(&b.baseline.version, v))
+        {
+            self.baseline.store(None);
+        }
         let mut next = (*cur).clone();
         next.remove(version);
         self.versions.store(Arc::new(next));
@@ -256,6 +275,46 @@ impl Registry {
             latency: Histogram::default(),
         })));
         Ok(old)
+    }
+
+    /// Starts answering `fraction` of the serving version's live requests with `version`
+    /// (replacing any split; its figures start afresh), comparing `pair_rate` of requests on
+    /// both; a fraction of 0 stops. Returns the replaced split's final figures.
+    pub fn set_baseline(
+        &self,
+        version: &str,
+        fraction: f64,
+        pair_rate: f64,
+    ) -> Result<Option<BaselineSummary>, RegistryError> {
+        let _g = self.lock();
+        let old = self.baseline.load_full().map(|b| b.summary());
+        if fraction <= 0.0 {
+            self.baseline.store(None);
+            return Ok(old);
+        }
+        let candidate = self.serving().ok_or(RegistryError::NothingServes)?;
+        let v = self
+            .get(version)
+            .ok_or_else(|| RegistryError::NotLoaded(version.into()))?;
+        if Arc::ptr_eq(&v, &candidate) {
+            return Err(RegistryError::BaselineServes(version.into()));
+        }
+        self.baseline.store(Some(Arc::new(Baseline::new(
+            candidate, v, fraction, pair_rate,
+        ))));
+        Ok(old)
+    }
+
+    /// The split, when `v` is the candidate it splits (a live request on the serving version).
+    pub fn split_for(&self, v: &Arc<LoadedVersion>) -> Option<Arc<Baseline>> {
+        let guard = self.baseline.load();
+        let b = guard.as_ref()?;
+        Arc::ptr_eq(&b.candidate.version, v).then(|| b.clone())
+    }
+
+    /// The current split.
+    pub fn baseline(&self) -> Option<Arc<Baseline>> {
+        self.baseline.load_full()
     }
 
     /// The shadow, when this live request is to be mirrored.

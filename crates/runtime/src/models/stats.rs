@@ -46,6 +46,12 @@ fn bucket_of(us: u64) -> usize {
     (((octave - SUB.trailing_zeros() + 1) * SUB + sub) as usize).min(BUCKETS - 1)
 }
 
+/// Lowest and highest value (µs) that fall into bucket `b`.
+pub fn bucket_bounds(b: usize) -> (u64, u64) {
+    let lo = if b == 0 { 0 } else { bucket_upper(b - 1) + 1 };
+    (lo, bucket_upper(b))
+}
+
 /// Upper bound (µs) of a bucket, the value reported for a percentile that lands in it.
 fn bucket_upper(b: usize) -> u64 {
     let b = b as u32;
@@ -398,6 +404,12 @@ mod tests {
             let up = bucket_upper(b);
             assert!(up >= us, "{us} -> {up}");
             assert!((up - us) as f64 <= us as f64 * 0.07 + 1.0, "{us} -> {up}");
+            let (lo, hi) = bucket_bounds(b);
+            assert!(lo <= us && us <= hi, "{us} not in [{lo}, {hi}]");
+        }
+        // The buckets tile the line: each starts right after the one before.
+        for b in 1..BUCKETS {
+            assert_eq!(bucket_bounds(b).0, bucket_bounds(b - 1).1 + 1, "bucket {b}");
         }
     }
 

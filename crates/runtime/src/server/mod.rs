@@ -26,7 +26,12 @@ use tracing::Instrument;
 
 use crate::{
     error::InferError,
-    models::{registry::Registry, stats::error_index, version::LoadedVersion},
+    models::{
+        baseline::{Arm, Baseline},
+        registry::Registry,
+        stats::{VersionStats, error_index},
+        version::LoadedVersion,
+    },
     policy::{DECISION_OUTPUT, DecisionLog, DecisionRecord, Policy, now_ms},
     tensor::{Tensor, first_per_row, to_f64, validate_inputs},
 };
@@ -48,6 +53,12 @@ impl Protocol {
             Self::Grpc => "grpc",
         }
     }
+}
+
+/// A request of a split that also runs on the other arm's version.
+struct Pairing {
+    split: Arc<Baseline>,
+    other: Arc<LoadedVersion>,
 }
 
 /// Status codes counted in `kinfer_requests_total{code}`.
@@ -170,13 +181,22 @@ impl Server {
         self.registry.resolve(model, version)
     }
 
-    /// Runs one request on `v` (from [`Server::resolve`]).
+    /// Runs one request on `v` (from [`Server::resolve`]). While an analysis splits the serving
+    /// version's live traffic, the request may be answered by the baseline instead (the answer
+    /// names the version that gave it) and counts in that arm's figures.
     pub async fn infer(
         &self,
         v: Arc<LoadedVersion>,
         req: Request<'_>,
     ) -> Result<InferOutput, InferError> {
         let started = Instant::now();
+        let split = if req.named_version {
+            None
+        } else {
+            self.registry.split_for(&v)
+        };
+        let picked = split.as_deref().map(Baseline::pick);
+        let v = picked.map_or(v, |(arm, _)| arm.version.clone());
         // Disabled callsites cost one branch; enable with RUST_LOG=kinfer_runtime=debug.
         let span = tracing::debug_span!("infer", protocol = req.protocol.label(), model = %v.info.name, version = %v.info.version);
         let proto = req.protocol;
@@ -186,30 +206,42 @@ impl Server {
             (None, Some(_)) => true,
             (Some(server), Some(client)) => client < server,
         };
-        let result = self.run(&v, req, started).instrument(span).await;
+        let pair = split.as_ref().zip(picked).and_then(|(b, (_, other))| {
+            other.map(|o| Pairing {
+                split: b.clone(),
+                other: o.version.clone(),
+            })
+        });
+        let arm = picked.map(|(arm, _)| arm);
+        let result = self.run(&v, req, started, arm, pair).instrument(span).await;
         let elapsed = started.elapsed();
-        v.stats.request.record(elapsed);
         if let Some(h) = v.stats.protocol.get(proto as usize) {
             h.record(elapsed);
         }
-        match result {
-            Ok(outputs) => {
-                v.stats.ok.fetch_add(1, Relaxed);
-                Ok(InferOutput {
-                    version: v.info.version.clone(),
-                    outputs,
-                })
-            }
-            Err(e) => {
-                if let Some(c) = v.stats.errors.get(error_index(e.metric_label())) {
-                    c.fetch_add(1, Relaxed);
+        let record = |s: &VersionStats| {
+            s.request.record(elapsed);
+            match &result {
+                Ok(_) => {
+                    s.ok.fetch_add(1, Relaxed);
                 }
-                if client_deadline && matches!(e, InferError::Deadline(_)) {
-                    v.stats.client_deadlines.fetch_add(1, Relaxed);
+                Err(e) => {
+                    if let Some(c) = s.errors.get(error_index(e.metric_label())) {
+                        c.fetch_add(1, Relaxed);
+                    }
+                    if client_deadline && matches!(e, InferError::Deadline(_)) {
+                        s.client_deadlines.fetch_add(1, Relaxed);
+                    }
                 }
-                Err(e)
             }
+        };
+        record(&v.stats);
+        if let Some(arm) = arm {
+            record(&arm.stats);
         }
+        result.map(|outputs| InferOutput {
+            version: v.info.version.clone(),
+            outputs,
+        })
     }
 
     async fn run(
@@ -217,6 +249,8 @@ impl Server {
         v: &LoadedVersion,
         req: Request<'_>,
         started: Instant,
+        arm: Option<&Arm>,
+        pair: Option<Pairing>,
     ) -> Result<Vec<Tensor>, InferError> {
         let Request {
             id,
@@ -251,9 +285,13 @@ impl Server {
             self.registry.shadow_sample()
         };
         let mirror = shadow.as_ref().map(|_| inputs.clone());
+        let paired = pair.as_ref().map(|_| inputs.clone());
         let mut out = v.infer(inputs, rows, deadline).await?;
         if let (Some(sh), Some(inputs), Some(first)) = (shadow, mirror, out.outputs.first()) {
             shadow::mirror(sh, inputs, rows, first.clone(), max_bytes);
+        }
+        if let (Some(p), Some(inputs), Some(first)) = (pair, paired, out.outputs.first()) {
+            shadow::pair(p.split, p.other, inputs, rows, first.clone(), max_bytes);
         }
         let mut labels = Vec::new();
         if let Some(p) = &self.policy {
@@ -290,6 +328,9 @@ impl Server {
         v.stats.queue.record(out.queue);
         if let Some(first) = out.outputs.first() {
             v.stats.record_output(first);
+            if let Some(arm) = arm {
+                arm.stats.record_output(first);
+            }
         }
         Ok(if requested.is_empty() {
             out.outputs

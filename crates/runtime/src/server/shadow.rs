@@ -1,5 +1,6 @@
-//! Mirroring live traffic to a shadow version off the request path, and comparing the decisions
-//! of the two versions on the same inputs.
+//! Running a copy of a live request on a second version off the request path, and comparing the
+//! two answers on the same inputs: a shadow (a staged version) before promotion, and the pairs of
+//! an analysis's split (the candidate and its baseline) after.
 
 use std::{
     sync::{Arc, atomic::Ordering::Relaxed},
@@ -7,7 +8,7 @@ use std::{
 };
 
 use crate::{
-    models::{registry::Shadow, stats::argmax},
+    models::{baseline::Baseline, registry::Shadow, stats::argmax, version::LoadedVersion},
     tensor::{Tensor, to_f64, validate_inputs},
 };
 
@@ -28,6 +29,24 @@ pub fn row_decisions(t: &Tensor) -> Vec<usize> {
         .collect()
 }
 
+/// Checks a copy of a live request against the second version's inputs and puts it in that
+/// model's order; false when that version cannot take it.
+fn fit(v: &LoadedVersion, inputs: &mut [Tensor], max_bytes: usize) -> bool {
+    if validate_inputs(
+        &v.info.name,
+        &v.info.inputs,
+        inputs,
+        v.max_batch(),
+        max_bytes,
+    )
+    .is_err()
+    {
+        return false;
+    }
+    inputs.sort_by_key(|t| v.info.inputs.iter().position(|s| s.name == t.name));
+    true
+}
+
 /// Runs a copy of a live request on the shadow version in a separate task and records whether
 /// its decisions agree with the serving version's. The live response does not wait for it.
 pub fn mirror(
@@ -40,19 +59,10 @@ pub fn mirror(
     sh.mirrored.fetch_add(1, Relaxed);
     tokio::spawn(async move {
         let v = &sh.version;
-        if validate_inputs(
-            &v.info.name,
-            &v.info.inputs,
-            &inputs,
-            v.max_batch(),
-            max_bytes,
-        )
-        .is_err()
-        {
+        if !fit(v, &mut inputs, max_bytes) {
             sh.errors.fetch_add(1, Relaxed);
             return;
         }
-        inputs.sort_by_key(|t| v.info.inputs.iter().position(|s| s.name == t.name));
         let t = Instant::now();
         match v.infer(inputs, rows, None).await {
             Ok(out) => {
@@ -67,6 +77,58 @@ pub fn mirror(
             }
             Err(_) => {
                 sh.errors.fetch_add(1, Relaxed);
+            }
+        }
+    });
+}
+
+/// Largest absolute difference between two first outputs, element by element (infinite when
+/// their sizes differ; NaN when either holds a NaN).
+pub fn max_deviation(a: &Tensor, b: &Tensor) -> f64 {
+    let (a, b) = (to_f64(a), to_f64(b));
+    if a.len() != b.len() {
+        return f64::INFINITY;
+    }
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, |m, d| {
+            if d.is_nan() || m.is_nan() {
+                f64::NAN
+            } else {
+                m.max(d)
+            }
+        })
+}
+
+/// Runs a copy of a live request of a split on `other` (the version that did not answer it) in
+/// a separate task and records how the two answers compare. The live response does not wait.
+pub fn pair(
+    split: Arc<Baseline>,
+    other: Arc<LoadedVersion>,
+    mut inputs: Vec<Tensor>,
+    rows: usize,
+    answered_first: Tensor,
+    max_bytes: usize,
+) {
+    tokio::spawn(async move {
+        let v = &other;
+        if !fit(v, &mut inputs, max_bytes) {
+            split.pairs.errors.fetch_add(1, Relaxed);
+            return;
+        }
+        match v.infer(inputs, rows, None).await {
+            Ok(out) => match out.outputs.first() {
+                Some(first) => split.pairs.record(
+                    row_decisions(first) == row_decisions(&answered_first),
+                    max_deviation(first, &answered_first),
+                ),
+                None => {
+                    split.pairs.errors.fetch_add(1, Relaxed);
+                }
+            },
+            Err(_) => {
+                split.pairs.errors.fetch_add(1, Relaxed);
             }
         }
     });
