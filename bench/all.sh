@@ -5,6 +5,9 @@
 #   bench/batching.py   batching on (default delay 0) against off at 1, 8, 32, 128 connections
 #   bench/flood.py      peak RSS under 16 parallel 12 MB bodies (the in-flight byte budget)
 #   bench/lifecycle.py  hot swap under load, 1,000 swaps drift, cold start per model, rollback
+#   bench/verdict.py    verdict quality: false rollbacks and detections of the paired and the
+#                       before/after judge under a load shift and a CPU hog (20 trials per case in
+#                       full mode, 3 in quick)
 #   bench/report.py     markdown tables (bench-results/report-<mode>.md, and the generated part of
 #                       docs/benchmarks.md) and the PNG plots in docs/bench/
 # Servers run on CPU 1, the load generator and the drivers on CPU 0 (taskset), ONNX Runtime with
@@ -18,7 +21,7 @@ mode="${1:-quick}"
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(scripts/fetch-onnxruntime.sh)}"
 bench/setup-venv.sh
 # BENCH_BUILD=0 uses the release binaries already built (another build may hold cargo's lock).
-[[ ${BENCH_BUILD:-1} == 0 ]] || cargo build -q --release -p kinfer-runtime
+[[ ${BENCH_BUILD:-1} == 0 ]] || cargo build -q --release -p kinfer-runtime -p kinfer-watcher
 bin="${CARGO_TARGET_DIR:-target}/release"
 py=.venv-bench/bin/python
 out=bench-results; mkdir -p "$out"
@@ -38,5 +41,7 @@ taskset -c $cli_cpu $py bench/anchors.py --mode "$mode" --bin "$bin" --py "$py" 
 taskset -c $cli_cpu $py bench/batching.py --mode "$mode" --bin "$bin"
 taskset -c $cli_cpu $py bench/flood.py --bin "$bin"
 taskset -c $cli_cpu $py bench/lifecycle.py --mode "$mode" --bin "$bin" --py "$py" --skip "${BENCH_SKIP:-}"
+# Unpinned on purpose: the noisy neighbour must be able to land on the runtime's core.
+$py bench/verdict.py --bin "$bin" --trials "$([[ $mode == full ]] && echo 20 || echo 3)" --out "$out"
 echo "end=$(date -Is) uptime: $(uptime)" >> "$out/conditions-$mode.txt"
 $py bench/report.py --mode "$mode"

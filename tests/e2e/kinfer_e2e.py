@@ -182,17 +182,23 @@ def model_version(ns, version, uri):
                      "validation": {"goldenSet": "golden.npz", "atol": 1e-4, "rtol": 1e-3, "minAgreement": 1.0}}}
 
 
-def inference_service(ns, version, replicas=3, webhook=None, window="8s", min_requests=200, **extra):
-    """The sample service. The limits suit a shared 2-core node that runs the control plane, the
+def inference_service(ns, version, replicas=3, webhook=None, window="8s", min_requests=200, paired=False,
+                      **extra):
+    """The sample service. Without `paired` the analysis is the before/after comparison
+    (`baseline.fraction: 0`) with limits for a shared 2-core node that runs the control plane, the
     load generator and every pod: its sub-millisecond latencies move by 2× in a busy second (the
-    burst of API writes at a promotion is one), so maxP99Ratio is 3 and v3 is ~8× slower."""
+    burst of API writes at a promotion is one), so maxP99Ratio is 3 and v3 is ~8× slower. With
+    `paired` it is the default paired baseline (the previous version answers half of each canary's
+    requests), whose pass needs ~1,000 requests per side — over a minute at the ~33 requests/s a
+    pod gets here, so only the rollback test uses it."""
+    analysis = {"window": window, "minRequests": min_requests, "maxP99Ratio": 3.0,
+                "maxErrorRate": 0.01, "drift": {"metric": "psi", "maxScore": 0.2}}
+    if not paired:
+        analysis["baseline"] = {"fraction": 0}
     spec = {"modelVersion": f"fraud-{version}", "replicas": replicas,
             "runtime": {"intraOpThreads": 1},
             "resources": {"cpu": "250m", "memory": "256Mi"},
-            "rollout": {"canary": {"replicas": 1},
-                        "analysis": {"window": window, "minRequests": min_requests, "maxP99Ratio": 3.0,
-                                     "maxErrorRate": 0.01, "drift": {"metric": "psi", "maxScore": 0.2}},
-                        "autoRollback": True}}
+            "rollout": {"canary": {"replicas": 1}, "analysis": analysis, "autoRollback": True}}
     if webhook:
         # The receiver is plain http on the node: allowed explicitly, as a user must.
         spec["alerts"] = {"webhooks": [{"url": webhook, "format": "alertmanager", "allowInsecureHttp": True},

@@ -190,10 +190,10 @@ def test_2_gitops_promotion_is_canary_first_without_failures_or_restarts(receive
     assert k.condition(isvc(), "Ready")["status"] == "True"
 
 
-def rolled_back_to(version, bad, receiver, reason):
+def rolled_back_to(version, bad, receiver, reason, **extra):
     with k.Load(k.service_ip(NS), rate=100) as load:
         time.sleep(2)
-        apply_isvc(bad, receiver)
+        apply_isvc(bad, receiver, **extra)
         svc = k.wait_for(f"fraud-{bad} rolled back", lambda: isvc() if (isvc().get("status", {}).get("rejectedVersion") == f"fraud-{bad}"
                          and isvc()["status"].get("rollout", {}).get("phase") == "RolledBack") else None, timeout=300)
     assert load.failed == 0, load.errors[:5]
@@ -205,8 +205,10 @@ def rolled_back_to(version, bad, receiver, reason):
 
 
 def test_3_slow_version_is_rolled_back_with_event_and_alert(receiver):
-    svc, c = rolled_back_to("v2", "v3", receiver, "LatencyRegression")
-    assert "p99" in c["message"]
+    """With the paired baseline: the canary's previous version answers half of its requests during
+    the analysis, and the verdict is the interval of the latency ratio over the same moments."""
+    svc, c = rolled_back_to("v2", "v3", receiver, "LatencyRegression", paired=True)
+    assert "× the baseline's" in c["message"] and "at 95% confidence" in c["message"], c
     assert k.wait_for("a RolledBack Warning Event", lambda: [e for e in k.events(NS, "RolledBack") if e["type"] == "Warning"])
     alerts = k.wait_for("the webhook alert", lambda: [r for r in receiver.received if "fraud-v3" in json.dumps(r["body"])], timeout=60)
     am = [a for a in alerts if not a["path"].endswith("/slack")]
@@ -217,7 +219,9 @@ def test_3_slow_version_is_rolled_back_with_event_and_alert(receiver):
     # serves, the watcher does not overwrite it).
     canary = [r for r in map(k.analysis, k.pods(NS)) if r and r["version"] == "fraud-v3"]
     assert len(canary) == 1 and canary[0]["verdict"] == "RolledBack" and canary[0]["reason"] == "LatencyRegression", canary
-    assert canary[0]["previousVersion"] == "fraud-v2" and canary[0]["figures"]["requests"] >= 200
+    f = canary[0]["figures"]
+    assert canary[0]["previousVersion"] == "fraud-v2" and f["requests"] >= 200 and f["baselineRequests"] >= 200, f
+    assert f["latencyRatioLow"] > 1.15, f
     # The GitOps hold: the spec still says v3 and nothing retries it.
     time.sleep(10)
     targets = {p["metadata"].get("annotations", {}).get("kinfer.dev/target-version") for p in k.pods(NS)}

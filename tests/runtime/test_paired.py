@@ -3,6 +3,7 @@ standalone): during the analysis the previous version answers a random half of t
 requests, and the verdict is a confidence interval over those same moments — a pass through a
 load shift and a CPU hog, a rollback of a slower version, and an inconclusive hold when traffic is
 too thin to say either."""
+import json
 import subprocess
 import sys
 import threading
@@ -60,7 +61,7 @@ def test_an_equivalent_version_passes_through_a_load_shift_and_a_cpu_hog(start, 
     assert code == 0 and report["verdict"] == "Passed", (report, p.stderr[-3000:])
     assert hogs, "the load shift did not happen during the analysis"
     f = report["figures"]
-    assert f["latencyRatioHigh"] <= 1.1 and f["baselineRequests"] >= 100, f
+    assert f["latencyRatioHigh"] <= 1.15 and f["baselineRequests"] >= 100, f
     assert report["message"].startswith("kept after"), report["message"]
     assert "at 95% confidence" in report["message"], report["message"]
     assert serving(rt)[0] == "eq-v2"
@@ -81,7 +82,7 @@ def test_a_version_half_again_as_slow_is_rolled_back(start, workdir, s3, signing
     assert code == 2, (report, p.stderr[-3000:])
     assert report["verdict"] == "RolledBack" and report["reason"] == "LatencyRegression", report
     f = report["figures"]
-    assert 1.2 < f["latencyRatio"] < 2.0 and f["latencyRatioLow"] > 1.1, f
+    assert 1.2 < f["latencyRatio"] < 2.0 and f["latencyRatioLow"] > 1.15, f
     assert serving(rt) == ("v1", ["v1"])
     assert load.failed == 0, load.errors[:3]
 
@@ -105,6 +106,11 @@ def test_thin_traffic_is_inconclusive_and_the_version_holds(start, workdir, s3, 
     code, stats = rt.admin("GET", "/admin/stats")
     assert stats["serving"] == "th-v2" and stats["baseline"] is None, stats
     assert load.failed == 0, load.errors[:3]
+    # A watcher that restarts with that report (what a pod keeps in kinfer.dev/analysis) keeps
+    # the answer: the version it finds serving is not called passed.
+    code, again, _, p = run_watcher(rt, workdir, s3, src, "th-v2", *GATE, "--window", "2s", "--max-window", "6s",
+                                    "--last-report", json.dumps(report), keys=[pub])
+    assert code == 5 and again["verdict"] == "Inconclusive", (again, p.stderr[-2000:])
 
 
 def test_the_split_is_refused_with_reasons_and_ends_with_a_swap(start, workdir):

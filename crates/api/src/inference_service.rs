@@ -598,7 +598,7 @@ fn default_confidence() -> f64 {
     0.95
 }
 fn default_max_latency_ratio() -> f64 {
-    1.1
+    1.15
 }
 fn default_baseline_fraction() -> f64 {
     0.5

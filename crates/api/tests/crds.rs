@@ -518,7 +518,7 @@ fn defaults_are_filled_in() {
     let a = &obj.spec.rollout.analysis;
     assert_eq!(a.max_window.get(), std::time::Duration::from_secs(120));
     assert_eq!(a.max_p99_ratio, 1.5);
-    assert_eq!((a.max_latency_ratio, a.confidence), (1.1, 0.95));
+    assert_eq!((a.max_latency_ratio, a.confidence), (1.15, 0.95));
     assert_eq!((a.baseline.fraction, a.baseline.pair_rate), (0.5, 0.1));
     let schema = serde_json::to_string(&InferenceService::crd()).unwrap();
     assert!(

@@ -100,6 +100,31 @@ enum Command {
         #[arg(long, default_value = "120s")]
         fetch_timeout: String,
     },
+    /// Judge recorded runtime stats after the fact, with both judges: prints
+    /// `{"paired": {...}, "beforeAfter": {...}}` (outcome Wait, Pass, Fail or Inconclusive).
+    Judge {
+        /// `GET /admin/stats` JSON taken just before the swap.
+        #[arg(long)]
+        before: PathBuf,
+        /// `GET /admin/stats` JSON now.
+        #[arg(long)]
+        now: PathBuf,
+        /// The version under analysis.
+        #[arg(long)]
+        version: String,
+        /// The version that served before it.
+        #[arg(long)]
+        previous: String,
+        /// Seconds since the promotion.
+        #[arg(long)]
+        elapsed: f64,
+        /// The InferenceService's `rollout.analysis` as JSON (`{}`: the defaults).
+        #[arg(long, default_value = "{}")]
+        analysis: String,
+        /// See `run --p99-noise-floor`.
+        #[arg(long, default_value = "250us")]
+        p99_noise_floor: String,
+    },
     /// Download a version's artifact from S3 into DEST/sha256-<digest>/ (atomic, cached by digest).
     Fetch {
         #[command(flatten)]
@@ -192,7 +217,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 0.1)]
     pair_rate: f64,
     /// Largest typical-latency ratio new / baseline.
-    #[arg(long, default_value_t = 1.1)]
+    #[arg(long, default_value_t = 1.15)]
     max_latency_ratio: f64,
     /// Requests needed before any verdict.
     #[arg(long, default_value_t = 100)]
@@ -612,6 +637,26 @@ async fn main() -> anyhow::Result<()> {
             fetch_timeout,
         } => std::process::exit(check(source, dest, termination_log, fetch_timeout).await),
         Command::Run(a) => std::process::exit(run(*a).await?),
+        Command::Judge {
+            before,
+            now,
+            version,
+            previous,
+            elapsed,
+            analysis,
+            p99_noise_floor,
+        } => {
+            let answers = kinfer_watcher::paired::offline::judge_files(
+                &analysis,
+                dur("p99-noise-floor", &p99_noise_floor)?,
+                &before,
+                &now,
+                &version,
+                &previous,
+                std::time::Duration::from_secs_f64(elapsed.max(0.0)),
+            )?;
+            println!("{}", serde_json::to_string(&answers)?);
+        }
         Command::Fetch { source, dest } => {
             let Some(src) = &source.source else {
                 anyhow::bail!("--source s3://bucket/prefix/ is required")

@@ -31,6 +31,8 @@ use kinfer_contract::admin::{ArmSummary, BaselineSummary};
 
 use crate::analysis::{Judgement, psi};
 
+pub mod offline;
+
 /// Longest time between two looks of a paired analysis.
 pub const LOOK_EVERY: Duration = Duration::from_secs(5);
 

@@ -169,7 +169,7 @@ fn a_slower_version_fails_on_the_typical_latency() {
             assert_eq!(reason, reasons::LATENCY_REGRESSION);
             assert!(message.starts_with("latency 1.5"), "{message}");
             assert!(message.contains("at 95% confidence"), "{message}");
-            assert!(message.contains("over maxLatencyRatio 1.1"), "{message}");
+            assert!(message.contains("over maxLatencyRatio 1.15"), "{message}");
         }
         other => panic!("{other:?}"),
     }

@@ -270,11 +270,21 @@ impl Watcher {
             self.reporter
                 .serving(Some(&plan.name), true, "Serving", &msg)
                 .await;
-            // Sent back here after a refusal or rollback: that report stays the pod's answer.
+            // Sent back here after a refusal or rollback, or still serving a version judged
+            // Regressed or Inconclusive (also after a watcher restart): that report stays the
+            // pod's answer, never "passed" for a version that was not.
             if let Some(rej) = &self.rejection
-                && rej.previous_version.as_deref() == Some(plan.name.as_str())
+                && (rej.previous_version.as_deref() == Some(plan.name.as_str())
+                    || (rej.version == plan.name
+                        && matches!(
+                            rej.verdict,
+                            Some(Verdict::Regressed | Verdict::Inconclusive)
+                        )))
             {
-                return rej.clone();
+                // Said again (the same report the pod keeps), so a standalone run prints it.
+                let rej = rej.clone();
+                self.reporter.report(&rej).await;
+                return rej;
             }
             return self.done(r, Verdict::Passed, None, msg).await;
         }
