@@ -324,6 +324,10 @@ pub struct AnalysisSpec {
     /// The paired baseline.
     #[serde(default)]
     pub baseline: BaselineSpec,
+    /// Replay of recent requests when live traffic is too thin for a verdict; off when absent
+    /// (the runtime then keeps no copy of any request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<ReplaySpec>,
 }
 
 impl Default for AnalysisSpec {
@@ -339,6 +343,7 @@ impl Default for AnalysisSpec {
             max_error_rate: default_max_error_rate(),
             drift: None,
             baseline: BaselineSpec::default(),
+            replay: None,
         }
     }
 }
@@ -364,6 +369,42 @@ impl Default for BaselineSpec {
         Self {
             fraction: default_baseline_fraction(),
             pair_rate: default_pair_rate(),
+        }
+    }
+}
+
+/// The runtime keeps a sampled copy of recent live requests' inputs in memory (never on disk,
+/// never answered by any API) and, when an analysis has not reached a verdict on live traffic
+/// by the end of `window`, runs them on both versions of the paired baseline. Leave it off for
+/// services whose inputs must not be retained.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplaySpec {
+    /// Fraction of live requests whose inputs are kept.
+    #[serde(default = "default_replay_sample_rate")]
+    #[x_kube(validation = Rule::new("self > 0.0 && self <= 1.0").message("analysis.replay.sampleRate must be in (0, 1]"))]
+    pub sample_rate: f64,
+    /// Most requests kept (the oldest is dropped first) and replayed.
+    #[serde(default = "default_replay_requests")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 100000").message("analysis.replay.maxRequests must be between 1 and 100000"))]
+    pub max_requests: i64,
+    /// Most memory the kept inputs take (`16Mi`); within a quarter of `resources.memory`.
+    #[serde(default = "default_replay_memory")]
+    pub max_memory: Quantity,
+    /// Replayed requests per second on each version (they share the pod's CPUs with live
+    /// traffic; both versions get the same load).
+    #[serde(default = "default_replay_rate")]
+    #[x_kube(validation = Rule::new("self > 0.0 && self <= 10000.0").message("analysis.replay.rate must be in (0, 10000]"))]
+    pub rate: f64,
+}
+
+impl Default for ReplaySpec {
+    fn default() -> Self {
+        Self {
+            sample_rate: default_replay_sample_rate(),
+            max_requests: default_replay_requests(),
+            max_memory: default_replay_memory(),
+            rate: default_replay_rate(),
         }
     }
 }
@@ -608,6 +649,18 @@ fn default_pair_rate() -> f64 {
 }
 fn default_max_disagreement() -> f64 {
     0.05
+}
+fn default_replay_sample_rate() -> f64 {
+    0.1
+}
+fn default_replay_requests() -> i64 {
+    2000
+}
+fn default_replay_memory() -> Quantity {
+    Quantity("16Mi".into())
+}
+fn default_replay_rate() -> f64 {
+    100.0
 }
 fn default_min_requests() -> i64 {
     100

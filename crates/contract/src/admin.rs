@@ -8,6 +8,7 @@
 //! | `POST /admin/evaluate` | [`EvaluateRequest`] | [`EvaluateAnswer`] |
 //! | `POST /admin/shadow` | [`ShadowRequest`] | [`ShadowAnswer`] |
 //! | `POST /admin/baseline` | [`BaselineRequest`] | [`BaselineAnswer`] |
+//! | `POST /admin/replay` | [`ReplayRequest`] | [`ReplayAnswer`] |
 //! | `POST /admin/serve` (and its older name `promote`) | [`VersionRequest`] | [`ServeAnswer`] |
 //! | `POST /admin/rollback` | [`VersionRequest`] (the version to go back to) | [`ServeAnswer`] |
 //! | `POST /admin/unload` | [`VersionRequest`] | [`UnloadAnswer`] |
@@ -30,6 +31,8 @@ pub mod paths {
     pub const SHADOW: &str = "/admin/shadow";
     /// Answer a fraction of live requests with the previous version during an analysis.
     pub const BASELINE: &str = "/admin/baseline";
+    /// Run recent requests kept in memory on both versions of the split.
+    pub const REPLAY: &str = "/admin/replay";
     /// Make a loaded version serve.
     pub const SERVE: &str = "/admin/serve";
     /// The older name of [`SERVE`].
@@ -274,6 +277,52 @@ pub struct BaselineSummary {
     pub baseline: ArmSummary,
     /// The pairwise comparison.
     pub pairs: PairSummary,
+    /// Recent requests replayed on both versions during this split (`POST /admin/replay`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<ReplaySummary>,
+}
+
+/// The replay of a split: recent live requests, kept in memory, run on each version once, one
+/// request at a time in a random order of the two, so both see the same inputs at the same
+/// moments. Kept apart from the live arms (its load is not the live load).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplaySummary {
+    /// Requests taken from the ring to replay.
+    pub queued: u64,
+    /// Whether the replay is still running.
+    pub running: bool,
+    /// The candidate on the replayed requests.
+    pub candidate: ArmSummary,
+    /// The baseline on the same requests.
+    pub baseline: ArmSummary,
+    /// Both answers of each replayed request compared.
+    pub pairs: PairSummary,
+}
+
+/// `POST /admin/replay`: while a split runs, run up to `requests` of the most recent live
+/// requests the runtime kept (`--replay-requests`) on both versions, at `rate` requests per
+/// second on each, off the request path. One replay per split: asking again while (or after) it
+/// runs answers its state and starts nothing.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ReplayRequest {
+    /// Most requests to replay, newest first.
+    pub requests: u64,
+    /// Replayed requests per second on each version.
+    pub rate: f64,
+}
+
+/// Answer to `replay`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplayAnswer {
+    /// Whether this call started the replay (false: one had started already).
+    pub started: bool,
+    /// Requests the ring held when asked.
+    pub available: u64,
+    /// The replay's figures.
+    pub replay: ReplaySummary,
 }
 
 /// Answer to `baseline`.
@@ -396,6 +445,10 @@ pub enum Conflict {
     ShadowServing,
     /// `baseline`: the version serves (the baseline must be another), or nothing serves yet.
     BaselineServing,
+    /// `replay`: no split runs (start one with `baseline` first).
+    NoBaseline,
+    /// `replay`: the runtime keeps no requests (started without `--replay-requests`).
+    ReplayOff,
 }
 
 /// The body of every error answer.
@@ -479,6 +532,11 @@ mod tests {
                     max_abs_deviation: f64::MAX,
                     ..Default::default()
                 },
+                replay: Some(ReplaySummary {
+                    queued: 2,
+                    running: true,
+                    ..Default::default()
+                }),
             }),
             versions,
         });
@@ -487,6 +545,21 @@ mod tests {
             fraction: 0.3,
             pair_rate: 0.1,
         });
+        round_trip(&ReplayRequest {
+            requests: 500,
+            rate: 100.0,
+        });
+        round_trip(&ReplayAnswer {
+            started: false,
+            available: 12,
+            replay: ReplaySummary::default(),
+        });
+        // A summary from a runtime without replay still reads.
+        let old = r#"{"fraction":0.5,"pairRate":0.1,"elapsedMs":1,"candidate":{"version":"a","requests":0,"serverErrors":0,"latency":[],"outputKind":"","outputDistribution":[]},"baseline":{"version":"b","requests":0,"serverErrors":0,"latency":[],"outputKind":"","outputDistribution":[]},"pairs":{"compared":0,"agreed":0,"meanAbsDeviation":0.0,"maxAbsDeviation":0.0,"errors":0}}"#;
+        assert_eq!(
+            serde_json::from_str::<BaselineSummary>(old).unwrap().replay,
+            None
+        );
     }
 
     #[test]

@@ -38,6 +38,12 @@ pub mod runtime {
     pub const MAX_MESSAGE_BYTES: &str = "max-message-bytes";
     /// Decision policy file.
     pub const POLICY: &str = "policy";
+    /// Recent requests kept for replay (0: none kept).
+    pub const REPLAY_REQUESTS: &str = "replay-requests";
+    /// Most bytes the kept requests take.
+    pub const REPLAY_BYTES: &str = "replay-bytes";
+    /// Fraction of live requests kept.
+    pub const REPLAY_SAMPLE_RATE: &str = "replay-sample-rate";
     /// Check mode.
     pub const CHECK: &str = "check";
     /// The model file.
@@ -94,9 +100,20 @@ pub struct Batching {
     pub queue_capacity: i64,
 }
 
+/// The replay ring of the runtime.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Replay {
+    /// `--replay-requests`.
+    pub requests: u64,
+    /// `--replay-bytes`.
+    pub bytes: u128,
+    /// `--replay-sample-rate`.
+    pub sample_rate: f64,
+}
+
 /// The serving runtime's command line as the operator writes it; what is `None` is left to
 /// the runtime's default.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RuntimeServe {
     /// `--model-name`.
     pub model_name: String,
@@ -126,6 +143,8 @@ pub struct RuntimeServe {
     pub max_message_bytes: Option<u128>,
     /// `--policy`, the policy file's path.
     pub policy: Option<String>,
+    /// `--replay-requests`, `--replay-bytes`, `--replay-sample-rate`.
+    pub replay: Option<Replay>,
 }
 
 impl RuntimeServe {
@@ -155,6 +174,11 @@ impl RuntimeServe {
         optional(&mut a, MAX_INFLIGHT_BYTES, self.max_inflight_bytes);
         optional(&mut a, MAX_MESSAGE_BYTES, self.max_message_bytes);
         optional(&mut a, POLICY, self.policy.as_ref());
+        if let Some(r) = &self.replay {
+            flag(&mut a, REPLAY_REQUESTS, r.requests);
+            flag(&mut a, REPLAY_BYTES, r.bytes);
+            flag(&mut a, REPLAY_SAMPLE_RATE, r.sample_rate);
+        }
         a
     }
 }

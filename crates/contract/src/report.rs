@@ -48,6 +48,10 @@ pub struct AnalysisFigures {
     /// With a paired baseline: requests run on both versions and compared.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pairs: Option<i64>,
+    /// Set when the figures are those of a replay (live traffic was too thin): recent requests
+    /// run on each version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replayed: Option<i64>,
 }
 
 /// How far the watcher has got with the version it was asked for.

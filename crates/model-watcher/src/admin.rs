@@ -9,8 +9,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode, body::Bytes};
 use kinfer_contract::admin::{
     BaselineAnswer, BaselineRequest, Conflict, ErrorBody, EvaluateAnswer, EvaluateRequest,
-    ServeAnswer, ShadowAnswer, ShadowRequest, StageAnswer, StageRequest, StatsAnswer, UnloadAnswer,
-    VersionRequest, paths,
+    ReplayAnswer, ReplayRequest, ServeAnswer, ShadowAnswer, ShadowRequest, StageAnswer,
+    StageRequest, StatsAnswer, UnloadAnswer, VersionRequest, paths,
 };
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -214,6 +214,13 @@ impl AdminClient {
             pair_rate,
         };
         self.call(Method::POST, paths::BASELINE, Some(&req)).await
+    }
+
+    /// Runs up to `requests` kept recent requests on both versions of the split, at `rate` per
+    /// second on each (once per split: a repeat answers the replay's state).
+    pub async fn replay(&self, requests: u64, rate: f64) -> Result<ReplayAnswer, AdminError> {
+        let req = ReplayRequest { requests, rate };
+        self.call(Method::POST, paths::REPLAY, Some(&req)).await
     }
 
     /// Makes `version` serve (a no-op when it serves already).

@@ -17,7 +17,7 @@ use clap::{Args as ClapArgs, Parser, Subcommand};
 use kinfer_api::{
     duration::Duration as ApiDuration,
     inference_service::{
-        AnalysisSpec, BaselineSpec, DriftMetric, DriftSpec, RolloutSpec, ShadowSpec,
+        AnalysisSpec, BaselineSpec, DriftMetric, DriftSpec, ReplaySpec, RolloutSpec, ShadowSpec,
     },
     model_version::{ModelSource, ModelVersionSpec, SignaturePolicy, Validation},
     report::{AnalysisReport, Verdict, reasons},
@@ -216,6 +216,14 @@ struct RunArgs {
     /// Fraction of live requests run on both versions and compared.
     #[arg(long, default_value_t = 0.1)]
     pair_rate: f64,
+    /// With a paired baseline: when live traffic gives no verdict by the end of the window,
+    /// replay up to this many recent requests the runtime kept (its --replay-requests) on both
+    /// versions; 0 never replays.
+    #[arg(long, default_value_t = 0)]
+    replay_requests: u64,
+    /// Replayed requests per second on each version.
+    #[arg(long, default_value_t = 100.0)]
+    replay_rate: f64,
     /// Largest typical-latency ratio new / baseline.
     #[arg(long, default_value_t = 1.15)]
     max_latency_ratio: f64,
@@ -540,6 +548,11 @@ async fn run(a: RunArgs) -> anyhow::Result<i32> {
         a.baseline_fraction
     );
     anyhow::ensure!(
+        a.replay_rate > 0.0 && a.replay_rate <= 10_000.0,
+        "--replay-rate {} must be above 0 and at most 10000 requests per second",
+        a.replay_rate
+    );
+    anyhow::ensure!(
         (0.5..1.0).contains(&a.confidence),
         "--confidence {} must be at least 0.5 and below 1",
         a.confidence
@@ -568,6 +581,11 @@ async fn run(a: RunArgs) -> anyhow::Result<i32> {
                 fraction: a.baseline_fraction,
                 pair_rate: a.pair_rate,
             },
+            replay: (a.replay_requests > 0).then(|| ReplaySpec {
+                max_requests: i64::try_from(a.replay_requests).unwrap_or(i64::MAX),
+                rate: a.replay_rate,
+                ..Default::default()
+            }),
         },
         shadow: (a.shadow_sample_rate > 0.0)
             .then(|| -> anyhow::Result<ShadowSpec> {

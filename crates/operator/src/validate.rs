@@ -203,6 +203,35 @@ pub fn validate(isvc: &InferenceService, model: Option<String>) -> Result<Valida
             ),
         ));
     }
+    if let Some(r) = &spec.rollout.analysis.replay {
+        let kept = crate::quantity::memory_bytes(&r.max_memory.0);
+        let Some(kept) = kept.filter(|&b| b >= 1024) else {
+            return Err(Invalid::new(
+                "InvalidReplay",
+                format!(
+                    "rollout.analysis.replay.maxMemory {:?} is not a size of at least 1Ki (for example 16Mi)",
+                    r.max_memory.0
+                ),
+            ));
+        };
+        let limit = spec
+            .resources
+            .memory
+            .as_ref()
+            .and_then(|m| crate::quantity::memory_bytes(&m.0));
+        if let Some(limit) = limit
+            && kept > limit / 4
+        {
+            return Err(Invalid::new(
+                "InvalidReplay",
+                format!(
+                    "rollout.analysis.replay.maxMemory {} is more than a quarter of resources.memory {}: the kept requests would crowd out the models; lower it or raise the memory",
+                    r.max_memory.0,
+                    spec.resources.memory.as_ref().map_or("", |m| m.0.as_str())
+                ),
+            ));
+        }
+    }
     if let Some(alerts) = &spec.alerts {
         for w in &alerts.webhooks {
             if w.url.starts_with("http://") && !w.allow_insecure_http {
@@ -299,6 +328,31 @@ pub(crate) mod tests {
         assert_eq!(v.pinned_cpus, None);
         assert_eq!(v.owner.kind, "InferenceService");
         assert_eq!(v.owner.controller, Some(true));
+    }
+
+    #[test]
+    fn replay_memory_is_a_size_within_a_quarter_of_the_limit() {
+        let mut i = isvc(
+            "fraud",
+            r#"{"modelVersion":"v","rollout":{"analysis":{"replay":{"maxMemory":"lots"}}}}"#,
+        );
+        let e = validate(&i, None).unwrap_err();
+        assert_eq!(e.reason, "InvalidReplay");
+        assert!(e.message.contains("\"lots\""), "{}", e.message);
+        i.spec.rollout.analysis.replay.as_mut().unwrap().max_memory = Quantity("64Mi".into());
+        assert!(
+            validate(&i, None).is_ok(),
+            "no memory limit to weigh it against"
+        );
+        i.spec.resources.memory = q("128Mi");
+        let e = validate(&i, None).unwrap_err();
+        assert!(
+            e.message.contains("quarter of resources.memory 128Mi"),
+            "{}",
+            e.message
+        );
+        i.spec.resources.memory = q("256Mi");
+        assert!(validate(&i, None).is_ok());
     }
 
     #[test]

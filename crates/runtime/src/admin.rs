@@ -7,6 +7,7 @@
 //! `POST /admin/shadow {"version","sampleRate"}` mirror live traffic (0 stops) ·
 //! `POST /admin/baseline {"version","fraction","pairRate"}` answer a fraction of live traffic
 //! with the previous version during an analysis (0 stops) ·
+//! `POST /admin/replay {"requests","rate"}` run kept recent requests on both versions of the split ·
 //! `POST /admin/serve {"version"}` make it serve (`/admin/promote` is the same) ·
 //! `POST /admin/rollback {"version"}` serve that version again, counted as a rollback ·
 //! `POST /admin/unload {"version"}` · `GET /admin/stats`.
@@ -25,9 +26,9 @@ use axum::{
     routing::{get, post},
 };
 use kinfer_contract::admin::{
-    BaselineAnswer, BaselineRequest, Conflict, ErrorBody, EvaluateRequest, ShadowAnswer,
-    ShadowRequest, StageAnswer, StageRequest, StatsAnswer, TensorInfo, UnloadAnswer, VersionEntry,
-    VersionRequest, paths,
+    BaselineAnswer, BaselineRequest, Conflict, ErrorBody, EvaluateRequest, ReplayAnswer,
+    ReplayRequest, ShadowAnswer, ShadowRequest, StageAnswer, StageRequest, StatsAnswer, TensorInfo,
+    UnloadAnswer, VersionEntry, VersionRequest, paths,
 };
 
 use crate::{
@@ -46,6 +47,18 @@ pub struct Admin {
     pub registry: Arc<Registry>,
     /// How new versions are loaded.
     pub options: LoadOptions,
+}
+
+/// Most replayed requests per second on each version one call may ask for.
+pub const MAX_REPLAY_RATE: f64 = 10_000.0;
+
+fn conflict(conflict: Conflict, msg: impl std::fmt::Display) -> Response {
+    let body = ErrorBody {
+        error: msg.to_string(),
+        conflict: Some(conflict),
+        digest: None,
+    };
+    (StatusCode::CONFLICT, Json(body)).into_response()
 }
 
 fn err(status: StatusCode, msg: impl std::fmt::Display) -> Response {
@@ -104,6 +117,7 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route(paths::EVALUATE, post(evaluate))
         .route(paths::SHADOW, post(shadow))
         .route(paths::BASELINE, post(baseline))
+        .route(paths::REPLAY, post(replay))
         .route(paths::SERVE, post(serve))
         .route(paths::PROMOTE, post(serve))
         .route(paths::ROLLBACK, post(rollback))
@@ -265,15 +279,13 @@ async fn shadow(State(a): State<Arc<Admin>>, body: JsonBody<ShadowRequest>) -> R
             .serving()
             .is_some_and(|s| s.info.version == req.version)
     {
-        let body = ErrorBody {
-            error: format!(
+        return conflict(
+            Conflict::ShadowServing,
+            format!(
                 "version '{}' is serving; shadow a staged version",
                 req.version
             ),
-            conflict: Some(Conflict::ShadowServing),
-            digest: None,
-        };
-        return (StatusCode::CONFLICT, Json(body)).into_response();
+        );
     }
     match a.registry.set_shadow(&req.version, req.sample_rate) {
         Ok(stopped) => Json(ShadowAnswer {
@@ -318,6 +330,53 @@ async fn baseline(State(a): State<Arc<Admin>>, body: JsonBody<BaselineRequest>) 
         })
         .into_response(),
         Err(e) => e.into_response(),
+    }
+}
+
+async fn replay(State(a): State<Arc<Admin>>, body: JsonBody<ReplayRequest>) -> Response {
+    let req = match parse(body, r#"replay expects {"requests", "rate"}"#) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    if !(req.rate > 0.0 && req.rate <= MAX_REPLAY_RATE) {
+        return err(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "rate {} must be above 0 and at most {MAX_REPLAY_RATE} requests per second",
+                req.rate
+            ),
+        );
+    }
+    let Some(ring) = a.registry.ring() else {
+        return conflict(
+            Conflict::ReplayOff,
+            "this runtime keeps no requests to replay: start it with --replay-requests N (analysis.replay in an InferenceService)",
+        );
+    };
+    let Some(split) = a.registry.baseline() else {
+        return conflict(
+            Conflict::NoBaseline,
+            "no paired baseline runs: replay runs on both versions of a split, start one with POST /admin/baseline",
+        );
+    };
+    let available = ring.len() as u64;
+    let started = split.replay.begin();
+    if started {
+        let kept = ring.recent(usize::try_from(req.requests).unwrap_or(usize::MAX));
+        tracing::info!(requests = kept.len(), rate = req.rate, candidate = %split.candidate.version.info.version, baseline = %split.baseline.version.info.version, "replaying kept requests on both versions");
+        crate::server::replay::start(a.registry.clone(), split.clone(), kept, req.rate);
+    }
+    match split.replay.summary() {
+        Some(replay) => Json(ReplayAnswer {
+            started,
+            available,
+            replay,
+        })
+        .into_response(),
+        None => err(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the replay did not begin",
+        ),
     }
 }
 

@@ -28,6 +28,10 @@ pub mod bounds {
     pub const MESSAGE_BYTES: u64 = 1 << 30;
     /// `--max-inflight-bytes` (64 GiB).
     pub const INFLIGHT_BYTES: u64 = 1 << 36;
+    /// `--replay-requests`.
+    pub const REPLAY_REQUESTS: u64 = 100_000;
+    /// `--replay-bytes` (16 GiB).
+    pub const REPLAY_BYTES: u64 = 1 << 34;
     /// `--max-queue-delay`.
     pub const QUEUE_DELAY: Duration = Duration::from_secs(1);
     /// `--request-timeout`.
@@ -189,6 +193,19 @@ pub struct Args {
     /// Fraction of requests written to the decision log.
     #[arg(long, env = "KINFER_DECISION_LOG_SAMPLE", default_value_t = 1.0, value_parser = fraction)]
     pub decision_log_sample: f64,
+    /// Keep, in memory only, the inputs of up to this many recent live requests (sampled by
+    /// --replay-sample-rate, capped by --replay-bytes) so an analysis with too little live traffic
+    /// can replay them on both versions (`POST /admin/replay`). 0 keeps none.
+    #[arg(long = flags::REPLAY_REQUESTS, env = "KINFER_REPLAY_REQUESTS", default_value_t = 0,
+          value_parser = RangedU64ValueParser::<usize>::new().range(0..=bounds::REPLAY_REQUESTS))]
+    pub replay_requests: usize,
+    /// Most bytes the kept requests take (the oldest are dropped first).
+    #[arg(long = flags::REPLAY_BYTES, env = "KINFER_REPLAY_BYTES", default_value_t = 16 << 20,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1024..=bounds::REPLAY_BYTES))]
+    pub replay_bytes: usize,
+    /// Fraction of live requests whose inputs are kept.
+    #[arg(long = flags::REPLAY_SAMPLE_RATE, env = "KINFER_REPLAY_SAMPLE_RATE", default_value_t = 0.1, value_parser = fraction)]
+    pub replay_sample_rate: f64,
     /// Check mode (the ModelVersion verification Job): load --model, run --golden if given,
     /// print one JSON object (and write it to --termination-log), exit 0 when it passes, 3 when the
     /// artifact is refused (load failure, golden-set mismatch, unreadable golden set).
@@ -308,6 +325,11 @@ mod tests {
             max_inflight_bytes: Some(1 << 28),
             max_message_bytes: Some(1 << 25),
             policy: Some("/etc/kinfer/policy/policy.yaml".into()),
+            replay: Some(kinfer_contract::flags::Replay {
+                requests: 2000,
+                bytes: 16 << 20,
+                sample_rate: 0.25,
+            }),
         };
         let args = serve.to_args();
         let a = parse(&args.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
@@ -335,6 +357,10 @@ mod tests {
         assert_eq!(
             a.policy.as_deref(),
             Some(std::path::Path::new("/etc/kinfer/policy/policy.yaml"))
+        );
+        assert_eq!(
+            (a.replay_requests, a.replay_bytes, a.replay_sample_rate),
+            (2000, 16 << 20, 0.25)
         );
 
         let check = RuntimeCheck {

@@ -178,7 +178,15 @@ async fn main() -> anyhow::Result<()> {
         let code = check(&args, &name, &options).await;
         std::process::exit(code);
     }
-    let registry = Arc::new(Registry::new(name.clone()));
+    let mut registry = Registry::new(name.clone());
+    if args.replay_requests > 0 {
+        registry = registry.with_ring(kinfer_runtime::models::ring::Ring::new(
+            args.replay_requests,
+            args.replay_bytes,
+            args.replay_sample_rate,
+        ));
+    }
+    let registry = Arc::new(registry);
     if let Some(path) = &args.model {
         let v = LoadedVersion::load(&name, &args.model_version, path, None, &options)?;
         registry.stage(v)?;

@@ -18,6 +18,11 @@
 //! (Bonferroni) over the tests and over the looks an analysis may take ([`look_every`] apart up
 //! to `maxWindow`), so repeated looks do not inflate the chance of a false rollback.
 //!
+//! When live traffic has given no verdict by the end of `window` and `replay` is on, the
+//! runtime runs recent requests it kept on both versions, and the same tests judge them as a
+//! second, separate comparison ([`replay_view`]); either comparison's verdict stands, and the
+//! confidence is split over both.
+//!
 //! Assumptions: requests are independent and the split is random per request, so the two sides
 //! differ only by the version; latency is read from histograms with ~4.4% wide buckets (a
 //! ratio is resolved to a few percent); a regression confined to the slowest 1% shows only in the
@@ -289,6 +294,7 @@ pub fn figures(s: &BaselineSummary, look: Option<&Look>) -> AnalysisFigures {
         disagreement: (s.pairs.compared > 0)
             .then(|| (s.pairs.compared - s.pairs.agreed) as f64 / s.pairs.compared as f64),
         pairs: Some(s.pairs.compared as i64),
+        replayed: None,
     }
 }
 
@@ -322,11 +328,27 @@ pub fn look(spec: &AnalysisSpec, s: &BaselineSummary, z: f64) -> Look {
 }
 
 /// The z of every interval of an analysis with these settings: the confidence split over the
-/// tests and the looks (each interval two-sided).
+/// tests and the looks (each interval two-sided), and over both judgements of a look (live and
+/// replayed) when replay is on.
 pub fn z_for(spec: &AnalysisSpec) -> f64 {
     let tests = 3 + u32::from(spec.drift.is_some());
-    let alpha = (1.0 - spec.confidence).clamp(1e-9, 0.5) / f64::from(tests * looks(spec));
+    let judgements = 1 + u32::from(spec.replay.is_some());
+    let alpha =
+        (1.0 - spec.confidence).clamp(1e-9, 0.5) / f64::from(tests * judgements * looks(spec));
     z_upper(alpha / 2.0)
+}
+
+/// A split's replay as a summary of its own: the same tests judge it as they judge the live
+/// arms (both arms ran the same requests, so every one is also a pair).
+pub fn replay_view(s: &BaselineSummary) -> Option<BaselineSummary> {
+    let r = s.replay.as_ref()?;
+    Some(BaselineSummary {
+        candidate: r.candidate.clone(),
+        baseline: r.baseline.clone(),
+        pairs: r.pairs,
+        replay: None,
+        ..s.clone()
+    })
 }
 
 /// Judges one look of a paired analysis, `elapsed` after the split began.

@@ -63,6 +63,7 @@ fn summary(c: ArmSummary, b: ArmSummary, compared: u64, agreed: u64) -> Baseline
             agreed,
             ..Default::default()
         },
+        replay: None,
     }
 }
 
@@ -283,4 +284,42 @@ fn the_confidence_is_split_over_tests_and_looks() {
     assert_eq!(look_every(&short), Duration::from_millis(500));
     assert_eq!(max_window(&short), Duration::from_secs(2));
     assert_eq!(looks(&short), 4);
+}
+
+#[test]
+fn a_replay_is_judged_apart_and_splits_the_confidence_again() {
+    let mut sp = spec();
+    sp.replay = Some(Default::default());
+    // Live and replayed judgements of each look: twice the intervals.
+    assert!((upper_tail(z_for(&sp)) - 0.05 / 144.0 / 2.0).abs() < 1e-7);
+    let mut s = summary(
+        arm("v2", &latencies(20, 1000.0, 24), 0),
+        arm("v1", &latencies(20, 1000.0, 25), 0),
+        0,
+        0,
+    );
+    assert!(replay_view(&s).is_none(), "no replay yet");
+    s.replay = Some(kinfer_contract::admin::ReplaySummary {
+        queued: 1500,
+        running: false,
+        candidate: arm("v2", &latencies(1500, 1500.0, 24), 0),
+        baseline: arm("v1", &latencies(1500, 1000.0, 25), 0),
+        pairs: PairSummary {
+            compared: 1500,
+            agreed: 1500,
+            ..Default::default()
+        },
+    });
+    let view = replay_view(&s).unwrap();
+    assert_eq!((view.candidate.requests, view.pairs.compared), (1500, 1500));
+    assert!(view.replay.is_none());
+    // The live arms are too thin to say anything; the replay shows 1.5× slower.
+    assert!(matches!(judge(&sp, &s, AFTER).0, Judgement::Wait(_)));
+    match judge(&sp, &view, AFTER).0 {
+        Judgement::Fail { reason, message } => {
+            assert_eq!(reason, reasons::LATENCY_REGRESSION);
+            assert!(message.contains("over 1500 and 1500 requests"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
 }

@@ -7,6 +7,10 @@ use std::time::Instant;
 
 use kinfer_api::report::{AnalysisPhase, AnalysisReport, Verdict, reasons};
 
+/// Times the split is asked for when its answer is lost (the call names its end state, so a
+/// repeat is harmless).
+const SPLIT_TRIES: u32 = 3;
+
 use super::{ADMIN_BACKOFF, Plan, ROLLBACK_DEADLINE, Stop, Watcher, stop};
 use crate::{
     admin::AdminError,
@@ -79,6 +83,7 @@ impl Watcher {
             && self.start_split(plan, old, r).await;
         let look_every = paired::look_every(spec);
         let mut next_look = look_every;
+        let mut replay_asked = false;
         let mut last_wait = String::new();
         loop {
             tokio::time::sleep(self.settings.poll).await;
@@ -144,7 +149,23 @@ impl Watcher {
                         next_look = elapsed + look_every;
                         let (j, look) = paired::judge(spec, b, elapsed);
                         r.figures = Some(paired::figures(b, Some(&look)));
-                        j
+                        let undecided =
+                            matches!(j, Judgement::Wait(_) | Judgement::Inconclusive(_));
+                        match (paired::replay_view(b), &spec.replay) {
+                            (Some(replayed), Some(_)) if undecided => {
+                                self.judge_replay(spec, &replayed, elapsed, r).unwrap_or(j)
+                            }
+                            (None, Some(rp))
+                                if undecided
+                                    && !replay_asked
+                                    && elapsed >= spec.window.get()
+                                    && elapsed < paired::max_window(spec) =>
+                            {
+                                replay_asked = self.start_replay(plan, rp, r).await;
+                                j
+                            }
+                            _ => j,
+                        }
                     }
                     None => {
                         // The split is gone without a change of version (the runtime lost it):
@@ -253,12 +274,86 @@ impl Watcher {
         }
     }
 
-    /// Asks the runtime to answer `baseline.fraction` of live requests with `old`. A runtime that
-    /// refuses (an older one, `old` unloaded) leaves the before/after comparison, said in the
-    /// report.
+    /// The verdict of a split's replay, when it has one: its figures become the report's.
+    fn judge_replay(
+        &self,
+        spec: &kinfer_api::inference_service::AnalysisSpec,
+        replayed: &kinfer_contract::admin::BaselineSummary,
+        elapsed: std::time::Duration,
+        r: &mut AnalysisReport,
+    ) -> Option<Judgement> {
+        let (j, look) = paired::judge(spec, replayed, elapsed);
+        let on = format!(
+            "on {} recent requests replayed on both versions (live traffic too thin)",
+            replayed.candidate.requests
+        );
+        let j = match j {
+            Judgement::Pass(m) => Judgement::Pass(format!("{m}, {on}")),
+            Judgement::Fail { reason, message } => Judgement::Fail {
+                reason,
+                message: format!("{message}, {on}"),
+            },
+            Judgement::Wait(_) | Judgement::Inconclusive(_) => return None,
+        };
+        let mut figures = paired::figures(replayed, Some(&look));
+        figures.replayed = Some(replayed.candidate.requests as i64);
+        r.figures = Some(figures);
+        Some(j)
+    }
+
+    /// Asks the runtime to replay its kept requests on both versions; true when asked (a
+    /// runtime that keeps none, or answered at all, is not asked again; a lost answer is).
+    async fn start_replay(
+        &mut self,
+        plan: &Plan,
+        rp: &kinfer_api::inference_service::ReplaySpec,
+        r: &mut AnalysisReport,
+    ) -> bool {
+        let requests = u64::try_from(rp.max_requests).unwrap_or(0);
+        let (asked, text) = match self.admin.replay(requests, rp.rate).await {
+            Ok(a) if a.replay.queued == 0 => (
+                true,
+                format!(
+                    "live traffic too thin for a verdict on {} and no recent requests kept to replay",
+                    plan.name
+                ),
+            ),
+            Ok(a) => (
+                true,
+                format!(
+                    "live traffic too thin for a verdict on {}: replaying {} recent requests on both versions at {} per second",
+                    plan.name, a.replay.queued, rp.rate
+                ),
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "no replay");
+                (
+                    e.status().is_some(),
+                    format!("live traffic too thin for a verdict and no replay: {e}"),
+                )
+            }
+        };
+        self.update(r, AnalysisPhase::Analysing, text).await;
+        asked
+    }
+
+    /// Asks the runtime to answer `baseline.fraction` of live requests with `old` (again after a
+    /// lost answer, a few times). A runtime that refuses (an older one, `old` unloaded) leaves
+    /// the before/after comparison, said in the report.
     async fn start_split(&mut self, plan: &Plan, old: &str, r: &mut AnalysisReport) -> bool {
         let b = &plan.rollout.analysis.baseline;
-        match self.admin.baseline(old, b.fraction, b.pair_rate).await {
+        let mut tries = 0;
+        let answer = loop {
+            tries += 1;
+            match self.admin.baseline(old, b.fraction, b.pair_rate).await {
+                Err(e) if e.status().is_none() && tries < SPLIT_TRIES => {
+                    tracing::warn!(error = %e, tries, "no answer to the baseline call; asking again");
+                    tokio::time::sleep(ADMIN_BACKOFF.delay(tries)).await;
+                }
+                other => break other,
+            }
+        };
+        match answer {
             Ok(_) => true,
             Err(e) => {
                 tracing::warn!(error = %e, "no paired baseline");

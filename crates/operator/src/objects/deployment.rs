@@ -22,7 +22,7 @@ use k8s_openapi::{
 };
 use kinfer_api::MODEL_READY_CONDITION;
 use kinfer_contract::{
-    flags::{Batching, RuntimeServe},
+    flags::{Batching, Replay, RuntimeServe},
     pod::env as pod_env,
 };
 
@@ -164,6 +164,13 @@ pub fn runtime_flags(v: &Validated) -> RuntimeServe {
             .policy
             .is_some()
             .then(|| format!("{POLICY_DIR}/{POLICY_FILE}")),
+        replay: spec.rollout.analysis.replay.as_ref().and_then(|r| {
+            Some(Replay {
+                requests: u64::try_from(r.max_requests).ok()?,
+                bytes: crate::quantity::memory_bytes(&r.max_memory.0)?,
+                sample_rate: r.sample_rate,
+            })
+        }),
     }
 }
 
@@ -537,6 +544,22 @@ mod tests {
         assert_eq!(
             container(&p, "watcher").image.as_deref(),
             Some("kinfer.local/kinfer-watcher:0.1.0")
+        );
+    }
+
+    #[test]
+    fn replay_keeps_requests_only_when_asked() {
+        let plain = runtime_args(&validated(r#"{"modelVersion":"v"}"#)).join(" ");
+        assert!(!plain.contains("--replay"), "{plain}");
+        let v = validated(
+            r#"{"modelVersion":"v","rollout":{"analysis":{"replay":{"maxMemory":"8Mi","sampleRate":0.25}}}}"#,
+        );
+        let args = runtime_args(&v).join(" ");
+        assert!(
+            args.ends_with(
+                "--replay-requests 2000 --replay-bytes 8388608 --replay-sample-rate 0.25"
+            ),
+            "{args}"
         );
     }
 

@@ -351,7 +351,9 @@ pub fn describe(f: &AnalysisFigures) -> String {
     if let Some(x) = f.drift {
         parts.push(format!("drift {x:.3}"));
     }
-    if let Some(r) = f.requests {
+    if let Some(r) = f.replayed {
+        parts.push(format!("{r} recent requests replayed on both versions"));
+    } else if let Some(r) = f.requests {
         match f.baseline_requests {
             Some(b) => parts.push(format!("{r} requests ({b} on the baseline)")),
             None => parts.push(format!("{r} requests")),

@@ -573,6 +573,16 @@ fn describes_figures() {
         describe(&paired),
         "p99 20.0ms (baseline 1.0ms), latency 1.52× baseline (1.41–∞), error rate 0.00%, drift 0.310, 1200 requests (1190 on the baseline)"
     );
+    let replayed = AnalysisFigures {
+        replayed: Some(1500),
+        ..paired
+    };
+    assert!(
+        describe(&replayed)
+            .ends_with("drift 0.310, 1500 recent requests replayed on both versions"),
+        "{}",
+        describe(&replayed)
+    );
 }
 
 #[test]

@@ -6,17 +6,22 @@
 //! and the two answers on identical inputs are compared.
 //!
 //! The request path pays one atomic load to find the split, one atomic add to pick an arm and
-//! the arm's counters; nothing here runs when no analysis is under way.
+//! the arm's counters; nothing here runs when no analysis is under way. A split also holds the
+//! figures of its replay (recent requests run on both versions, `server::replay`), kept apart
+//! from the live arms.
 
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering::Relaxed},
+        atomic::{
+            AtomicBool, AtomicU64,
+            Ordering::{AcqRel, Acquire, Relaxed, Release},
+        },
     },
     time::Instant,
 };
 
-use kinfer_contract::admin::{ArmSummary, BaselineSummary, PairSummary};
+use kinfer_contract::admin::{ArmSummary, BaselineSummary, PairSummary, ReplaySummary};
 
 use super::{
     stats::{VersionStats, bucket_bounds},
@@ -129,9 +134,62 @@ pub struct Baseline {
     pub pair_rate: f64,
     /// The pairwise comparison.
     pub pairs: Pairs,
+    /// Recent requests replayed on both versions.
+    pub replay: Replay,
     started: Instant,
-    draws: AtomicU64,
-    seed: u64,
+    draws: Draws,
+}
+
+/// The replay of a split (`POST /admin/replay`): the same recent requests run on each version,
+/// measured apart from the live arms.
+pub struct Replay {
+    /// The candidate on the replayed requests.
+    pub candidate: Arm,
+    /// The baseline on the same requests.
+    pub baseline: Arm,
+    /// Both answers of each replayed request compared.
+    pub pairs: Pairs,
+    /// Requests taken from the ring; 0 until the replay begins.
+    pub queued: AtomicU64,
+    begun: AtomicBool,
+    /// Cleared when the replay ends (all run, or the split ended).
+    pub running: AtomicBool,
+}
+
+impl Replay {
+    fn new(candidate: &Arc<LoadedVersion>, baseline: &Arc<LoadedVersion>) -> Self {
+        Self {
+            candidate: Arm::new(candidate.clone()),
+            baseline: Arm::new(baseline.clone()),
+            pairs: Pairs::default(),
+            queued: AtomicU64::new(0),
+            begun: AtomicBool::new(false),
+            running: AtomicBool::new(false),
+        }
+    }
+
+    /// Claims the one replay of this split: true for the first caller only.
+    pub fn begin(&self) -> bool {
+        let first = self
+            .begun
+            .compare_exchange(false, true, AcqRel, Acquire)
+            .is_ok();
+        if first {
+            self.running.store(true, Release);
+        }
+        first
+    }
+
+    /// Its figures so far; `None` before it began.
+    pub fn summary(&self) -> Option<ReplaySummary> {
+        self.begun.load(Acquire).then(|| ReplaySummary {
+            queued: self.queued.load(Relaxed),
+            running: self.running.load(Acquire),
+            candidate: self.candidate.summary(),
+            baseline: self.baseline.summary(),
+            pairs: self.pairs.summary(),
+        })
+    }
 }
 
 /// SplitMix64: a well-mixed 64-bit value from a counter (one add and three multiplies).
@@ -140,6 +198,37 @@ fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+/// Independent uniform draws shared by many threads: one atomic add and a mix per draw, no lock.
+pub struct Draws {
+    seed: u64,
+    n: AtomicU64,
+}
+
+impl Draws {
+    /// Draws seeded from the clock (a different sequence in every process).
+    pub fn new() -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Self {
+            seed,
+            n: AtomicU64::new(0),
+        }
+    }
+
+    /// A uniform draw in [0, 1).
+    pub fn uniform(&self) -> f64 {
+        let n = self.n.fetch_add(1, Relaxed);
+        (mix(self.seed ^ n) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+impl Default for Draws {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Baseline {
@@ -151,26 +240,21 @@ impl Baseline {
         fraction: f64,
         pair_rate: f64,
     ) -> Self {
-        let started = Instant::now();
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
         Self {
+            replay: Replay::new(&candidate, &baseline),
             candidate: Arm::new(candidate),
             baseline: Arm::new(baseline),
             fraction: fraction.clamp(0.0, MAX_FRACTION),
             pair_rate: pair_rate.clamp(0.0, 1.0),
             pairs: Pairs::default(),
-            started,
-            draws: AtomicU64::new(0),
-            seed,
+            started: Instant::now(),
+            draws: Draws::new(),
         }
     }
 
     /// A uniform draw in [0, 1).
-    fn draw(&self) -> f64 {
-        let n = self.draws.fetch_add(1, Relaxed);
-        (mix(self.seed ^ n) >> 11) as f64 / (1u64 << 53) as f64
+    pub fn draw(&self) -> f64 {
+        self.draws.uniform()
     }
 
     /// The arm that answers the next live request (random, independent per request) and
@@ -195,6 +279,7 @@ impl Baseline {
             candidate: self.candidate.summary(),
             baseline: self.baseline.summary(),
             pairs: self.pairs.summary(),
+            replay: self.replay.summary(),
         }
     }
 }

@@ -1,8 +1,10 @@
 //! Models: ONNX Runtime sessions, the loaded versions with their queues and workers, the registry
-//! of which version serves, the per-version statistics and the paired baseline of an analysis.
+//! of which version serves, the per-version statistics, the paired baseline of an analysis and
+//! the ring of recent requests it may replay.
 
 pub mod baseline;
 pub mod registry;
+pub mod ring;
 pub mod session;
 pub mod stats;
 pub mod version;

@@ -19,6 +19,7 @@ use kinfer_contract::admin::{BaselineSummary, ServeAnswer, ShadowSummary};
 
 use super::{
     baseline::Baseline,
+    ring::Ring,
     stats::{Histogram, percentiles},
     version::LoadedVersion,
 };
@@ -111,6 +112,7 @@ pub struct Registry {
     previous: ArcSwapOption<LoadedVersion>,
     shadow: ArcSwapOption<Shadow>,
     baseline: ArcSwapOption<Baseline>,
+    ring: Option<Ring>,
     write: Mutex<()>,
     /// Promotions and rollbacks.
     pub swaps: AtomicU64,
@@ -130,11 +132,23 @@ impl Registry {
             previous: ArcSwapOption::empty(),
             shadow: ArcSwapOption::empty(),
             baseline: ArcSwapOption::empty(),
+            ring: None,
             write: Mutex::new(()),
             swaps: AtomicU64::new(0),
             rollbacks: AtomicU64::new(0),
             draining: AtomicBool::new(false),
         }
+    }
+
+    /// The same registry keeping recent requests in `ring` for replay.
+    pub fn with_ring(mut self, ring: Ring) -> Self {
+        self.ring = Some(ring);
+        self
+    }
+
+    /// The replay ring (`--replay-requests`), if kept.
+    pub fn ring(&self) -> Option<&Ring> {
+        self.ring.as_ref()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {

@@ -302,6 +302,30 @@ impl VersionStats {
         self.compute.record(compute);
     }
 
+    /// Counts one finished request: its latency, and its outcome by kind (`client_deadline`: it
+    /// failed on a deadline the client chose, not the server's).
+    pub fn record_request(
+        &self,
+        elapsed: Duration,
+        result: Result<(), &crate::error::InferError>,
+        client_deadline: bool,
+    ) {
+        self.request.record(elapsed);
+        match result {
+            Ok(()) => {
+                self.ok.fetch_add(1, Relaxed);
+            }
+            Err(e) => {
+                if let Some(c) = self.errors.get(error_index(e.metric_label())) {
+                    c.fetch_add(1, Relaxed);
+                }
+                if client_deadline && matches!(e, crate::error::InferError::Deadline(_)) {
+                    self.client_deadlines.fetch_add(1, Relaxed);
+                }
+            }
+        }
+    }
+
     /// Records the first output's values of a successful request into the distribution.
     pub fn record_output(&self, first: &Tensor) {
         use crate::tensor::element_f64;

@@ -11,6 +11,7 @@
 )]
 
 pub mod budget;
+pub mod replay;
 pub mod shadow;
 
 use std::{
@@ -29,7 +30,6 @@ use crate::{
     models::{
         baseline::{Arm, Baseline},
         registry::Registry,
-        stats::{VersionStats, error_index},
         version::LoadedVersion,
     },
     policy::{DECISION_OUTPUT, DecisionLog, DecisionRecord, Policy, now_ms},
@@ -218,25 +218,10 @@ impl Server {
         if let Some(h) = v.stats.protocol.get(proto as usize) {
             h.record(elapsed);
         }
-        let record = |s: &VersionStats| {
-            s.request.record(elapsed);
-            match &result {
-                Ok(_) => {
-                    s.ok.fetch_add(1, Relaxed);
-                }
-                Err(e) => {
-                    if let Some(c) = s.errors.get(error_index(e.metric_label())) {
-                        c.fetch_add(1, Relaxed);
-                    }
-                    if client_deadline && matches!(e, InferError::Deadline(_)) {
-                        s.client_deadlines.fetch_add(1, Relaxed);
-                    }
-                }
-            }
-        };
-        record(&v.stats);
+        let outcome = result.as_ref().map(|_| ());
+        v.stats.record_request(elapsed, outcome, client_deadline);
         if let Some(arm) = arm {
-            record(&arm.stats);
+            arm.stats.record_request(elapsed, outcome, client_deadline);
         }
         result.map(|outputs| InferOutput {
             version: v.info.version.clone(),
@@ -277,6 +262,9 @@ impl Server {
         }
         // The model's order, so batches can be stacked position by position.
         inputs.sort_by_key(|t| v.info.inputs.iter().position(|s| s.name == t.name));
+        if !named_version && let Some(ring) = self.registry.ring() {
+            ring.offer(&inputs, rows);
+        }
         let deadline = deadline(started, self.request_timeout, timeout);
         // Shadow only live traffic to the serving version; inputs are copied only when sampled.
         let shadow = if named_version {

@@ -31,7 +31,7 @@ pub fn row_decisions(t: &Tensor) -> Vec<usize> {
 
 /// Checks a copy of a live request against the second version's inputs and puts it in that
 /// model's order; false when that version cannot take it.
-fn fit(v: &LoadedVersion, inputs: &mut [Tensor], max_bytes: usize) -> bool {
+pub(super) fn fit(v: &LoadedVersion, inputs: &mut [Tensor], max_bytes: usize) -> bool {
     if validate_inputs(
         &v.info.name,
         &v.info.inputs,
