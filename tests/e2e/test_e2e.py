@@ -180,8 +180,10 @@ def test_2_gitops_promotion_is_canary_first_without_failures_or_restarts(receive
                 return s
         s = k.wait_for("the canary phase with one pod", canary, timeout=120, interval=0.3)
         assert len(s["rollout"]["canaryPods"]) == 1
+        # Two analyses with the default settings (the canary's, then the other pods'), each
+        # ~75 s at this load.
         k.wait_for("every pod serving fraud-v2", lambda: serving_annotations() == ["fraud-v2"] * 3
-                   and isvc()["status"].get("servingVersion") == "fraud-v2", timeout=240)
+                   and isvc()["status"].get("servingVersion") == "fraud-v2", timeout=420)
         time.sleep(2)
     assert load.failed == 0, load.errors[:5]
     assert load.versions.get("fraud-v2", 0) > 0
@@ -205,9 +207,11 @@ def rolled_back_to(version, bad, receiver, reason, **extra):
 
 
 def test_3_slow_version_is_rolled_back_with_event_and_alert(receiver):
-    """With the paired baseline: the canary's previous version answers half of its requests during
-    the analysis, and the verdict is the interval of the latency ratio over the same moments."""
-    svc, c = rolled_back_to("v2", "v3", receiver, "LatencyRegression", paired=True)
+    """A version with 1.6× the compute (1.2–1.5× the request latency), at the default analysis
+    settings: the canary's previous
+    version answers half of its requests during the analysis, and the verdict is the interval of
+    the latency ratio over the same moments, in the condition with its figures."""
+    svc, c = rolled_back_to("v2", "v3", receiver, "LatencyRegression")
     assert "× the baseline's" in c["message"] and "at 95% confidence" in c["message"], c
     assert k.wait_for("a RolledBack Warning Event", lambda: [e for e in k.events(NS, "RolledBack") if e["type"] == "Warning"])
     alerts = k.wait_for("the webhook alert", lambda: [r for r in receiver.received if "fraud-v3" in json.dumps(r["body"])], timeout=60)
@@ -220,8 +224,8 @@ def test_3_slow_version_is_rolled_back_with_event_and_alert(receiver):
     canary = [r for r in map(k.analysis, k.pods(NS)) if r and r["version"] == "fraud-v3"]
     assert len(canary) == 1 and canary[0]["verdict"] == "RolledBack" and canary[0]["reason"] == "LatencyRegression", canary
     f = canary[0]["figures"]
-    assert canary[0]["previousVersion"] == "fraud-v2" and f["requests"] >= 200 and f["baselineRequests"] >= 200, f
-    assert f["latencyRatioLow"] > 1.15, f
+    assert canary[0]["previousVersion"] == "fraud-v2" and f["requests"] >= 100 and f["baselineRequests"] >= 100, f
+    assert 1.15 < f["latencyRatioLow"] and f["latencyRatio"] < 3.0, f
     # The GitOps hold: the spec still says v3 and nothing retries it.
     time.sleep(10)
     targets = {p["metadata"].get("annotations", {}).get("kinfer.dev/target-version") for p in k.pods(NS)}
@@ -229,7 +233,8 @@ def test_3_slow_version_is_rolled_back_with_event_and_alert(receiver):
 
 
 def test_4_drift_tamper_and_golden_mismatch_are_refused(receiver, work):
-    rolled_back_to("v2", "v4", receiver, "DriftDetected")
+    # With a drift rule (the default analysis has none): the decisions of the pairs differ.
+    rolled_back_to("v2", "v4", receiver, "DriftDetected", analysis={"drift": k.DRIFT})
     for bad, cond in (("v5", "Verified"), ("v6", "Validated")):
         apply_isvc(bad, receiver)
         mv = k.wait_for(f"fraud-{bad} rejected", lambda: k.kget("modelversion", f"fraud-{bad}", NS)
@@ -308,7 +313,7 @@ def test_5_runtime_restart_and_operator_failover(receiver):
         apply_isvc("v7", receiver)
         k.wait_for("the rollout under way", lambda: isvc()["status"].get("rollout", {}).get("phase") in ("Canary", "Promoting"), interval=0.3)
         k.kubectl("delete", "pod", "-n", SYSTEM_NS, leader, "--wait=false")
-        k.wait_for("the new leader finishing the rollout", lambda: isvc()["status"].get("servingVersion") == "fraud-v7", timeout=300)
+        k.wait_for("the new leader finishing the rollout", lambda: isvc()["status"].get("servingVersion") == "fraud-v7", timeout=480)
     assert load.failed == 0, load.errors[:5]
     assert not k.kget("lease", "kinfer-operator", SYSTEM_NS)["spec"]["holderIdentity"].startswith(leader + "_")
 
@@ -364,7 +369,7 @@ def test_7_rollout_across_a_30s_api_server_outage(receiver):
         down = k.stop_api_server(30)
         assert down >= 30
         k.wait_for("fraud-v8 promoted after the outage", lambda: isvc() if isvc()["status"].get("servingVersion") == "fraud-v8" else None,
-                         timeout=400)
+                         timeout=500)
         k.wait_for("every pod Ready with fraud-v8", lambda: all_pods_ready_with("fraud-v8"), timeout=180)
         time.sleep(2)
     # On failure, the node's Events say whether the node lifecycle controller took the endpoints
@@ -379,7 +384,7 @@ def test_7_rollout_across_a_30s_api_server_outage(receiver):
 
 
 def test_8_a_regression_with_auto_rollback_off_stops_the_rollout(receiver):
-    """autoRollback: false and a much slower version: the canary's real watcher reports it
+    """autoRollback: false and a version with 1.6× the compute: the canary's real watcher reports it
     Regressed and keeps it; the operator stops the rollout there (RolloutStopped condition,
     Event and alert), and no other pod is ever asked for it."""
     base = k.inference_service(NS, "v8", webhook=receiver.url)["spec"]["rollout"]

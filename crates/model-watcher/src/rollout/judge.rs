@@ -171,6 +171,7 @@ impl Watcher {
                         // The split is gone without a change of version (the runtime lost it):
                         // start it again; its figures start over, the window does not.
                         split = self.start_split(plan, old, r).await;
+                        replay_asked = false;
                         continue;
                     }
                 }
