@@ -1,15 +1,12 @@
 //! After the promotion: the analysis window against the previous version (kept loaded and
-//! warm, answering a random fraction of live requests as the paired baseline), the verdict, the
-//! rollback (asked again until the runtime confirms it), and the analysis a killed watcher left
+//! warm, answering a random fraction of live requests as the paired baseline), the replay of
+//! recent requests on both versions when live traffic is too thin, the verdict, the rollback
+//! (asked again until the runtime confirms it), and the analysis a killed watcher left
 //! unfinished, judged again.
 
 use std::time::Instant;
 
 use kinfer_api::report::{AnalysisPhase, AnalysisReport, Verdict, reasons};
-
-/// Times the split is asked for when its answer is lost (the call names its end state, so a
-/// repeat is harmless).
-const SPLIT_TRIES: u32 = 3;
 
 use super::{ADMIN_BACKOFF, Plan, ROLLBACK_DEADLINE, Stop, Watcher, stop};
 use crate::{
@@ -17,6 +14,10 @@ use crate::{
     analysis::{self, Figures, Judgement, Limits},
     paired,
 };
+
+/// Times the split is asked for when its answer is lost (the call names its end state, so a
+/// repeat is harmless).
+const SPLIT_TRIES: u32 = 3;
 
 impl Watcher {
     /// Judges again a version a killed watcher had promoted: the baseline is the previous
