@@ -313,6 +313,10 @@ pub struct ReplayRequest {
     pub rate: f64,
 }
 
+/// The largest [`ReplayRequest::rate`] the runtime takes (the watcher's `--replay-rate` has the
+/// same bound).
+pub const MAX_REPLAY_RATE: f64 = 10_000.0;
+
 /// Answer to `replay`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]

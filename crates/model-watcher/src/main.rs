@@ -548,9 +548,10 @@ async fn run(a: RunArgs) -> anyhow::Result<i32> {
         a.baseline_fraction
     );
     anyhow::ensure!(
-        a.replay_rate > 0.0 && a.replay_rate <= 10_000.0,
-        "--replay-rate {} must be above 0 and at most 10000 requests per second",
-        a.replay_rate
+        a.replay_rate > 0.0 && a.replay_rate <= kinfer_contract::admin::MAX_REPLAY_RATE,
+        "--replay-rate {} must be above 0 and at most {} requests per second",
+        a.replay_rate,
+        kinfer_contract::admin::MAX_REPLAY_RATE
     );
     anyhow::ensure!(
         (0.5..1.0).contains(&a.confidence),

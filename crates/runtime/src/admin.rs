@@ -26,9 +26,9 @@ use axum::{
     routing::{get, post},
 };
 use kinfer_contract::admin::{
-    BaselineAnswer, BaselineRequest, Conflict, ErrorBody, EvaluateRequest, ReplayAnswer,
-    ReplayRequest, ShadowAnswer, ShadowRequest, StageAnswer, StageRequest, StatsAnswer, TensorInfo,
-    UnloadAnswer, VersionEntry, VersionRequest, paths,
+    BaselineAnswer, BaselineRequest, Conflict, ErrorBody, EvaluateRequest, MAX_REPLAY_RATE,
+    ReplayAnswer, ReplayRequest, ShadowAnswer, ShadowRequest, StageAnswer, StageRequest,
+    StatsAnswer, TensorInfo, UnloadAnswer, VersionEntry, VersionRequest, paths,
 };
 
 use crate::{
@@ -48,9 +48,6 @@ pub struct Admin {
     /// How new versions are loaded.
     pub options: LoadOptions,
 }
-
-/// Most replayed requests per second on each version one call may ask for.
-pub const MAX_REPLAY_RATE: f64 = 10_000.0;
 
 fn conflict(conflict: Conflict, msg: impl std::fmt::Display) -> Response {
     let body = ErrorBody {
