@@ -1,9 +1,12 @@
 """`make demo`, after scripts/e2e-setup.sh: the main job end to end on the local cluster.
 
-Signed sample models go to the cluster's S3; a ModelVersion and an InferenceService are applied;
-requests go through the Service with tritonclient; a second version is promoted by editing one
-line of a manifest and applying it (the GitOps step) and swaps in without a restart; a slower
-third version is promoted and rolled back by itself, with its Event and alert."""
+Signed sample models go to the cluster's S3; the ModelVersions and the InferenceService are
+committed to a git repository that Flux (source-controller + kustomize-controller, running on the
+local cluster) applies; requests go through the Service with tritonclient; a second version is
+promoted by committing one line and swaps in without a restart; a slower third version is
+committed, rolled back by kinfer by itself (Event, alert, Flux's health check failing while git
+still names it), and the previous version is committed back. Each step prints the commit and
+Flux's view next to kinfer's."""
 import json
 import pathlib
 import subprocess
@@ -11,9 +14,9 @@ import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests" / "e2e"))
+import gitops  # noqa: E402
 import kinfer_e2e as k  # noqa: E402
 import numpy as np  # noqa: E402
-import yaml  # noqa: E402
 
 NS = "kinfer-demo"
 WORK = k.CACHE / "demo"
@@ -31,6 +34,47 @@ def show(*args):
 def status():
     s = k.kget("inferenceservice", "fraud", NS).get("status", {})
     return s
+
+
+MANIFEST = "models/fraud/inferenceservice.yaml"
+
+
+def commit(repo, version, receiver, message):
+    sha = repo.commit({MANIFEST: gitops.yaml_docs([k.inference_service(NS, version, replicas=2, webhook=receiver.url)])},
+                      message)
+    print(f"$ git commit -m '{message}' && git push   -> {sha[:12]}", flush=True)
+    print("  " + gitops.git(repo.dir, "show", "--format=", "-U0", "HEAD").replace("\n", "\n  "), flush=True)
+    gitops.reconcile(NS, "models")
+    return sha
+
+
+def views():
+    """kinfer's, kstatus's and Flux's view in one line each."""
+    obj = k.kget("inferenceservice", "fraud", NS)
+    r = obj.get("status", {}).get("rollout", {})
+    ks = gitops.kstatus(obj)[0]
+    return (f"  kinfer: phase={r.get('phase')} serving={obj.get('status', {}).get('servingVersion')} "
+            f"{r.get('message', '')[:160]}\n  kstatus: {ks['status']}\n  flux:   {gitops.flux_view(NS, 'models')}")
+
+
+def follow(until, timeout):
+    """Prints the views whenever they change, until until() or the timeout."""
+    last, deadline = None, time.time() + timeout
+    while time.time() < deadline:
+        v = views()
+        if v != last:
+            print(v, flush=True)
+            last = v
+        if until():
+            return
+        time.sleep(1)
+    raise TimeoutError("the step did not finish in time")
+
+
+def flux_ready_at(sha):
+    ks = gitops.kustomization(NS, "models")
+    c = k.condition(ks, "Ready") or {}
+    return c.get("status") == "True" and sha in ks.get("status", {}).get("lastAppliedRevision", "")
 
 
 def main():
@@ -51,13 +95,17 @@ def main():
         k.kubectl("delete", "namespace", NS, "--wait=true", timeout=300)
     say(f"namespace {NS}: S3 credentials Secret, trusted-keys ConfigMap, ModelVersions")
     k.kubectl("create", "namespace", NS)
-    k.apply(k.base_objects(NS, pub) + [k.model_version(NS, v, u) for v, u in uris.items()])
-    manifest = WORK / "inferenceservice.yaml"
-    manifest.write_text(yaml.safe_dump(k.inference_service(NS, "v1", replicas=2, webhook=receiver.url), sort_keys=False))
-    say(f"kubectl apply -f {manifest}   (modelVersion: fraud-v1)")
-    print(k.kubectl("apply", "-f", str(manifest)))
-    k.wait_for("fraud-v1 serving on every pod", lambda: status().get("servingVersion") == "fraud-v1"
-               and status().get("readyReplicas") == 2, timeout=300)
+    k.apply(k.base_objects(NS, pub))
+    say("git: the ModelVersions and the InferenceService (modelVersion: fraud-v1) in a repository Flux reconciles")
+    repo = gitops.Repo(NS, WORK)
+    sha = repo.commit({"models/fraud/modelversions.yaml": gitops.yaml_docs([k.model_version(NS, v, u) for v, u in uris.items()]),
+                       MANIFEST: gitops.yaml_docs([k.inference_service(NS, "v1", replicas=2, webhook=receiver.url)])},
+                      "fraud: three ModelVersions, serving fraud-v1")
+    print(f"  {repo.url}\n" + "  " + repo.log().replace("\n", "\n  "))
+    k.apply(gitops.flux_objects(NS, "models", repo, "./models/fraud"))
+    show("get", "gitrepositories,kustomizations", "-n", NS)
+    follow(lambda: flux_ready_at(sha) and status().get("servingVersion") == "fraud-v1" and status().get("readyReplicas") == 2,
+           timeout=420)
     show("get", "infsvc,mv", "-n", NS)
 
     ip = k.service_ip(NS)
@@ -67,42 +115,41 @@ def main():
         say(f"tritonclient ({proto}) through the Service {ip}: model_version={version}")
         print(np.array2string(probs, precision=4))
 
-    say("GitOps: edit one line (modelVersion: fraud-v1 -> fraud-v2) and apply it, under live load")
-    manifest.write_text(manifest.read_text().replace("modelVersion: fraud-v1", "modelVersion: fraud-v2"))
+    say("GitOps: commit one line (modelVersion: fraud-v1 -> fraud-v2); Flux applies it, under live load")
     before = {p["metadata"]["name"]: k.restarts(p) for p in k.pods(NS)}
     with k.Load(ip, rate=80) as load:
-        print(k.kubectl("apply", "-f", str(manifest)))
-        last = None
-        deadline = time.time() + 420
-        while time.time() < deadline and status().get("servingVersion") != "fraud-v2":
-            r = status().get("rollout", {})
-            line = f"  phase={r.get('phase')} canaryPods={r.get('canaryPods')} {r.get('message', '')}"
-            if line != last:
-                print(line, flush=True)
-                last = line
-            time.sleep(0.5)
+        sha = commit(repo, "v2", receiver, "fraud: promote fraud-v2")
+        follow(lambda: status().get("servingVersion") == "fraud-v2" and flux_ready_at(sha), timeout=480)
     after = {p["metadata"]["name"]: k.restarts(p) for p in k.pods(NS)}
     print(f"  requests during the swap: {load.ok} ok, {load.failed} failed; answered by {load.versions}")
     print(f"  pods restarted: {'none' if before == after else after}")
     show("get", "infsvc,mv", "-n", NS)
 
-    say("promoting fraud-v3: the same answers, 1.6x the compute (the default analysis catches it)")
-    manifest.write_text(manifest.read_text().replace("modelVersion: fraud-v2", "modelVersion: fraud-v3"))
+    say("committing fraud-v3: the same answers, 1.6x the compute (the default analysis catches it)")
     with k.Load(ip, rate=80) as load:
-        print(k.kubectl("apply", "-f", str(manifest)))
-        k.wait_for("the automatic rollback", lambda: status().get("rollout", {}).get("phase") == "RolledBack", timeout=300)
+        sha = commit(repo, "v3", receiver, "fraud: promote fraud-v3")
+        follow(lambda: status().get("rollout", {}).get("phase") == "RolledBack"
+               and (k.condition(gitops.kustomization(NS, "models"), "Ready") or {}).get("reason") == "HealthCheckFailed",
+               timeout=420)
     print(f"  requests during the rollout: {load.ok} ok, {load.failed} failed")
     c = k.condition(k.kget("inferenceservice", "fraud", NS), "RolledBack") or {}
     print(f"  RolledBack={c.get('status')} reason={c.get('reason')}: {c.get('message')}")
+    print(f"  git still says: {[line.strip() for line in (repo.dir / MANIFEST).read_text().splitlines() if 'modelVersion' in line]}")
     show("get", "infsvc,mv", "-n", NS)
     show("get", "events", "-n", NS, "--field-selector", "reason=RolledBack")
     k.wait_for("the alert", lambda: receiver.received, timeout=30)
     for a in receiver.received:
         print(f"  alert to {a['path']}: {json.dumps(a['body'])[:400]}")
 
+    say("commit fraud-v2 back: the hold ends and Flux is Ready again")
+    sha = commit(repo, "v2", receiver, "fraud: back to fraud-v2")
+    follow(lambda: flux_ready_at(sha), timeout=180)
+    print("  " + repo.log().replace("\n", "\n  "))
+
     say("look around")
     print(f"""  eval "$(make -s cluster-env)"
-  kubectl get infsvc,mv -n {NS}
+  kubectl get infsvc,mv,gitrepositories,kustomizations -n {NS}
+  git clone {repo.url}   (commit there; Flux applies at its interval)
   kubectl describe infsvc fraud -n {NS}
   kubectl get pods -n {NS} -o jsonpath='{{range .items[*]}}{{.metadata.name}} {{.metadata.annotations.kinfer\\.dev/analysis}}{{"\\n"}}{{end}}'
   kubectl get events -n {NS} --sort-by=.lastTimestamp

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Brings up what `make demo` and the e2e suite stand on, idempotently: the local cluster's
 # binaries (built once, cached), the cluster itself, the three kinfer images (built with podman
-# from images/Dockerfile.*, imported into the cluster's containerd) and the chart installed with
-# `helm upgrade --install` into kinfer-system. Prints what it does on stderr.
+# from images/Dockerfile.*, imported into the cluster's containerd), the chart installed with
+# `helm upgrade --install` into kinfer-system, and Flux with a git server (GitOps promotion by
+# commit). Prints what it does on stderr.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 say() { printf '\033[1m[kinfer]\033[0m %s\n' "$*" >&2; }
 export KINFER_CACHE="${KINFER_CACHE:-$HOME/.cache/kinfer}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$KINFER_CACHE/target}"
 
-say "building (or finding cached) Kubernetes, etcd, helm and the S3 server: tests/e2e/cluster/build.sh all"
+say "building (or finding cached) Kubernetes, etcd, helm, the S3 server, Flux and the health checkers: tests/e2e/cluster/build.sh all"
 bash tests/e2e/cluster/build.sh all >&2
 say "starting the local cluster (make cluster-up)"
 bash tests/e2e/cluster/up.sh >&2
@@ -32,3 +33,5 @@ helm upgrade --install kinfer charts/kinfer-operator --namespace kinfer-system -
 # Images keep their tag across rebuilds (no registry, IfNotPresent): restart so a rebuilt operator runs.
 kubectl -n kinfer-system rollout restart deployment/kinfer-operator >&2
 kubectl -n kinfer-system rollout status deployment/kinfer-operator --timeout=180s >&2
+say "starting Flux (source-controller, kustomize-controller) and the git server: make flux-up"
+bash tests/e2e/cluster/flux.sh up >&2

@@ -14,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+import gitops
 import kinfer_e2e as k
 
 ROOT = k.ROOT
@@ -41,6 +42,40 @@ def receiver():
     r = k.WebhookReceiver()
     yield r
     r.close()
+
+
+@pytest.fixture(scope="module")
+def health():
+    """kstatus's and Argo CD's verdicts on the live InferenceServices and ModelVersions, sampled
+    from the first step to test_4c, which checks them."""
+    log = gitops.HealthLog(NS)
+    yield log
+    log.stop()
+
+
+@pytest.fixture(scope="module")
+def repo(work):
+    """The git repository Flux reconciles this namespace's InferenceService from."""
+    return gitops.Repo(NS, work)
+
+
+FLUX = "models"  # the GitRepository and the Kustomization
+MANIFEST = "models/fraud/inferenceservice.yaml"
+
+
+def commit_isvc(repo, version, receiver, **extra):
+    """The GitOps step: one line of one manifest changes, committed and pushed; Flux is asked to
+    reconcile now (`flux reconcile kustomization models --with-source`) instead of at its interval."""
+    sha = repo.commit({MANIFEST: gitops.yaml_docs([k.inference_service(NS, version, webhook=receiver.url, **extra)])},
+                      f"fraud: modelVersion: fraud-{version}")
+    gitops.reconcile(NS, FLUX)
+    return sha
+
+
+def flux_ready_at(sha):
+    ks = gitops.kustomization(NS, FLUX)
+    c = k.condition(ks, "Ready") or {}
+    return ks if c.get("status") == "True" and sha in ks.get("status", {}).get("lastAppliedRevision", "") else None
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +120,7 @@ def apply_isvc(version, receiver, **extra):
     k.apply([k.inference_service(NS, version, webhook=receiver.url, **extra)])
 
 
-def test_1_serves_v1_on_three_ready_pods(installed, artifacts, receiver, work):
+def test_1_serves_v1_on_three_ready_pods(installed, artifacts, receiver, work, health):
     pub, uris = artifacts
     k.kubectl("create", "namespace", NS)
     # The cluster's trust for this namespace: the release key only, never unsigned. The
@@ -167,11 +202,16 @@ def test_1_serves_v1_on_three_ready_pods(installed, artifacts, receiver, work):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
-def test_2_gitops_promotion_is_canary_first_without_failures_or_restarts(receiver):
+def test_2_gitops_promotion_is_canary_first_without_failures_or_restarts(receiver, repo):
+    # Git takes over: the manifest test_1 applied is committed, Flux's kustomize-controller applies
+    # it (no change) and its health check (kstatus) finds the service Current.
+    sha = commit_isvc(repo, "v1", receiver)
+    k.apply(gitops.flux_objects(NS, FLUX, repo, "./models/fraud"))
+    k.wait_for("the Kustomization Ready at the first commit", lambda: flux_ready_at(sha), timeout=180)
     before = {p["metadata"]["name"]: k.restarts(p) for p in k.pods(NS)}
     with k.Load(k.service_ip(NS), rate=100) as load:
         time.sleep(3)
-        apply_isvc("v2", receiver)
+        sha = commit_isvc(repo, "v2", receiver)
         # Canary first: one pod is asked for v2 while the others still serve v1.
         def canary():
             s = isvc().get("status", {})
@@ -180,22 +220,32 @@ def test_2_gitops_promotion_is_canary_first_without_failures_or_restarts(receive
                 return s
         s = k.wait_for("the canary phase with one pod", canary, timeout=120, interval=0.3)
         assert len(s["rollout"]["canaryPods"]) == 1
+        # Flux applied the commit and waits on kinfer's health: the Kustomization is not Ready yet.
+        ks = gitops.kustomization(NS, FLUX)
+        assert (k.condition(ks, "Ready") or {}).get("status") != "True" or sha not in ks["status"].get("lastAppliedRevision", ""), ks["status"]
         # Two analyses with the default settings (the canary's, then the other pods'), each
-        # ~75 s at this load.
-        k.wait_for("every pod serving fraud-v2", lambda: serving_annotations() == ["fraud-v2"] * 3
-                   and isvc()["status"].get("servingVersion") == "fraud-v2", timeout=420)
+        # ~75 s at this load. The waits a user scripts (docs/gitops.md):
+        k.kubectl("wait", "-n", NS, "--for=jsonpath={.status.servingVersion}=fraud-v2", "infsvc/fraud", "--timeout=420s",
+                  timeout=430)
+        k.kubectl("wait", "-n", NS, "--for=condition=Ready", "infsvc/fraud", "--timeout=120s", timeout=130)
+        k.wait_for("every pod serving fraud-v2", lambda: serving_annotations() == ["fraud-v2"] * 3, timeout=60)
         time.sleep(2)
     assert load.failed == 0, load.errors[:5]
     assert load.versions.get("fraud-v2", 0) > 0
     after = {p["metadata"]["name"]: k.restarts(p) for p in k.pods(NS)}
     assert after == before, "no pod was replaced and no container restarted"
     assert k.condition(isvc(), "Ready")["status"] == "True"
+    # Flux's view: the commit is applied and healthy.
+    k.wait_for("the Kustomization Ready at the fraud-v2 commit", lambda: flux_ready_at(sha), timeout=120)
 
 
-def rolled_back_to(version, bad, receiver, reason, **extra):
+def rolled_back_to(version, bad, receiver, reason, repo=None, **extra):
     with k.Load(k.service_ip(NS), rate=100) as load:
         time.sleep(2)
-        apply_isvc(bad, receiver, **extra)
+        if repo:
+            commit_isvc(repo, bad, receiver, **extra)
+        else:
+            apply_isvc(bad, receiver, **extra)
         svc = k.wait_for(f"fraud-{bad} rolled back", lambda: isvc() if (isvc().get("status", {}).get("rejectedVersion") == f"fraud-{bad}"
                          and isvc()["status"].get("rollout", {}).get("phase") == "RolledBack") else None, timeout=300)
     assert load.failed == 0, load.errors[:5]
@@ -206,12 +256,12 @@ def rolled_back_to(version, bad, receiver, reason, **extra):
     return svc, c
 
 
-def test_3_slow_version_is_rolled_back_with_event_and_alert(receiver):
+def test_3_slow_version_is_rolled_back_with_event_and_alert(receiver, repo):
     """A version with 1.6× the compute (1.2–1.5× the request latency), at the default analysis
     settings: the canary's previous
     version answers half of its requests during the analysis, and the verdict is the interval of
     the latency ratio over the same moments, in the condition with its figures."""
-    svc, c = rolled_back_to("v2", "v3", receiver, "LatencyRegression")
+    svc, c = rolled_back_to("v2", "v3", receiver, "LatencyRegression", repo=repo)
     assert "× the baseline's" in c["message"] and "at 95% confidence" in c["message"], c
     assert k.wait_for("a RolledBack Warning Event", lambda: [e for e in k.events(NS, "RolledBack") if e["type"] == "Warning"])
     alerts = k.wait_for("the webhook alert", lambda: [r for r in receiver.received if "fraud-v3" in json.dumps(r["body"])], timeout=60)
@@ -226,10 +276,31 @@ def test_3_slow_version_is_rolled_back_with_event_and_alert(receiver):
     f = canary[0]["figures"]
     assert canary[0]["previousVersion"] == "fraud-v2" and f["requests"] >= 100 and f["baselineRequests"] >= 100, f
     assert 1.15 < f["latencyRatioLow"] and f["latencyRatio"] < 3.0, f
-    # The GitOps hold: the spec still says v3 and nothing retries it.
-    time.sleep(10)
+    # The GitOps hold: git and the spec still say v3; Flux reports the failure through kstatus
+    # (Stalled) and does not fight kinfer, and nothing retries v3: over two of Flux's retries
+    # (retryInterval 15 s) its re-apply changes nothing and no pod is asked for v3 again.
+    ks = k.wait_for("the Kustomization's health check failing", lambda: (lambda x: x if (k.condition(x, "Ready") or {})
+                    .get("reason") == "HealthCheckFailed" else None)(gitops.kustomization(NS, FLUX)), timeout=120)
+    ready = k.condition(ks, "Ready")
+    assert ready["status"] == "False" and "InferenceService" in ready["message"] and "fraud" in ready["message"], ready
+    assert "  modelVersion: fraud-v3\n" in (repo.dir / MANIFEST).read_text()
+    generation = isvc()["metadata"]["generation"]
+    time.sleep(35)
     targets = {p["metadata"].get("annotations", {}).get("kinfer.dev/target-version") for p in k.pods(NS)}
-    assert "fraud-v3" not in targets and isvc()["status"]["servingVersion"] == "fraud-v2"
+    now = isvc()
+    assert "fraud-v3" not in targets and now["status"]["servingVersion"] == "fraud-v2"
+    assert now["metadata"]["generation"] == generation and now["spec"]["modelVersion"] == "fraud-v3"
+    assert now["status"]["rejectedVersion"] == "fraud-v3" and now["status"]["rollout"]["phase"] == "RolledBack"
+    assert gitops.kstatus(now)[0]["status"] == "Failed"
+    # Commit the previous version back: nothing to roll out, the hold ends, Flux is Ready again.
+    sha = commit_isvc(repo, "v2", receiver)
+    k.wait_for("the Kustomization Ready at the revert", lambda: flux_ready_at(sha), timeout=180)
+    now = isvc()
+    assert k.condition(now, "RolledBack")["status"] == "False" and not now["status"].get("rejectedVersion"), now["status"]
+    assert gitops.kstatus(now)[0]["status"] == "Current"
+    # The later steps apply manifests directly (kubectl): Flux is suspended (`flux suspend`).
+    k.kubectl("patch", "-n", NS, "kustomizations.kustomize.toolkit.fluxcd.io", FLUX, "--type=merge",
+              "-p", '{"spec":{"suspend":true}}')
 
 
 def test_4_drift_tamper_and_golden_mismatch_are_refused(receiver, work):
@@ -281,6 +352,26 @@ def test_4b_an_artifact_swapped_after_verification_is_refused(receiver, work):
     assert k.wait_for("an ArtifactChanged Warning Event", lambda: [e for e in k.events(NS, "ArtifactChanged")
                                                                    if e["type"] == "Warning"])
     assert serving_annotations() == ["fraud-v2"] * 3, "no pod ever serves the swapped bytes"
+
+
+def test_4c_kstatus_and_argo_cd_read_every_phase_as_documented(health):
+    """Every sample of the live InferenceServices and ModelVersions since the first step, read by
+    cli-utils' kstatus and by Argo CD's health code with docs/gitops/argocd-health.lua, says what
+    docs/gitops.md says it does; every phase of the story was seen."""
+    health.stop()
+    assert not health.errors, health.errors[:5]
+    wrong = [s for s in health.samples if s["kstatus"] != s["expected"] or s["argocd"] != gitops.ARGOCD_FOR[s["kstatus"]]]
+    assert not wrong, wrong[:5]
+    seen = {(s["kind"], s["phase"], s["kstatus"], s["argocd"]) for s in health.samples if s["name"].startswith("fraud")}
+    for phase in ("Verifying", "Canary", "Promoting"):
+        assert ("InferenceService", phase, "InProgress", "Progressing") in seen, (phase, seen)
+    assert ("InferenceService", "Idle", "Current", "Healthy") in seen, seen
+    assert ("InferenceService", "RolledBack", "Failed", "Degraded") in seen, seen
+    for verdict in (("InProgress", "Progressing"), ("Current", "Healthy"), ("Failed", "Degraded")):
+        assert ("ModelVersion", None, *verdict) in seen, (verdict, seen)
+    # Flux and Argo CD show kinfer's reason: the regression for the held rollback.
+    held = [s for s in health.samples if s["kind"] == "InferenceService" and s["kstatus"] == "Failed"]
+    assert any("LatencyRegression" in s["argocdMessage"] for s in held), held[:3]
 
 
 def test_5_runtime_restart_and_operator_failover(receiver):

@@ -10,4 +10,8 @@ trap '"$REPO/tests/operator/apiserver.sh" down "$D"' EXIT
 # shellcheck disable=SC1091
 source "$D/env"
 cd "$REPO"
+# kstatus (cli-utils' status.Compute) for the conditions' checks: built by cluster-build.
+KINFER_KSTATUS="$(source "$REPO/tests/e2e/cluster/lib.sh" && echo "$GITOPS_BIN")/kstatus"
+[[ -x "$KINFER_KSTATUS" ]] || bash "$REPO/tests/e2e/cluster/build.sh" gitops
+export KINFER_KSTATUS
 cargo test -p kinfer-operator --test apiserver --test apiserver_security -- --ignored --test-threads 2 "$@"

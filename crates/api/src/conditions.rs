@@ -1,7 +1,9 @@
 //! Status conditions in the Kubernetes (kstatus) convention: a fixed set of types per resource,
 //! `status` one of `True`/`False`/`Unknown`, a CamelCase `reason`, a human `message`, the
 //! `observedGeneration` they describe, and a `lastTransitionTime` that moves only when `status`
-//! changes. Argo CD and Flux read these without custom health scripts.
+//! changes. Besides each resource's own types, both resources carry the kpt/kstatus pair
+//! `Reconciling` and `Stalled` ([`set_progress`]), which kstatus (Flux's health checks, kpt,
+//! cli-utils) reads before anything else.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
@@ -11,6 +13,13 @@ pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
 /// `RolledBack`: the last rollout was undone automatically; the message has the figures.
 pub const ROLLED_BACK: &str = "RolledBack";
+/// `Reconciling` (kstatus): True while kinfer is still working towards the spec (verification,
+/// a rollout, pods starting); kstatus reads the object as InProgress.
+pub const RECONCILING: &str = "Reconciling";
+/// `Stalled` (kstatus): True while kinfer holds and will not make progress without a change
+/// from its user (a rollback or refusal held, an invalid spec, an unschedulable pod); kstatus
+/// reads the object as Failed.
+pub const STALLED: &str = "Stalled";
 /// `AlertsConfigured`: every alert webhook that names a token Secret may send it (the Secret
 /// exists, opted in with `kinfer.dev/webhook-token: "true"`, and has the key). Present only while
 /// a webhook names a token Secret; False says which one is refused and why.
@@ -81,6 +90,60 @@ pub fn upsert(conditions: &mut Vec<Condition>, mut next: Condition) -> bool {
     }
 }
 
+/// Where the object stands for kstatus: still working towards the spec, stalled, or neither
+/// (its `Ready` condition says the rest).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// `Reconciling=True` with this reason (CamelCase) and message.
+    Reconciling(String, String),
+    /// `Stalled=True` with this reason and message.
+    Stalled(String, String),
+    /// Both False: nothing in flight, nothing held.
+    Settled,
+}
+
+/// Writes `Reconciling` and `Stalled` for `progress`: at most one of them True, the other False
+/// (kstatus takes the first True one in list order, so they never disagree). Returns whether
+/// anything changed.
+pub fn set_progress(
+    conditions: &mut Vec<Condition>,
+    progress: &Progress,
+    generation: Option<i64>,
+    now: &Time,
+) -> bool {
+    let (reconciling, stalled) = match progress {
+        Progress::Reconciling(reason, msg) => (
+            (Status::True, reason.as_str(), msg.clone()),
+            (
+                Status::False,
+                "Reconciling",
+                "kinfer is working towards the spec".to_owned(),
+            ),
+        ),
+        Progress::Stalled(reason, msg) => (
+            (
+                Status::False,
+                "Stalled",
+                "kinfer holds until the spec or the retry annotation changes".to_owned(),
+            ),
+            (Status::True, reason.as_str(), msg.clone()),
+        ),
+        Progress::Settled => (
+            (
+                Status::False,
+                "Reconciled",
+                "the status describes the spec".to_owned(),
+            ),
+            (Status::False, "Reconciled", "nothing is held".to_owned()),
+        ),
+    };
+    let mut changed = false;
+    for (t, (st, reason, msg)) in [(RECONCILING, reconciling), (STALLED, stalled)] {
+        changed |= upsert(conditions, new(t, st, reason, msg, generation, now.clone()));
+    }
+    changed
+}
+
 /// Finds a condition by type.
 pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conditions.iter().find(|c| c.type_ == type_)
@@ -144,6 +207,27 @@ mod tests {
         assert!(!upsert(&mut cs, again));
         assert_eq!(cs.len(), 1);
         assert_eq!(cs[0].last_transition_time, at(5));
+    }
+
+    #[test]
+    fn progress_sets_at_most_one_of_reconciling_and_stalled() {
+        let mut cs = Vec::new();
+        let r = Progress::Reconciling("Canary".into(), "1/1 canary".into());
+        assert!(set_progress(&mut cs, &r, Some(4), &at(1)));
+        assert!(is_true(&cs, RECONCILING) && !is_true(&cs, STALLED));
+        assert_eq!(find(&cs, RECONCILING).unwrap().reason, "Canary");
+        assert!(
+            !set_progress(&mut cs, &r, Some(4), &at(2)),
+            "same progress, no change"
+        );
+        let s = Progress::Stalled("LatencyRegression".into(), "p99 2x".into());
+        assert!(set_progress(&mut cs, &s, Some(4), &at(3)));
+        assert!(!is_true(&cs, RECONCILING) && is_true(&cs, STALLED));
+        assert_eq!(find(&cs, STALLED).unwrap().message, "p99 2x");
+        assert_eq!(find(&cs, STALLED).unwrap().last_transition_time, at(3));
+        set_progress(&mut cs, &Progress::Settled, Some(5), &at(4));
+        assert!(!is_true(&cs, RECONCILING) && !is_true(&cs, STALLED));
+        assert_eq!(cs.len(), 2);
     }
 
     #[test]

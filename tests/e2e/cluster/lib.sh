@@ -16,6 +16,8 @@ K8S_BIN="$KINFER_BIN_ROOT/kubernetes-$K8S_VERSION"
 ETCD_BIN="$KINFER_BIN_ROOT/etcd-$ETCD_VERSION"
 HELM_BIN="$KINFER_BIN_ROOT/helm-$HELM_VERSION"
 S3_BIN="$KINFER_BIN_ROOT/seaweedfs-$SEAWEEDFS_VERSION/bin"
+FLUX_BIN="$KINFER_BIN_ROOT/flux-$FLUX_VERSION"          # source-controller, kustomize-controller, crds/
+GITOPS_BIN="$KINFER_BIN_ROOT/gitops-kstatus-$KSTATUS_VERSION-argocd-$ARGOCD_VERSION"  # kstatus, argocd-health
 
 # Network layout (all inside this machine).
 NODE_NAME="${KINFER_NODE_NAME:-kinfer-node}"
@@ -29,6 +31,9 @@ APISERVER_PORT=6443
 ETCD_CLIENT_PORT=23790            # non-default ports so a stray etcd elsewhere does not clash
 ETCD_PEER_PORT=23800
 S3_PORT=8333
+# GitOps (flux.sh): host processes on loopback only.
+GIT_HTTP_ADDR=127.0.0.1:8470      # git http-backend (smart HTTP), repositories under $KINFER_CLUSTER_DIR/git
+FLUX_STORAGE_ADDR=127.0.0.1:8471  # source-controller's artifact server, read by kustomize-controller
 S3_BUCKET=kinfer
 
 KUBECONFIG_PATH="$KINFER_CLUSTER_DIR/kubeconfig"

@@ -61,7 +61,7 @@ pub(super) fn first_version(d: &mut Decision, input: &Input, live: &[&PodView]) 
 }
 
 /// The spec names what serves: nothing to roll out; the marks of an abandoned rollout are
-/// undone.
+/// undone, and a hold on a rejected version ends (`RolledBack=False`, `Reverted`).
 pub(super) fn settled(d: &mut Decision, live: &[&PodView], serving: &str) {
     let phase = d.rollout.phase;
     revert_others(d, live, serving, None);
@@ -81,7 +81,14 @@ pub(super) fn settled(d: &mut Decision, live: &[&PodView], serving: &str) {
             .unwrap_or_else(|| format!("serving {serving}")),
     };
     d.target = None;
-    d.rejected = None;
+    // The spec names what serves again (a revert in git): a hold on a rejected version ends.
+    if let Some(held) = d.rejected.take() {
+        d.rolled_back = Some((
+            false,
+            "Reverted".into(),
+            format!("spec.modelVersion names {serving} again; the hold on {held} ended"),
+        ));
+    }
     d.rollout = RolloutStatus {
         phase: RolloutPhase::Idle,
         analysis: d.rollout.analysis.clone(),

@@ -409,6 +409,29 @@ fn spec_back_to_serving_cancels_and_clears_the_rejection() {
 }
 
 #[test]
+fn reverting_the_spec_during_a_hold_ends_it() {
+    let mut st = serving("v7");
+    st.rejected_version = Some("v8".into());
+    st.rollout = Some(RolloutStatus {
+        phase: RolloutPhase::RolledBack,
+        ..Default::default()
+    });
+    let pods = pods3();
+    let d = decide(&input("v7", &st, &pods));
+    assert_eq!(
+        (d.rejected.as_deref(), d.rollout.phase),
+        (None, RolloutPhase::Idle)
+    );
+    let (rolled_back, reason, msg) = d.rolled_back.clone().unwrap();
+    assert!(
+        !rolled_back && reason == "Reverted" && msg.contains("v8"),
+        "{msg}"
+    );
+    // Once ended, the next reconcile leaves the condition alone.
+    assert_eq!(decide(&input("v7", &apply(&d), &pods)).rolled_back, None);
+}
+
+#[test]
 fn spec_change_mid_rollout_abandons_the_old_target() {
     let mut st = serving("v7");
     st.target_version = Some("v8".into());

@@ -82,3 +82,27 @@ pub async fn patch_isvc(c: &Client, ns: &str, name: &str, patch: Value) {
         .await
         .unwrap();
 }
+
+/// What kstatus computes for a live object: sigs.k8s.io/cli-utils' `status.Compute` (what Flux's
+/// `wait: true` and kpt read), run by the kstatus checker that `tests/e2e/cluster/build.sh
+/// gitops` builds; tests/operator/run.sh names it in `KINFER_KSTATUS`.
+pub fn kstatus<K: serde::Serialize>(obj: &K) -> String {
+    use std::io::Write as _;
+    let bin = std::env::var("KINFER_KSTATUS")
+        .expect("KINFER_KSTATUS must name the kstatus checker (run tests/operator/run.sh)");
+    let mut child = std::process::Command::new(&bin)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {bin}: {e}"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&serde_json::to_vec(obj).unwrap())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{bin} failed");
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    line["status"].as_str().unwrap().to_owned()
+}

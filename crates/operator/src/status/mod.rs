@@ -1,7 +1,8 @@
 //! Composes an InferenceService's status from the reconcile's findings, pure: the rollout
 //! decision, the Deployment's replica counts, scheduling trouble, or the validation error. The
-//! conditions follow kstatus (`Ready`, `Progressing`, `RolledBack`, and `AlertsConfigured` while a
-//! webhook names a token Secret, each with `observedGeneration`); `lastTransitionTime` only moves when a condition's status changes, so
+//! conditions are `Ready`, `Progressing`, `RolledBack`, `AlertsConfigured` (while a webhook names
+//! a token Secret) and kstatus's `Reconciling` / `Stalled` ([`progress`]), each with
+//! `observedGeneration`; `lastTransitionTime` only moves when a condition's status changes, so
 //! composing twice from the same findings gives an equal status and the controller skips the
 //! write.
 
@@ -9,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::Time};
 use kinfer_api::{
-    conditions::{self, ALERTS_CONFIGURED, PROGRESSING, READY, ROLLED_BACK, Status},
+    conditions::{self, ALERTS_CONFIGURED, PROGRESSING, Progress, READY, ROLLED_BACK, Status},
     inference_service::{InferenceServiceStatus, RolloutPhase},
 };
 
@@ -93,6 +94,8 @@ pub fn compose(
             ),
         );
         ensure_rolled_back(&mut s, g, &now);
+        let stalled = Progress::Stalled(inv.reason.to_owned(), inv.message.clone());
+        conditions::set_progress(&mut s.conditions, &stalled, g, &now);
         return s;
     }
     let Some(d) = f.decision else {
@@ -205,11 +208,46 @@ pub fn compose(
             );
         }
     }
+    let p = progress(&s, f, d);
+    conditions::set_progress(&mut s.conditions, &p, g, &now);
     // Keep every condition's observedGeneration current.
     for c in &mut s.conditions {
         c.observed_generation = g;
     }
     s
+}
+
+/// What kstatus should read (`Reconciling` / `Stalled`), from the conditions just composed:
+/// a rollout in flight (Verifying, Canary, Promoting, RollingBack) or pods still starting is
+/// Reconciling; a hold after a rollback or refusal, a stopped rollout and an unschedulable pod
+/// are Stalled (they need a change from the user: a commit, the retry annotation, a node);
+/// otherwise Settled, and `Ready` tells the rest.
+fn progress(s: &InferenceServiceStatus, f: &Findings, d: &Decision) -> Progress {
+    let phase = d.rollout.phase;
+    let msg = d.rollout.message.clone().unwrap_or_default();
+    if let Some(why) = &f.unschedulable {
+        return Progress::Stalled("Unschedulable".into(), why.clone());
+    }
+    let in_flight = match phase {
+        RolloutPhase::Verifying | RolloutPhase::Canary | RolloutPhase::Promoting => {
+            d.target.is_some()
+        }
+        RolloutPhase::RollingBack => true,
+        RolloutPhase::Idle | RolloutPhase::RolledBack => false,
+    };
+    if in_flight {
+        return Progress::Reconciling(phase_name(phase).into(), msg);
+    }
+    if d.rejected.is_some() {
+        let reason = conditions::find(&s.conditions, ROLLED_BACK)
+            .filter(|c| c.status == "True")
+            .map_or("RolloutStopped", |c| c.reason.as_str());
+        return Progress::Stalled(reason.into(), msg);
+    }
+    match conditions::find(&s.conditions, READY) {
+        Some(r) if r.status != "True" => Progress::Reconciling(r.reason.clone(), r.message.clone()),
+        _ => Progress::Settled,
+    }
 }
 
 fn ensure_rolled_back(s: &mut InferenceServiceStatus, g: Option<i64>, now: &Time) {
@@ -291,229 +329,4 @@ pub fn unschedulable(pods: &[Pod]) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::rollout::{Decision, Outcome};
-    use k8s_openapi::{
-        api::core::v1::{PodCondition, PodStatus},
-        jiff::Timestamp,
-    };
-    use kinfer_api::inference_service::RolloutStatus;
-
-    fn at(s: i64) -> Time {
-        Time(Timestamp::from_second(s).unwrap())
-    }
-
-    fn findings<'a>(d: &'a Decision) -> Findings<'a> {
-        Findings {
-            name: "fraud",
-            namespace: "ml",
-            generation: Some(3),
-            decision: Some(d),
-            desired: 3,
-            replicas: 3,
-            ready: 3,
-            ..Default::default()
-        }
-    }
-
-    fn serving(v: &str) -> Decision {
-        Decision {
-            serving: Some(v.into()),
-            rollout: RolloutStatus {
-                phase: RolloutPhase::Idle,
-                message: Some(format!("serving {v}")),
-                ..Default::default()
-            },
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn serving_and_ready() {
-        let d = serving("v7");
-        let s = compose(&Default::default(), &findings(&d), at(10));
-        assert!(conditions::is_true(&s.conditions, READY));
-        assert!(!conditions::is_true(&s.conditions, PROGRESSING));
-        assert_eq!(
-            conditions::find(&s.conditions, ROLLED_BACK).unwrap().status,
-            "False"
-        );
-        assert_eq!(s.ready.as_deref(), Some("3/3"));
-        assert_eq!(s.observed_generation, Some(3));
-        assert!(
-            s.conditions
-                .iter()
-                .all(|c| c.observed_generation == Some(3))
-        );
-        assert_eq!(s.endpoints["http"], "http://fraud.ml.svc:8080");
-        assert_eq!(
-            s.selector.as_deref(),
-            Some("app.kubernetes.io/name=kinfer,kinfer.dev/inferenceservice=fraud")
-        );
-        // Composing again later from the same findings changes nothing.
-        assert_eq!(compose(&s, &findings(&d), at(99)), s);
-    }
-
-    #[test]
-    fn alerts_configured_only_while_a_webhook_names_a_token_secret() {
-        let d = serving("v7");
-        let mut f = findings(&d);
-        f.webhook_tokens = Some(Err("webhook https://h/…: Secret s: no label".into()));
-        let s = compose(&Default::default(), &f, at(1));
-        let c = conditions::find(&s.conditions, ALERTS_CONFIGURED).unwrap();
-        assert_eq!(
-            (c.status.as_str(), c.reason.as_str()),
-            ("False", WEBHOOK_TOKEN_REFUSED)
-        );
-        assert!(c.message.contains("Secret s"));
-        // Serving is unaffected: an alert without a token is not an outage.
-        assert!(conditions::is_true(&s.conditions, READY));
-        f.webhook_tokens = Some(Ok(()));
-        let s = compose(&s, &f, at(2));
-        assert!(conditions::is_true(&s.conditions, ALERTS_CONFIGURED));
-        f.webhook_tokens = None;
-        let s = compose(&s, &f, at(3));
-        assert!(conditions::find(&s.conditions, ALERTS_CONFIGURED).is_none());
-    }
-
-    #[test]
-    fn canary_is_progressing() {
-        let mut d = serving("v7");
-        d.target = Some("v8".into());
-        d.rollout.phase = RolloutPhase::Canary;
-        d.rollout.message = Some("canary: 0/1".into());
-        let s = compose(&Default::default(), &findings(&d), at(1));
-        let p = conditions::find(&s.conditions, PROGRESSING).unwrap();
-        assert_eq!((p.status.as_str(), p.reason.as_str()), ("True", "Canary"));
-        assert!(conditions::is_true(&s.conditions, READY));
-    }
-
-    #[test]
-    fn rollback_sets_rolled_back_true_and_progressing_false() {
-        let mut d = serving("v7");
-        d.rejected = Some("v8".into());
-        d.rollout.phase = RolloutPhase::RolledBack;
-        d.outcome = Some(Outcome::RolledBack);
-        d.rolled_back = Some((true, "LatencyRegression".into(), "p99 20ms".into()));
-        let s = compose(&Default::default(), &findings(&d), at(1));
-        let rb = conditions::find(&s.conditions, ROLLED_BACK).unwrap();
-        assert_eq!(
-            (rb.status.as_str(), rb.reason.as_str()),
-            ("True", "LatencyRegression")
-        );
-        let p = conditions::find(&s.conditions, PROGRESSING).unwrap();
-        assert_eq!(
-            (p.status.as_str(), p.reason.as_str()),
-            ("False", "RolledBack")
-        );
-        assert_eq!(s.rejected_version.as_deref(), Some("v8"));
-        assert!(conditions::is_true(&s.conditions, READY), "v7 still serves");
-        // On the next reconcile (hold) the decision carries no rolled_back: the condition stays.
-        let mut hold = d.clone();
-        hold.rolled_back = None;
-        hold.outcome = None;
-        let s2 = compose(&s, &findings(&hold), at(50));
-        assert_eq!(s2, s);
-    }
-
-    #[test]
-    fn invalid_spec_is_not_ready_with_the_reason() {
-        let inv = Invalid {
-            reason: "CpuPinningNeedsWholeCpus",
-            message: "use 2".into(),
-        };
-        let f = Findings {
-            name: "fraud",
-            namespace: "ml",
-            generation: Some(2),
-            invalid: Some(&inv),
-            ..Default::default()
-        };
-        let s = compose(&Default::default(), &f, at(1));
-        let r = conditions::find(&s.conditions, READY).unwrap();
-        assert_eq!(
-            (r.status.as_str(), r.reason.as_str()),
-            ("False", "CpuPinningNeedsWholeCpus")
-        );
-        assert_eq!(r.message, "use 2");
-    }
-
-    #[test]
-    fn unschedulable_gpu_pod_is_surfaced() {
-        let pod = Pod {
-            metadata: kube::api::ObjectMeta {
-                name: Some("fraud-abc".into()),
-                ..Default::default()
-            },
-            spec: Some(k8s_openapi::api::core::v1::PodSpec {
-                containers: vec![k8s_openapi::api::core::v1::Container {
-                    name: "runtime".into(),
-                    resources: Some(k8s_openapi::api::core::v1::ResourceRequirements {
-                        limits: Some(
-                            [
-                                ("cpu".to_string(), k8s_openapi::apimachinery::pkg::api::resource::Quantity("1".into())),
-                                ("nvidia.com/gpu".to_string(), k8s_openapi::apimachinery::pkg::api::resource::Quantity("1".into())),
-                            ]
-                            .into(),
-                        ),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }],
-                node_selector: Some(
-                    [(
-                        "nvidia.com/gpu.product".to_string(),
-                        "NVIDIA-A10".to_string(),
-                    )]
-                    .into(),
-                ),
-                ..Default::default()
-            }),
-            status: Some(PodStatus {
-                phase: Some("Pending".into()),
-                conditions: Some(vec![PodCondition {
-                    type_: "PodScheduled".into(),
-                    status: "False".into(),
-                    reason: Some("Unschedulable".into()),
-                    message: Some(
-                        "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector."
-                            .into(),
-                    ),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }),
-        };
-        let msg = unschedulable(&[pod]).unwrap();
-        assert_eq!(
-            msg,
-            "pod fraud-abc cannot be scheduled (it needs a node with nvidia.com/gpu: 1, \
-             nvidia.com/gpu.product=NVIDIA-A10): 0/1 nodes are available: 1 node(s) didn't match \
-             Pod's node affinity/selector."
-        );
-        let d = serving("v7");
-        let mut f = findings(&d);
-        f.unschedulable = Some(msg);
-        let s = compose(&Default::default(), &f, at(1));
-        let r = conditions::find(&s.conditions, READY).unwrap();
-        assert_eq!(
-            (r.status.as_str(), r.reason.as_str()),
-            ("False", "Unschedulable")
-        );
-    }
-
-    #[test]
-    fn fewer_ready_pods_is_not_ready() {
-        let d = serving("v7");
-        let mut f = findings(&d);
-        f.ready = 2;
-        let s = compose(&Default::default(), &f, at(1));
-        let r = conditions::find(&s.conditions, READY).unwrap();
-        assert_eq!(
-            (r.status.as_str(), r.reason.as_str()),
-            ("False", "PodsNotReady")
-        );
-        assert_eq!(s.ready.as_deref(), Some("2/3"));
-    }
-}
+mod tests;
