@@ -50,7 +50,10 @@ def commit(repo, version, receiver, message):
 
 def views():
     """kinfer's, kstatus's and Flux's view in one line each."""
-    obj = k.kget("inferenceservice", "fraud", NS)
+    out = k.kubectl("get", "inferenceservice", "fraud", "-n", NS, "-o", "json", "--ignore-not-found")
+    if not out.strip():
+        return f"  kinfer: InferenceService fraud not applied yet\n  flux:   {gitops.flux_view(NS, 'models')}"
+    obj = json.loads(out)
     r = obj.get("status", {}).get("rollout", {})
     ks = gitops.kstatus(obj)[0]
     return (f"  kinfer: phase={r.get('phase')} serving={obj.get('status', {}).get('servingVersion')} "
@@ -65,7 +68,11 @@ def follow(until, timeout):
         if v != last:
             print(v, flush=True)
             last = v
-        if until():
+        try:
+            done = until()
+        except RuntimeError:  # not applied by Flux yet
+            done = False
+        if done:
             return
         time.sleep(1)
     raise TimeoutError("the step did not finish in time")
@@ -93,7 +100,7 @@ def main():
     if k.kubectl("get", "namespace", NS, check=False).strip():
         say(f"removing {NS} from an earlier run: kubectl delete namespace {NS}")
         k.kubectl("delete", "namespace", NS, "--wait=true", timeout=300)
-    say(f"namespace {NS}: S3 credentials Secret, trusted-keys ConfigMap, ModelVersions")
+    say(f"namespace {NS}: S3 credentials Secret and trusted-keys ConfigMap (not in git)")
     k.kubectl("create", "namespace", NS)
     k.apply(k.base_objects(NS, pub))
     say("git: the ModelVersions and the InferenceService (modelVersion: fraud-v1) in a repository Flux reconciles")

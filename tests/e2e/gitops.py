@@ -49,7 +49,7 @@ class Repo:
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_text(text)
             git(self.dir, "add", path)
-        git(self.dir, "commit", "-q", "-m", message)
+        git(self.dir, "commit", "-q", "--allow-empty", "-m", message)
         git(self.dir, "push", "-q", "origin", "HEAD:main")
         return git(self.dir, "rev-parse", "HEAD")
 

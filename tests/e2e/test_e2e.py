@@ -63,12 +63,13 @@ FLUX = "models"  # the GitRepository and the Kustomization
 MANIFEST = "models/fraud/inferenceservice.yaml"
 
 
-def commit_isvc(repo, version, receiver, **extra):
+def commit_isvc(repo, version, receiver, reconcile=True, **extra):
     """The GitOps step: one line of one manifest changes, committed and pushed; Flux is asked to
     reconcile now (`flux reconcile kustomization models --with-source`) instead of at its interval."""
     sha = repo.commit({MANIFEST: gitops.yaml_docs([k.inference_service(NS, version, webhook=receiver.url, **extra)])},
                       f"fraud: modelVersion: fraud-{version}")
-    gitops.reconcile(NS, FLUX)
+    if reconcile:
+        gitops.reconcile(NS, FLUX)
     return sha
 
 
@@ -205,7 +206,7 @@ def test_1_serves_v1_on_three_ready_pods(installed, artifacts, receiver, work, h
 def test_2_gitops_promotion_is_canary_first_without_failures_or_restarts(receiver, repo):
     # Git takes over: the manifest test_1 applied is committed, Flux's kustomize-controller applies
     # it (no change) and its health check (kstatus) finds the service Current.
-    sha = commit_isvc(repo, "v1", receiver)
+    sha = commit_isvc(repo, "v1", receiver, reconcile=False)
     k.apply(gitops.flux_objects(NS, FLUX, repo, "./models/fraud"))
     k.wait_for("the Kustomization Ready at the first commit", lambda: flux_ready_at(sha), timeout=180)
     before = {p["metadata"]["name"]: k.restarts(p) for p in k.pods(NS)}
@@ -354,15 +355,30 @@ def test_4b_an_artifact_swapped_after_verification_is_refused(receiver, work):
     assert serving_annotations() == ["fraud-v2"] * 3, "no pod ever serves the swapped bytes"
 
 
-def test_4c_kstatus_and_argo_cd_read_every_phase_as_documented(health):
+def test_4c_kstatus_and_argo_cd_read_every_phase_as_documented(health, receiver, work):
     """Every sample of the live InferenceServices and ModelVersions since the first step, read by
     cli-utils' kstatus and by Argo CD's health code with docs/gitops/argocd-health.lua, says what
     docs/gitops.md says it does; every phase of the story was seen."""
+    # Verification in flight while the service waits on it: a new ModelVersion and the spec
+    # naming it at once (the rollout waits in Verifying); then back to what serves (cancelled).
+    late = k.model_version(NS, "late", k.upload(work / "artifacts" / "v2", f"e2e/{NS}/late"))
+    k.apply([late])
+    apply_isvc("late", receiver)
+    k.wait_for("a sample of the service in Verifying", lambda: any(
+        s["kind"] == "InferenceService" and s["name"] == "fraud" and s["phase"] == "Verifying" for s in health.samples),
+        timeout=120, interval=0.5)
+    k.wait_for("fraud-late verified", lambda: (k.condition(k.kget("modelversion", "fraud-late", NS), "Ready") or {})
+               .get("status") == "True", timeout=120)
+    apply_isvc("v2", receiver)
+    k.wait_for("the rollout of fraud-late cancelled", lambda: isvc()["status"].get("rollout", {}).get("phase") == "Idle"
+               and serving_annotations() == ["fraud-v2"] * 3, timeout=120)
+    time.sleep(2)
     health.stop()
     assert not health.errors, health.errors[:5]
     wrong = [s for s in health.samples if s["kstatus"] != s["expected"] or s["argocd"] != gitops.ARGOCD_FOR[s["kstatus"]]]
     assert not wrong, wrong[:5]
     seen = {(s["kind"], s["phase"], s["kstatus"], s["argocd"]) for s in health.samples if s["name"].startswith("fraud")}
+    print("seen:", *sorted(seen, key=str), sep="\n  ")
     for phase in ("Verifying", "Canary", "Promoting"):
         assert ("InferenceService", phase, "InProgress", "Progressing") in seen, (phase, seen)
     assert ("InferenceService", "Idle", "Current", "Healthy") in seen, seen

@@ -251,10 +251,14 @@ def test_slower_version_is_rolled_back_on_p99_before_after(served_v1, workdir, s
     assert code == 2, p.stderr[-3000:]
     assert report["verdict"] == "RolledBack" and report["reason"] == "LatencyRegression", report
     f = report["figures"]
-    assert f["p99"] > f["baselineP99"] and f["requests"] >= 150 and "latencyRatio" not in f, f
-    # The judged percentile (p90 below 1,000 requests, else p99) moved past maxP99Ratio 2.
+    assert f["requests"] >= 150 and "baselineP99" in f and "latencyRatio" not in f, f
+    # The judged percentile (p90 below 1,000 requests, else p99) moved past maxP99Ratio 2. Only
+    # that one is compared: below 1,000 requests the baseline's p99 is a handful of samples, and
+    # one scheduling hiccup on a loaded machine can put it above the slow version's.
     m = re.match(r"(p90|p99) [0-9.]+ ms is ([0-9.]+)× the previous version's", report["message"])
     assert m and float(m.group(2)) > 2.0, report["message"]
+    if m.group(1) == "p99":
+        assert f["p99"] > 2.0 * f["baselineP99"], f
     assert serving(served_v1) == ("v1", ["v1"])
     assert load.failed == 0, load.errors[:3]
 
