@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# Builds kinfer's three container images from images/Dockerfile.* with podman, with no registry:
+# Builds kinfer's container images from images/Dockerfile.* with podman, with no registry:
 #
-#   images/build.sh [--import] [--no-cargo] [base|operator|runtime|watcher]...   (default: all three)
+#   images/build.sh [--import] [--no-cargo] [base|operator|runtime|watcher|runtime-gpu]...
+#
+#   (default: operator, runtime and watcher; runtime-gpu, ~2.8 GB with the CUDA libraries, only
+#   when named)
 #
 #   1. cargo build --release of the binaries, on the host (CARGO_TARGET_DIR, default
 #      ~/.cache/kinfer/target), unless --no-cargo;
 #   2. the base image kinfer.local/base-cc:bookworm, made from Debian 12 packages (apt-get download
-#      libc6 libgcc-s1 libstdc++6 ca-certificates → dpkg-deb -x → a rootfs → podman import);
-#   3. each image: a build context (stripped binary, ONNX Runtime for the runtime), podman build of
-#      its Dockerfile, podman save --format docker-archive → a tarball.
+#      libc6 libgcc-s1 libstdc++6 ca-certificates zlib1g → dpkg-deb -x → a rootfs → podman import);
+#   3. each image: a build context (stripped binary, ONNX Runtime for the runtime; for runtime-gpu
+#      the GPU build of ONNX Runtime and the CUDA libraries from the hash-pinned PyPI wheels of
+#      images/gpu-wheels.txt), podman build of its Dockerfile, podman save --format docker-archive
+#      → a tarball.
 #
 # Prints the tarballs' paths on stdout, one per line (logs go to stderr); --import also loads them
 # into the running local cluster (tests/e2e/cluster/images.sh import).
@@ -26,7 +31,8 @@ ORT_DIR="$KINFER_CACHE/onnxruntime/$ORT_VERSION"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$KINFER_CACHE/target}"
 REGISTRY="${KINFER_IMAGE_REGISTRY:-kinfer.local}"
 BASE_IMAGE="$REGISTRY/base-cc:bookworm"
-BASE_PACKAGES=(libc6 libgcc-s1 libstdc++6 ca-certificates)
+# zlib1g: cuDNN links libz (the GPU image); 120 kB in every image.
+BASE_PACKAGES=(libc6 libgcc-s1 libstdc++6 ca-certificates zlib1g)
 # The image tag is the workspace version (Cargo.toml [workspace.package]), = the chart's appVersion.
 TAG="${KINFER_IMAGE_TAG:-$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' "$REPO/Cargo.toml")}"
 
@@ -40,8 +46,8 @@ for a in "$@"; do
   case "$a" in
     --import) IMPORT=1 ;;
     --no-cargo) CARGO=0 ;;
-    base|operator|runtime|watcher) WANT+=("$a") ;;
-    -h|--help) sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    base|operator|runtime|watcher|runtime-gpu) WANT+=("$a") ;;
+    -h|--help) sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument '$a' (see --help)" ;;
   esac
 done
@@ -75,21 +81,60 @@ fi
 PODMAN=(podman --root "$PODMAN_ROOT/storage-$driver" --runroot "$PODMAN_ROOT/run-$driver" --storage-driver "$driver")
 
 # --- 1. binaries -----------------------------------------------------------------------------------
-declare -A BIN=([operator]=kinfer-operator [runtime]=kinfer-runtime [watcher]=kinfer-watcher)
+declare -A BIN=([operator]=kinfer-operator [runtime]=kinfer-runtime [watcher]=kinfer-watcher [runtime-gpu]=kinfer-runtime)
 images=()
 for w in "${WANT[@]}"; do [[ "$w" == base ]] || images+=("$w"); done
 if (( CARGO && ${#images[@]} )); then
-  pkgs=(); for w in "${images[@]}"; do pkgs+=(-p "${BIN[$w]}"); done
+  pkgs=(); for w in "${images[@]}"; do [[ " ${pkgs[*]} " == *" ${BIN[$w]} "* ]] || pkgs+=(-p "${BIN[$w]}"); done
   log "cargo build --release ${pkgs[*]} (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
   (cd "$REPO" && cargo build --release "${pkgs[@]}" >&2) || die "cargo build failed"
 fi
 for w in "${images[@]}"; do
   [[ -x "$CARGO_TARGET_DIR/release/${BIN[$w]}" ]] || die "$CARGO_TARGET_DIR/release/${BIN[$w]} is missing (build it, or drop --no-cargo)"
 done
-if [[ " ${images[*]} " == *" runtime "* && ! -f "$ORT_DIR/libonnxruntime.so.$ORT_VERSION" ]]; then
+if [[ " ${images[*]} " == *" runtime"* && ! -f "$ORT_DIR/libonnxruntime.so.$ORT_VERSION" ]]; then
   log "ONNX Runtime $ORT_VERSION is missing: scripts/fetch-onnxruntime.sh"
   ORT_VERSION="$ORT_VERSION" KINFER_CACHE="$KINFER_CACHE" "$REPO/scripts/fetch-onnxruntime.sh" >&2
 fi
+
+# The GPU image's ONNX Runtime and CUDA libraries: the hash-pinned wheels of images/gpu-wheels.txt,
+# downloaded once into a cache keyed by that file, their shared libraries unpacked beside them.
+GPU_WHEELS="$REPO/images/gpu-wheels.txt"
+gpu_libs() { # prints the directory holding lib/ (ONNX Runtime) and cuda/ (the CUDA libraries)
+  local key dir py
+  key="$(sha < "$GPU_WHEELS")"; dir="$KINFER_CACHE/gpu-wheels/$key"
+  if [[ -f "$dir/done" ]]; then echo "$dir"; return; fi
+  py="${KINFER_VENV:-$REPO/.venv}/bin/python"; [[ -x "$py" ]] || py=python3
+  rm -rf "$KINFER_CACHE/gpu-wheels"; mkdir -p "$dir/wheels"
+  log "runtime-gpu: pip download of images/gpu-wheels.txt (onnxruntime-gpu and the nvidia-* wheels, ~1.4 GB)"
+  "$py" -m pip download --quiet --no-deps --only-binary :all: --require-hashes \
+    -r "$GPU_WHEELS" -d "$dir/wheels" >&2 || die "pip download -r images/gpu-wheels.txt failed"
+  # ONNX Runtime's libraries from onnxruntime/capi/ (not the Python module); from the nvidia-*
+  # wheels every lib/*.so* but the two that nothing loads (NVBLAS, the FFTW shim).
+  "$py" - "$dir" >&2 <<'PY' || die "unpacking the GPU wheels failed"
+import os, pathlib, sys, zipfile
+out = pathlib.Path(sys.argv[1])
+for sub in ("lib", "cuda"):
+    (out / sub).mkdir(exist_ok=True)
+for whl in sorted((out / "wheels").glob("*.whl")):
+    with zipfile.ZipFile(whl) as z:
+        for info in z.infolist():
+            name = info.filename
+            base = os.path.basename(name)
+            if name.startswith("onnxruntime/capi/lib") and ".so" in base:
+                dest = out / "lib" / base
+            elif name.startswith("nvidia/") and "/lib/" in name and ".so" in base \
+                    and not base.startswith(("libnvblas", "libcufftw")):
+                dest = out / "cuda" / base
+            else:
+                continue
+            dest.write_bytes(z.read(info))
+            dest.chmod(0o644)
+PY
+  rm -rf "$dir/wheels"; touch "$dir/done"
+  log "runtime-gpu: $(du -sh "$dir" | cut -f1) of libraries in $dir"
+  echo "$dir"
+}
 
 # --- 2. the base image -------------------------------------------------------------------------------
 # The recipe is this function; its hash (with the packages' SHA256 from apt's lists) keys the cache.
@@ -155,8 +200,8 @@ build_base() {
 }
 
 # --- 3. the images -----------------------------------------------------------------------------------
-build_image() { # $1 = operator|runtime|watcher
-  local w="$1" name="kinfer-$1" bin="${BIN[$1]}" ctx key out
+build_image() { # $1 = operator|runtime|watcher|runtime-gpu
+  local w="$1" name="kinfer-$1" bin="${BIN[$1]}" ctx key out gpu=""
   ctx="$CACHE/context/$w"; rm -rf "$ctx"; mkdir -p "$ctx/bin"
   # Line tables (debug = "line-tables-only" in the release profile) are dropped: about half the
   # binary. The symbol table stays, so panics and backtraces still name functions; the unstripped
@@ -167,8 +212,18 @@ build_image() { # $1 = operator|runtime|watcher
     cp "$ORT_DIR/libonnxruntime.so.$ORT_VERSION" "$ctx/lib/"
     cp "$REPO/images/smoke/add-one.onnx" "$ctx/smoke/"
   fi
+  if [[ "$w" == runtime-gpu ]]; then
+    gpu="$(gpu_libs)"
+    mkdir -p "$ctx/smoke"
+    # Hard links: the context costs no space and no copy of the 2.4 GB.
+    cp -al "$gpu/lib" "$gpu/cuda" "$ctx/"
+    cp "$REPO/images/smoke/add-one.onnx" "$ctx/smoke/"
+  fi
   cp "$REPO/images/Dockerfile.$w" "$ctx/Dockerfile"
-  key="$( { (cd "$ctx" && find . -type f | LC_ALL=C sort | xargs sha256sum); echo "$BASE_KEY $TAG $REGISTRY"; } | sha)"
+  # The GPU libraries are keyed by images/gpu-wheels.txt (their hashes) instead of 2.4 GB read.
+  local skip=(); [[ -z "$gpu" ]] || skip=(! -path './lib/*' ! -path './cuda/*')
+  key="$( { (cd "$ctx" && find . -type f "${skip[@]}" | LC_ALL=C sort | xargs sha256sum)
+            [[ -z "$gpu" ]] || sha256sum < "$GPU_WHEELS"; echo "$BASE_KEY $TAG $REGISTRY"; } | sha)"
   out="$CACHE/$name-$TAG-$key.tar"
   if [[ -f "$out" ]]; then log "$name: cached ($out)"; echo "$out"; return; fi
   log "$name: podman build -f images/Dockerfile.$w"
@@ -181,6 +236,8 @@ build_image() { # $1 = operator|runtime|watcher
   "${PODMAN[@]}" save --quiet --format docker-archive -o "$out.tmp" "$REGISTRY/$name:$TAG" >/dev/null
   mv "$out.tmp" "$out"
   log "$name: $(numfmt --to=iec --suffix=B "$("${PODMAN[@]}" image inspect --format '{{.Size}}' "$REGISTRY/$name:$TAG")") → $out"
+  # The tarball is what is kept: 2.4 GB more in podman's storage buys nothing.
+  [[ -z "$gpu" ]] || "${PODMAN[@]}" rmi "$REGISTRY/$name:$TAG" >/dev/null 2>&1 || true
   echo "$out"
 }
 

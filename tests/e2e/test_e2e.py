@@ -370,8 +370,15 @@ def test_4c_kstatus_and_argo_cd_read_every_phase_as_documented(health, receiver,
     k.wait_for("fraud-late verified", lambda: (k.condition(k.kget("modelversion", "fraud-late", NS), "Ready") or {})
                .get("status") == "True", timeout=120)
     apply_isvc("v2", receiver)
-    k.wait_for("the rollout of fraud-late cancelled", lambda: isvc()["status"].get("rollout", {}).get("phase") == "Idle"
-               and serving_annotations() == ["fraud-v2"] * 3, timeout=120)
+    state = {}
+
+    def cancelled():
+        state.update(status=isvc()["status"], pods=serving_annotations())
+        return state["status"].get("rollout", {}).get("phase") == "Idle" and state["pods"] == ["fraud-v2"] * 3
+    try:
+        k.wait_for("the rollout of fraud-late cancelled", cancelled, timeout=120)
+    except TimeoutError as e:
+        raise AssertionError(f"{e}; the service: {json.dumps(state)[:3000]}") from e
     time.sleep(2)
     health.stop()
     assert not health.errors, health.errors[:5]
@@ -429,14 +436,29 @@ def test_6_gpu_and_cpu_pinning_pod_specs(receiver):
     gpu = k.inference_service(NS, "v2", replicas=1)
     gpu["metadata"]["name"] = "fraud-gpu"
     gpu["spec"]["runtime"]["executionProvider"] = "cuda"
+    gpu["spec"]["runtime"]["providerOptions"] = {"deviceId": 0, "cudnnConvAlgoSearch": "heuristic"}
     gpu["spec"]["resources"] = {"cpu": "1", "memory": "512Mi", "gpu": {"count": 1, "product": "NVIDIA-H100-80GB-HBM3"}}
+    trt = k.inference_service(NS, "v2", replicas=1)
+    trt["metadata"]["name"] = "fraud-trt"
+    trt["spec"]["runtime"].update(executionProvider="tensorrt", providerOptions={"fp16": True})
+    trt["spec"]["resources"] = {"cpu": "1", "memory": "512Mi", "gpu": {"count": 1}}
     pinned = k.inference_service(NS, "v2", replicas=1)
     pinned["metadata"]["name"] = "fraud-pinned"
     pinned["spec"]["resources"] = {"cpu": "1", "memory": "256Mi", "cpuPinning": True}
     pinned["spec"]["rollout"]["canary"]["replicas"] = 1
-    k.apply([gpu, pinned])
+    k.apply([gpu, trt, pinned])
     p = k.wait_for("the GPU pod", lambda: k.pods(NS, "fraud-gpu"))[0]
     runtime = [c for c in p["spec"]["containers"] if c["name"] == "runtime"][0]
+    # The operator's GPU image (ONNX Runtime with the CUDA provider) and the provider's options.
+    assert runtime["image"].startswith("kinfer.local/kinfer-runtime-gpu:"), runtime["image"]
+    assert "--execution-provider cuda --cuda-device-id 0 --cudnn-conv-algo-search heuristic" in " ".join(runtime["args"])
+    t = k.wait_for("the TensorRT pod", lambda: k.pods(NS, "fraud-trt"))[0]
+    t_rt = [c for c in t["spec"]["containers"] if c["name"] == "runtime"][0]
+    assert "--trt-fp16 --trt-engine-cache /var/cache/kinfer/tensorrt" in " ".join(t_rt["args"]), t_rt["args"]
+    cache = [v for v in t["spec"]["volumes"] if v["name"] == "tensorrt-cache"]
+    assert cache and cache[0]["emptyDir"]["sizeLimit"] == "4Gi", t["spec"]["volumes"]
+    assert {"name": "tensorrt-cache", "mountPath": "/var/cache/kinfer/tensorrt"}.items() <= [
+        m for m in t_rt["volumeMounts"] if m["name"] == "tensorrt-cache"][0].items()
     assert runtime["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert p["spec"]["nodeSelector"]["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3"
     assert any(t.get("key") == "nvidia.com/gpu" for t in p["spec"]["tolerations"])
@@ -452,7 +474,7 @@ def test_6_gpu_and_cpu_pinning_pod_specs(receiver):
     rt = [c for c in q["spec"]["containers"] if c["name"] == "runtime"][0]
     args = " ".join(rt.get("args", []))
     assert "--cpu-affinity auto" in args or "--cpu-affinity=auto" in args
-    k.kubectl("delete", "inferenceservice", "-n", NS, "fraud-gpu", "fraud-pinned")
+    k.kubectl("delete", "inferenceservice", "-n", NS, "fraud-gpu", "fraud-trt", "fraud-pinned")
 
 
 def all_pods_ready_with(version):

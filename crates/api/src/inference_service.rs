@@ -12,6 +12,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::duration::Duration;
+pub use crate::execution::{ExecutionProvider, ProviderOptions};
 
 /// A low-latency ONNX inference service. Changing `modelVersion` starts a canary-first, in-pod
 /// rollout; a regression rolls back by itself.
@@ -114,12 +115,16 @@ pub enum ScaleMetric {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct RuntimeSpec {
-    /// Runtime image; the operator's default when empty.
+    /// Runtime image; the operator's default when empty: its GPU runtime image (ONNX Runtime
+    /// with the CUDA provider and the CUDA libraries) when `resources.gpu` is set, else its CPU one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// ONNX Runtime execution provider.
     #[serde(default)]
     pub execution_provider: ExecutionProvider,
+    /// Options of the CUDA and TensorRT providers (device, cuDNN search, fp16, engine cache).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_options: Option<ProviderOptions>,
     /// Threads for one operator (ORT intra-op). Defaults to the CPUs of the pod; with
     /// `resources.cpuPinning` it is always the number of pinned CPUs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -141,19 +146,6 @@ pub struct RuntimeSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("duration(self) <= duration('1h')").message("runtime.requestTimeout must be at most 1h"))]
     pub request_timeout: Option<Duration>,
-}
-
-/// ONNX Runtime execution providers kinfer can request.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum ExecutionProvider {
-    /// CPU (default).
-    #[default]
-    Cpu,
-    /// NVIDIA CUDA; needs `resources.gpu`.
-    Cuda,
-    /// NVIDIA TensorRT; needs `resources.gpu`.
-    Tensorrt,
 }
 
 /// Dynamic batching: a worker stacks the queued requests whose dimensions after the first match
@@ -548,6 +540,10 @@ pub struct InferenceServiceStatus {
     /// changes or the `kinfer.dev/retry` annotation is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejected_version: Option<String>,
+    /// The uid of the ModelVersion object that was rejected: one deleted and created again
+    /// under the same name is another object, and is tried again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected_version_uid: Option<String>,
     /// The rollout in progress or the last one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutStatus>,

@@ -8,6 +8,7 @@
 
 pub mod conditions;
 pub mod duration;
+pub mod execution;
 pub mod inference_service;
 pub mod model_version;
 pub mod report;

@@ -16,6 +16,14 @@ pub mod runtime {
     pub const EXECUTION_PROVIDER: &str = "execution-provider";
     /// Fallback when the provider is missing.
     pub const EP_FALLBACK: &str = "ep-fallback";
+    /// CUDA device of the GPU providers.
+    pub const CUDA_DEVICE_ID: &str = "cuda-device-id";
+    /// cuDNN convolution algorithm search.
+    pub const CUDNN_CONV_ALGO_SEARCH: &str = "cudnn-conv-algo-search";
+    /// TensorRT fp16 engines.
+    pub const TRT_FP16: &str = "trt-fp16";
+    /// TensorRT engine cache directory.
+    pub const TRT_ENGINE_CACHE: &str = "trt-engine-cache";
     /// Intra-op threads per session.
     pub const INTRA_OP_THREADS: &str = "intra-op-threads";
     /// CPU pinning (`auto`).
@@ -111,6 +119,19 @@ pub struct Replay {
     pub sample_rate: f64,
 }
 
+/// Options of the GPU execution providers; what is `None` or false is left to ORT.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProviderFlags {
+    /// `--cuda-device-id`.
+    pub device_id: Option<i64>,
+    /// `--cudnn-conv-algo-search` (`exhaustive`, `heuristic`, `default`).
+    pub cudnn_conv_algo_search: Option<String>,
+    /// `--trt-fp16` when true.
+    pub trt_fp16: bool,
+    /// `--trt-engine-cache DIR`.
+    pub trt_engine_cache: Option<String>,
+}
+
 /// The serving runtime's command line as the operator writes it; what is `None` is left to
 /// the runtime's default.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -125,6 +146,8 @@ pub struct RuntimeServe {
     pub execution_provider: String,
     /// `--ep-fallback cpu` when true.
     pub ep_fallback_cpu: bool,
+    /// The GPU providers' options.
+    pub provider: ProviderFlags,
     /// `--intra-op-threads`.
     pub intra_op_threads: Option<i64>,
     /// `--cpu-affinity auto` when true.
@@ -159,6 +182,17 @@ impl RuntimeServe {
         if self.ep_fallback_cpu {
             flag(&mut a, EP_FALLBACK, "cpu");
         }
+        let p = &self.provider;
+        optional(&mut a, CUDA_DEVICE_ID, p.device_id);
+        optional(
+            &mut a,
+            CUDNN_CONV_ALGO_SEARCH,
+            p.cudnn_conv_algo_search.as_ref(),
+        );
+        if p.trt_fp16 {
+            a.push(format!("--{TRT_FP16}"));
+        }
+        optional(&mut a, TRT_ENGINE_CACHE, p.trt_engine_cache.as_ref());
         optional(&mut a, INTRA_OP_THREADS, self.intra_op_threads);
         if self.cpu_affinity_auto {
             flag(&mut a, CPU_AFFINITY, "auto");
@@ -285,7 +319,7 @@ mod tests {
             max_inflight_bytes: Some(1 << 28),
             max_message_bytes: Some(1 << 26),
             policy: Some("/p.yaml".into()),
-            ..base
+            ..base.clone()
         };
         let s = full.to_args().join(" ");
         assert!(
@@ -297,6 +331,23 @@ mod tests {
                 "--max-inflight-bytes 268435456 --max-message-bytes 67108864 --policy /p.yaml"
             ),
             "{s}"
+        );
+        let gpu = RuntimeServe {
+            execution_provider: "tensorrt".into(),
+            provider: ProviderFlags {
+                device_id: Some(1),
+                cudnn_conv_algo_search: Some("heuristic".into()),
+                trt_fp16: true,
+                trt_engine_cache: Some("/var/cache/kinfer/tensorrt".into()),
+            },
+            ..base
+        };
+        assert!(
+            gpu.to_args().join(" ").ends_with(
+                "--execution-provider tensorrt --cuda-device-id 1 --cudnn-conv-algo-search heuristic --trt-fp16 --trt-engine-cache /var/cache/kinfer/tensorrt"
+            ),
+            "{:?}",
+            gpu.to_args()
         );
         let check = WatcherCheck {
             source: "s3://b/p/".into(),

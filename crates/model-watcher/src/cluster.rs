@@ -369,6 +369,10 @@ pub async fn run(client: Client, id: Identity, mut watcher: Watcher) -> anyhow::
             continue;
         }
         last_problem.clear();
+        // What this pod serves is about to change: the last verdict no longer describes it (an
+        // apply abandoned below leaves the new version serving, and the next target — maybe
+        // the version decided before — must be applied, not skipped as decided).
+        decided = None;
         // Apply, but give up on it when the target changes underneath (an aborted rollout).
         let changed = async {
             loop {

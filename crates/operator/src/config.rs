@@ -16,6 +16,14 @@ pub struct Args {
         default_value = "kinfer.local/kinfer-runtime:0.1.0"
     )]
     pub runtime_image: String,
+    /// Image of the runtime container of an InferenceService with `resources.gpu` that names
+    /// none (`kinfer-runtime-gpu`: ONNX Runtime with the CUDA provider and the CUDA libraries).
+    #[arg(
+        long,
+        env = "KINFER_RUNTIME_GPU_IMAGE",
+        default_value = "kinfer.local/kinfer-runtime-gpu:0.1.0"
+    )]
+    pub runtime_gpu_image: String,
     /// Image of the model-watcher sidecar (`kinfer-watcher`) and of the verification Job.
     #[arg(
         long,
@@ -59,6 +67,7 @@ impl Args {
     pub fn defaults(&self) -> Defaults {
         Defaults {
             runtime_image: self.runtime_image.clone(),
+            runtime_gpu_image: self.runtime_gpu_image.clone(),
             watcher_image: self.watcher_image.clone(),
             image_pull_policy: self.image_pull_policy.clone(),
         }
@@ -84,6 +93,7 @@ mod tests {
     fn defaults_match_the_chart() {
         let a = Args::try_parse_from(["kinfer-operator"]).unwrap();
         assert_eq!(a.runtime_image, "kinfer.local/kinfer-runtime:0.1.0");
+        assert_eq!(a.runtime_gpu_image, "kinfer.local/kinfer-runtime-gpu:0.1.0");
         assert_eq!(a.watcher_image, "kinfer.local/kinfer-watcher:0.1.0");
         assert_eq!(a.image_pull_policy, "IfNotPresent");
         assert_eq!(a.metrics_addr.to_string(), "0.0.0.0:8080");

@@ -7,7 +7,10 @@ use std::{net::IpAddr, path::PathBuf, time::Duration};
 use clap::builder::RangedU64ValueParser;
 use kinfer_contract::flags::runtime as flags;
 
-use crate::models::{session::Provider, version::BatchRounding};
+use crate::models::{
+    session::{ConvAlgoSearch, Provider},
+    version::BatchRounding,
+};
 
 /// Upper bounds of the flags (the InferenceService CRD has the same ones).
 pub mod bounds {
@@ -22,6 +25,8 @@ pub mod bounds {
     pub const INSTANCES: u64 = 64;
     /// `--intra-op-threads`, `--inter-op-threads`.
     pub const THREADS: u64 = 256;
+    /// `--cuda-device-id` (exclusive; the CRD's `deviceId` has the same bound).
+    pub const CUDA_DEVICES: u64 = 64;
     /// `--warmup-runs`.
     pub const WARMUP_RUNS: u64 = 100;
     /// `--max-message-bytes` (1 GiB; gRPC's length prefix allows 4 GiB).
@@ -110,9 +115,24 @@ pub struct Args {
     /// Execution provider.
     #[arg(long = flags::EXECUTION_PROVIDER, env = "KINFER_EP", value_enum, default_value = "cpu")]
     pub execution_provider: Provider,
-    /// `cpu`: fall back to CPU with a warning when the provider is missing (else refuse to start).
+    /// `cpu`: serve on the CPU, with a warning, when the provider is missing or cannot start
+    /// (else refuse to load).
     #[arg(long = flags::EP_FALLBACK, env = "KINFER_EP_FALLBACK")]
     pub ep_fallback: Option<String>,
+    /// CUDA device of the `cuda` and `tensorrt` providers, among the process's GPUs.
+    #[arg(long = flags::CUDA_DEVICE_ID, env = "KINFER_CUDA_DEVICE_ID", default_value_t = 0,
+          value_parser = RangedU64ValueParser::<u32>::new().range(0..bounds::CUDA_DEVICES))]
+    pub cuda_device_id: u32,
+    /// cuDNN convolution algorithm search of the `cuda` and `tensorrt` providers; ORT's default
+    /// (exhaustive) when unset.
+    #[arg(long = flags::CUDNN_CONV_ALGO_SEARCH, env = "KINFER_CUDNN_CONV_ALGO_SEARCH", value_enum)]
+    pub cudnn_conv_algo_search: Option<ConvAlgoSearch>,
+    /// TensorRT builds fp16 engines (`tensorrt` only).
+    #[arg(long = flags::TRT_FP16, env = "KINFER_TRT_FP16")]
+    pub trt_fp16: bool,
+    /// Directory of TensorRT's engine and timing caches (`tensorrt` only; created when missing).
+    #[arg(long = flags::TRT_ENGINE_CACHE, env = "KINFER_TRT_ENGINE_CACHE")]
+    pub trt_engine_cache: Option<PathBuf>,
     /// Graph optimisation level 0 (off) to 3 (all).
     #[arg(long, env = "KINFER_OPT_LEVEL", default_value_t = 3)]
     pub optimization_level: u8,
@@ -267,6 +287,7 @@ mod tests {
     use clap::Parser;
 
     use super::Args;
+    use crate::models::session::{ConvAlgoSearch, Provider};
 
     fn parse(flags: &[&str]) -> Result<Args, String> {
         Args::try_parse_from(["kinfer-runtime"].iter().chain(flags)).map_err(|e| e.to_string())
@@ -305,13 +326,21 @@ mod tests {
     /// field arriving where the runtime reads it.
     #[test]
     fn parses_the_command_lines_the_operator_writes() {
-        use kinfer_contract::flags::{Batching, GoldenCheck, RuntimeCheck, RuntimeServe};
+        use kinfer_contract::flags::{
+            Batching, GoldenCheck, ProviderFlags, RuntimeCheck, RuntimeServe,
+        };
         let serve = RuntimeServe {
             model_name: "fraud".into(),
             admin_socket: "/run/kinfer/admin.sock".into(),
             log_format: "json".into(),
-            execution_provider: "cuda".into(),
+            execution_provider: "tensorrt".into(),
             ep_fallback_cpu: true,
+            provider: ProviderFlags {
+                device_id: Some(1),
+                cudnn_conv_algo_search: Some("heuristic".into()),
+                trt_fp16: true,
+                trt_engine_cache: Some("/var/cache/kinfer/tensorrt".into()),
+            },
             intra_op_threads: Some(4),
             cpu_affinity_auto: true,
             inter_op_threads: Some(2),
@@ -339,8 +368,15 @@ mod tests {
             Some(std::path::Path::new("/run/kinfer/admin.sock"))
         );
         assert_eq!(a.log_format, "json");
-        assert_eq!(a.execution_provider, crate::models::session::Provider::Cuda);
+        assert_eq!(a.execution_provider, Provider::Tensorrt);
         assert_eq!(a.ep_fallback.as_deref(), Some("cpu"));
+        assert_eq!(a.cuda_device_id, 1);
+        assert_eq!(a.cudnn_conv_algo_search, Some(ConvAlgoSearch::Heuristic));
+        assert!(a.trt_fp16);
+        assert_eq!(
+            a.trt_engine_cache.as_deref(),
+            Some(std::path::Path::new("/var/cache/kinfer/tensorrt"))
+        );
         assert_eq!(a.intra_op_threads, Some(4));
         assert_eq!(a.cpu_affinity.as_deref(), Some("auto"));
         assert_eq!((a.inter_op_threads, a.instances), (2, 3));

@@ -18,7 +18,7 @@ use kinfer_runtime::{
     metrics,
     models::{
         registry::Registry,
-        session::{SessionOptions, init_ort},
+        session::{GpuOptions, SessionOptions, init_ort},
         version::{LoadOptions, LoadedVersion},
     },
     protocol::{
@@ -137,10 +137,28 @@ async fn main() -> anyhow::Result<()> {
         Some("cpu") => true,
         Some(other) => bail!("--ep-fallback {other:?}: the only fallback is `cpu`"),
     };
+    let gpu = GpuOptions {
+        device_id: args.cuda_device_id,
+        conv_algo_search: args.cudnn_conv_algo_search,
+        trt_fp16: args.trt_fp16,
+        trt_engine_cache: args.trt_engine_cache.clone(),
+    };
+    if let Err(e) = gpu.check(args.execution_provider) {
+        bail!("{e}");
+    }
+    if let Some(dir) = &gpu.trt_engine_cache {
+        std::fs::create_dir_all(dir).with_context(|| {
+            format!(
+                "--trt-engine-cache {}: cannot create the directory (mount a writable volume there)",
+                dir.display()
+            )
+        })?;
+    }
     let options = LoadOptions {
         session: SessionOptions {
             provider: args.execution_provider,
             fallback_cpu,
+            gpu,
             optimization_level: args.optimization_level,
             intra_threads: args.intra_op_threads.unwrap_or(cpus.len().clamp(1, 256)),
             inter_threads: args.inter_op_threads,

@@ -192,6 +192,15 @@ pub fn render(s: &Server) -> String {
             Label(&v.info.version)
         );
     }
+    out.push_str("# HELP kinfer_execution_provider The ONNX Runtime execution provider a loaded version runs on (1; `cpu` after --ep-fallback cpu).\n# TYPE kinfer_execution_provider gauge\n");
+    for v in r.all() {
+        let _ = writeln!(
+            out,
+            "kinfer_execution_provider{{model=\"{model}\",version=\"{}\",provider=\"{}\"}} 1",
+            Label(&v.info.version),
+            v.info.provider.as_str()
+        );
+    }
     out
 }
 

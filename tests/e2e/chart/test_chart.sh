@@ -127,7 +127,7 @@ sec_ok=1; missing=()
 for want in 'runAsNonRoot: true' 'readOnlyRootFilesystem: true' 'allowPrivilegeEscalation: false' \
             '- ALL' 'type: RuntimeDefault' 'runAsUser: 65532' 'path: /healthz' 'path: /readyz' \
             'fieldPath: metadata.namespace' '--leader-elect=true' 'replicas: 2' 'memory: 256Mi' \
-            '--runtime-image=kinfer.local/kinfer-runtime:0.1.0' '--watcher-image=kinfer.local/kinfer-watcher:0.1.0' \
+            '--runtime-image=kinfer.local/kinfer-runtime:0.1.0' '--runtime-gpu-image=kinfer.local/kinfer-runtime-gpu:0.1.0' '--watcher-image=kinfer.local/kinfer-watcher:0.1.0' \
             'image: "kinfer.local/kinfer-operator:0.1.0"' 'imagePullPolicy: IfNotPresent'; do
   grep -qF -- "$want" "$WORK/default.yaml" || { sec_ok=0; missing+=("$want"); }
 done

@@ -157,7 +157,8 @@ if ((${#crds[@]})); then
   else ko "kubectl get infsvc columns" "$out"; fi
   if out=$(kc -n "$NS" get mv fraud-v1 2>&1) && grep -q 'MODEL *VERSION *VERIFIED *AGE' <<<"$out"; then ok "kubectl get mv shows the printer columns"; else ko "kubectl get mv columns" "$out"; fi
   # Each invalid example is refused by a CEL rule, with the rule's message.
-  for bad in canary-exceeds-replicas:"rollout.canary.replicas must be <= replicas" bad-source-uri:"uri must look like s3://"; do
+  for bad in canary-exceeds-replicas:"rollout.canary.replicas must be <= replicas" bad-source-uri:"uri must look like s3://" \
+             bad-device-id:"runtime.providerOptions.deviceId must be between 0 and 63"; do
     f=${bad%%:*} want=${bad#*:}
     if out=$(kc -n "$NS" apply -f "$REPO_ROOT/examples/invalid/$f.yaml" 2>&1); then
       ko "API server refuses examples/invalid/$f.yaml" "accepted: $out"

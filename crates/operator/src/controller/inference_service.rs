@@ -14,7 +14,7 @@ use k8s_openapi::api::{
 use kinfer_api::{
     ANALYSIS_ANNOTATION, InferenceService, ModelVersion, RETRY_ANNOTATION,
     SERVING_VERSION_ANNOTATION, TARGET_VERSION_ANNOTATION,
-    conditions::{self, ALERTS_CONFIGURED, ROLLED_BACK, VALIDATED, VERIFIED},
+    conditions::{self, ALERTS_CONFIGURED, VALIDATED, VERIFIED},
     inference_service::{InferenceServiceStatus, RolloutPhase},
     report::{AnalysisReport, INFERENCE_SERVICE_LABEL},
 };
@@ -203,19 +203,8 @@ async fn reconcile_inner(isvc: &InferenceService, ctx: &Context) -> Result<Actio
         );
     }
     let views: Vec<PodView> = owned.into_iter().map(pod_view).collect();
-    let rejected_at = conditions::find(&current.conditions, ROLLED_BACK)
-        .filter(|c| c.status == "True")
-        .map(|c| c.last_transition_time.0);
-    let version_recreated = current.rejected_version.as_deref() == Some(spec_version)
-        && match (
-            target_mv
-                .as_ref()
-                .and_then(|m| m.metadata.creation_timestamp.as_ref()),
-            rejected_at,
-        ) {
-            (Some(created), Some(at)) => created.0 > at,
-            _ => false,
-        };
+    let target_uid = target_mv.as_ref().and_then(|m| m.metadata.uid.as_deref());
+    let version_recreated = rollout::version_recreated(&current, spec_version, target_uid);
     let decision = rollout::decide(&rollout::Input {
         spec_version,
         status: &current,
@@ -225,6 +214,7 @@ async fn reconcile_inner(isvc: &InferenceService, ctx: &Context) -> Result<Actio
         auto_rollback: isvc.spec.rollout.auto_rollback,
         retry: isvc.annotations().contains_key(RETRY_ANNOTATION),
         version_recreated,
+        target_uid,
     });
 
     // Status.

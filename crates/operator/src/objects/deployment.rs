@@ -27,14 +27,14 @@ use kinfer_contract::{
 };
 
 use super::{
-    Defaults, labels, meta,
+    Defaults, gpu, labels, meta,
     pod::{
         api_token_mount, api_token_volume, container_security_context, empty_dir, env, field_env,
         mount, pod_security_context,
     },
     policy_name, scheduling, selector_labels, watcher_name,
 };
-use crate::validate::{Validated, provider_flag};
+use crate::validate::Validated;
 
 /// The admin socket shared by runtime and watcher.
 pub const ADMIN_SOCKET: &str = "/run/kinfer/admin.sock";
@@ -86,6 +86,9 @@ pub fn deployment(v: &Validated, d: &Defaults) -> Deployment {
             }),
             ..Default::default()
         });
+    }
+    if let Some((cache, _)) = gpu::engine_cache_volume(v) {
+        volumes.push(cache);
     }
     let (node_selector, tolerations) = scheduling::gpu_placement(v);
     let pod = PodSpec {
@@ -144,8 +147,9 @@ pub fn runtime_flags(v: &Validated) -> RuntimeServe {
         model_name: v.name.clone(),
         admin_socket: ADMIN_SOCKET.into(),
         log_format: "json".into(),
-        execution_provider: provider_flag(v.execution_provider).into(),
+        execution_provider: v.execution_provider.as_str().into(),
         ep_fallback_cpu: false,
+        provider: gpu::provider_flags(v),
         intra_op_threads: v
             .pinned_cpus
             .or(spec.runtime.intra_op_threads.map(i64::from)),
@@ -185,6 +189,9 @@ fn runtime_container(v: &Validated, d: &Defaults) -> Container {
         mount("run", "/run/kinfer"),
         mount("tmp", "/tmp"),
     ];
+    if let Some((_, cache)) = gpu::engine_cache_volume(v) {
+        mounts.push(cache);
+    }
     if v.spec.policy.is_some() {
         mounts.push(VolumeMount {
             name: "policy".into(),
@@ -195,13 +202,7 @@ fn runtime_container(v: &Validated, d: &Defaults) -> Container {
     }
     Container {
         name: "runtime".into(),
-        image: Some(
-            v.spec
-                .runtime
-                .image
-                .clone()
-                .unwrap_or_else(|| d.runtime_image.clone()),
-        ),
+        image: Some(gpu::runtime_image(v, d)),
         image_pull_policy: Some(d.image_pull_policy.clone()),
         command: Some(vec!["kinfer-runtime".into()]),
         args: Some(runtime_args(v)),

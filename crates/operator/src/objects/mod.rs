@@ -7,6 +7,7 @@
 //! [`deployment`]; GPU and CPU pinning in [`scheduling`].
 
 pub mod deployment;
+pub mod gpu;
 pub mod job;
 pub mod pod;
 pub mod rbac;
@@ -34,6 +35,8 @@ use crate::validate::Validated;
 pub struct Defaults {
     /// Runtime image when the spec names none.
     pub runtime_image: String,
+    /// Runtime image of a service with GPUs when the spec names none.
+    pub runtime_gpu_image: String,
     /// Watcher image (sidecar and verification Job).
     pub watcher_image: String,
     /// `imagePullPolicy` of every container.
@@ -44,6 +47,7 @@ impl Default for Defaults {
     fn default() -> Self {
         Self {
             runtime_image: "kinfer.local/kinfer-runtime:0.1.0".into(),
+            runtime_gpu_image: "kinfer.local/kinfer-runtime-gpu:0.1.0".into(),
             watcher_image: "kinfer.local/kinfer-watcher:0.1.0".into(),
             image_pull_policy: "IfNotPresent".into(),
         }

@@ -21,6 +21,8 @@ mod outcomes;
 mod phases;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_lifecycle;
 
 use k8s_openapi::jiff::Timestamp;
 use kinfer_api::{
@@ -86,8 +88,26 @@ pub struct Input<'a> {
     pub auto_rollback: bool,
     /// The `kinfer.dev/retry` annotation is set.
     pub retry: bool,
-    /// The target ModelVersion was (re-)created after the version was rejected.
+    /// The target ModelVersion is another object than the one rejected under its name
+    /// ([`version_recreated`]).
     pub version_recreated: bool,
+    /// The uid of the target ModelVersion, when it exists.
+    pub target_uid: Option<&'a str>,
+}
+
+/// Whether the ModelVersion `spec` names is another object (another uid) than the one rejected
+/// under that name: deleted and created again, so it is tried again. A rejection recorded
+/// without a uid is never taken as re-created.
+pub fn version_recreated(
+    status: &InferenceServiceStatus,
+    spec: &str,
+    target_uid: Option<&str>,
+) -> bool {
+    status.rejected_version.as_deref() == Some(spec)
+        && matches!(
+            (status.rejected_version_uid.as_deref(), target_uid),
+            (Some(rejected), Some(now)) if rejected != now
+        )
 }
 
 /// Severity of an Event.
@@ -185,6 +205,8 @@ pub struct Decision {
     pub target: Option<String>,
     /// `rejectedVersion`.
     pub rejected: Option<String>,
+    /// `rejectedVersionUid`.
+    pub rejected_uid: Option<String>,
     /// `rollout`.
     pub rollout: RolloutStatus,
     /// Pods to (re)mark.
@@ -201,8 +223,23 @@ pub struct Decision {
     pub rolled_back: Option<(bool, String, String)>,
 }
 
-/// Decides the next step: one function per situation, in the order they are checked.
+/// Decides the next step, and which ModelVersion object a rejection is about.
 pub fn decide(input: &Input) -> Decision {
+    let mut d = decide_step(input);
+    let st = input.status;
+    let fresh = st.rejected_version != d.rejected || input.retry || input.version_recreated;
+    d.rejected_uid = match &d.rejected {
+        Some(v) if v == input.spec_version && (fresh || st.rejected_version_uid.is_none()) => {
+            input.target_uid.map(str::to_owned)
+        }
+        Some(_) if !fresh => st.rejected_version_uid.clone(),
+        _ => None,
+    };
+    d
+}
+
+/// One function per situation, in the order they are checked.
+fn decide_step(input: &Input) -> Decision {
     let st = input.status;
     let spec = input.spec_version;
     let mut d = Decision {
@@ -234,11 +271,12 @@ pub fn decide(input: &Input) -> Decision {
             return d;
         }
     }
-    // A different version than the one being rolled out: abandon that one.
+    // A different version than the one being rolled out: abandon that one. A rollout that
+    // waited in Verifying starts here, at the canary, like one whose version was ready.
     let restarting = d.target.as_deref() != Some(spec)
         || !matches!(
             d.rollout.phase,
-            RolloutPhase::Verifying | RolloutPhase::Canary | RolloutPhase::Promoting
+            RolloutPhase::Canary | RolloutPhase::Promoting
         );
     d.target = Some(spec.to_owned());
     revert_others(&mut d, &live, &serving, Some(spec));

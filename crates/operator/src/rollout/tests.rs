@@ -3,7 +3,7 @@
 use super::*;
 use kinfer_api::report::{AnalysisPhase, reasons};
 
-fn pod(name: &str, secs: i64) -> PodView {
+pub(super) fn pod(name: &str, secs: i64) -> PodView {
     PodView {
         name: name.into(),
         created: Some(Timestamp::from_second(1_700_000_000 + secs).unwrap()),
@@ -11,12 +11,12 @@ fn pod(name: &str, secs: i64) -> PodView {
     }
 }
 
-fn marked(mut p: PodView, v: &str) -> PodView {
+pub(super) fn marked(mut p: PodView, v: &str) -> PodView {
     p.target = Some(v.into());
     p
 }
 
-fn report(mut p: PodView, v: &str, verdict: Option<Verdict>) -> PodView {
+pub(super) fn report(mut p: PodView, v: &str, verdict: Option<Verdict>) -> PodView {
     p.report = Some(AnalysisReport {
         version: v.into(),
         previous_version: Some("v7".into()),
@@ -44,7 +44,7 @@ fn report(mut p: PodView, v: &str, verdict: Option<Verdict>) -> PodView {
     p
 }
 
-fn serving(v: &str) -> InferenceServiceStatus {
+pub(super) fn serving(v: &str) -> InferenceServiceStatus {
     InferenceServiceStatus {
         serving_version: Some(v.into()),
         rollout: Some(RolloutStatus::default()),
@@ -52,7 +52,11 @@ fn serving(v: &str) -> InferenceServiceStatus {
     }
 }
 
-fn input<'a>(spec: &'a str, st: &'a InferenceServiceStatus, pods: &'a [PodView]) -> Input<'a> {
+pub(super) fn input<'a>(
+    spec: &'a str,
+    st: &'a InferenceServiceStatus,
+    pods: &'a [PodView],
+) -> Input<'a> {
     Input {
         spec_version: spec,
         status: st,
@@ -62,22 +66,24 @@ fn input<'a>(spec: &'a str, st: &'a InferenceServiceStatus, pods: &'a [PodView])
         auto_rollback: true,
         retry: false,
         version_recreated: false,
+        target_uid: Some("uid-target"),
     }
 }
 
 /// Applies a decision to the status (what the controller writes), for chained steps.
-fn apply(d: &Decision) -> InferenceServiceStatus {
+pub(super) fn apply(d: &Decision) -> InferenceServiceStatus {
     InferenceServiceStatus {
         serving_version: d.serving.clone(),
         previous_version: d.previous.clone(),
         target_version: d.target.clone(),
         rejected_version: d.rejected.clone(),
+        rejected_version_uid: d.rejected_uid.clone(),
         rollout: Some(d.rollout.clone()),
         ..Default::default()
     }
 }
 
-fn pods3() -> Vec<PodView> {
+pub(super) fn pods3() -> Vec<PodView> {
     vec![pod("c", 30), pod("a", 10), pod("b", 20)]
 }
 

@@ -105,6 +105,7 @@ pub fn compose(
     s.previous_version = d.previous.clone();
     s.target_version = d.target.clone();
     s.rejected_version = d.rejected.clone();
+    s.rejected_version_uid = d.rejected_uid.clone();
     s.rollout = Some(d.rollout.clone());
     let phase = d.rollout.phase;
     let rollout_msg = d.rollout.message.clone().unwrap_or_default();

@@ -375,13 +375,14 @@ fn raw(
     let opts = SessionOptions {
         provider: Provider::Cpu,
         fallback_cpu: false,
+        gpu: Default::default(),
         optimization_level: 3,
         intra_threads: threads,
         inter_threads: 1,
         affinity: None,
     };
     // The same session kinfer builds, called in a tight loop: the limit for any server.
-    let mut session = kinfer_runtime::models::session::build_session(model, &opts)?;
+    let (mut session, _) = kinfer_runtime::models::session::build_session(model, &opts)?;
     let value = ort::value::Tensor::<f32>::from_array((
         vec![rows as i64, features as i64],
         input_values(features, rows),

@@ -28,4 +28,6 @@ pub struct ModelInfo {
     pub batchable: bool,
     /// The file it came from.
     pub path: PathBuf,
+    /// The execution provider its sessions run on (the CPU after a `--ep-fallback cpu`).
+    pub provider: session::Provider,
 }

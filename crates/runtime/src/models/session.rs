@@ -8,6 +8,7 @@ use std::{
 };
 
 use ort::{
+    ep::ExecutionProvider as _,
     session::{Session, builder::GraphOptimizationLevel},
     value::{DynValue, Tensor as OrtTensor, TensorElementType, ValueType},
 };
@@ -67,9 +68,21 @@ pub enum LoadError {
     },
     /// The requested execution provider is not in this ONNX Runtime build.
     #[error(
-        "execution provider {0} is not available in this ONNX Runtime build; use a GPU build of libonnxruntime or pass --ep-fallback cpu"
+        "execution provider {0} is not in this ONNX Runtime build (the CPU-only libonnxruntime); use the GPU runtime image (kinfer-runtime-gpu) or pass --ep-fallback cpu"
     )]
-    ProviderUnavailable(String),
+    ProviderUnavailable(&'static str),
+    /// The provider is in the build but cannot start here: a CUDA library, the driver or the
+    /// device is missing. ORT's message names which.
+    #[error(
+        "execution provider {provider} cannot start: {source} (a GPU node needs the NVIDIA driver's libcuda.so.1 and a GPU given to the container; the image needs the CUDA, cuDNN and, for tensorrt, TensorRT libraries; --ep-fallback cpu serves on the CPU instead)"
+    )]
+    ProviderFailed {
+        /// `cuda` or `tensorrt`.
+        provider: &'static str,
+        /// What ONNX Runtime said.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// Loads the ONNX Runtime shared library once per process.
@@ -103,8 +116,113 @@ pub enum Provider {
     Cpu,
     /// NVIDIA CUDA.
     Cuda,
-    /// NVIDIA TensorRT.
+    /// NVIDIA TensorRT (CUDA for the nodes TensorRT does not take).
     Tensorrt,
+}
+
+impl Provider {
+    /// The name in flags, metadata and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Cuda => "cuda",
+            Self::Tensorrt => "tensorrt",
+        }
+    }
+}
+
+/// cuDNN's convolution algorithm search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConvAlgoSearch {
+    /// Benchmark every algorithm on first use.
+    Exhaustive,
+    /// cuDNN's heuristics.
+    Heuristic,
+    /// The default algorithm.
+    Default,
+}
+
+/// Options of the GPU providers (`--cuda-device-id`, `--cudnn-conv-algo-search`, `--trt-fp16`,
+/// `--trt-engine-cache`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GpuOptions {
+    /// CUDA device among the process's GPUs.
+    pub device_id: u32,
+    /// cuDNN's search; ORT's default (exhaustive) when `None`.
+    pub conv_algo_search: Option<ConvAlgoSearch>,
+    /// TensorRT fp16 engines.
+    pub trt_fp16: bool,
+    /// TensorRT engine cache directory.
+    pub trt_engine_cache: Option<PathBuf>,
+}
+
+impl GpuOptions {
+    /// Refuses options the provider would ignore, naming the flag.
+    pub fn check(&self, provider: Provider) -> Result<(), String> {
+        let gpu = provider != Provider::Cpu;
+        let trt = provider == Provider::Tensorrt;
+        let set = [
+            ("--cuda-device-id", self.device_id != 0, gpu),
+            (
+                "--cudnn-conv-algo-search",
+                self.conv_algo_search.is_some(),
+                gpu,
+            ),
+            ("--trt-fp16", self.trt_fp16, trt),
+            ("--trt-engine-cache", self.trt_engine_cache.is_some(), trt),
+        ];
+        match set.iter().find(|(_, given, allowed)| *given && !*allowed) {
+            Some((flag, ..)) => Err(format!(
+                "{flag} does not apply to --execution-provider {}{}",
+                provider.as_str(),
+                if gpu { " (TensorRT only)" } else { "" }
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The ORT provider options (name, value) of `provider`, in the order they are set: the
+/// TensorRT provider's own, then the CUDA provider's (TensorRT runs with CUDA behind it).
+pub fn provider_config(
+    provider: Provider,
+    o: &GpuOptions,
+) -> Vec<(Provider, &'static str, String)> {
+    let mut out = Vec::new();
+    let device = o.device_id.to_string();
+    if provider == Provider::Tensorrt {
+        out.push((Provider::Tensorrt, "device_id", device.clone()));
+        if o.trt_fp16 {
+            out.push((Provider::Tensorrt, "trt_fp16_enable", "1".into()));
+        }
+        if let Some(dir) = &o.trt_engine_cache {
+            out.push((Provider::Tensorrt, "trt_engine_cache_enable", "1".into()));
+            out.push((
+                Provider::Tensorrt,
+                "trt_engine_cache_path",
+                dir.display().to_string(),
+            ));
+            // The timing cache makes a rebuild for a new shape fast too.
+            out.push((Provider::Tensorrt, "trt_timing_cache_enable", "1".into()));
+            out.push((
+                Provider::Tensorrt,
+                "trt_timing_cache_path",
+                dir.display().to_string(),
+            ));
+        }
+    }
+    if provider != Provider::Cpu {
+        out.push((Provider::Cuda, "device_id", device));
+        if let Some(search) = o.conv_algo_search {
+            let v = match search {
+                ConvAlgoSearch::Exhaustive => "EXHAUSTIVE",
+                ConvAlgoSearch::Heuristic => "HEURISTIC",
+                ConvAlgoSearch::Default => "DEFAULT",
+            };
+            out.push((Provider::Cuda, "cudnn_conv_algo_search", v.into()));
+        }
+    }
+    out
 }
 
 /// How a session is built.
@@ -112,8 +230,10 @@ pub enum Provider {
 pub struct SessionOptions {
     /// Execution provider.
     pub provider: Provider,
-    /// Fall back to CPU (with a warning) when the provider is missing.
+    /// Fall back to CPU (with a warning) when the provider is missing or cannot start.
     pub fallback_cpu: bool,
+    /// Options of the GPU providers.
+    pub gpu: GpuOptions,
     /// ORT graph optimisation level 0-3.
     pub optimization_level: u8,
     /// Intra-op threads per session.
@@ -170,12 +290,66 @@ pub fn specs(
         .collect()
 }
 
-/// Builds one session of the model at `path`.
-pub fn build_session(path: &Path, opts: &SessionOptions) -> Result<Session, LoadError> {
+/// Builds one session of the model at `path`, and says which provider it runs on: the one asked
+/// for, or the CPU when that one is missing or cannot start and `fallback_cpu` is set.
+pub fn build_session(path: &Path, opts: &SessionOptions) -> Result<(Session, Provider), LoadError> {
     let fail = |e: Box<dyn std::error::Error + Send + Sync>| LoadError::Model {
         path: path.to_owned(),
         source: e,
     };
+    let cpu = || {
+        cpu_builder(opts)
+            .and_then(|mut b| b.commit_from_file(path).map_err(ort_message))
+            .map_err(fail)
+    };
+    let name = opts.provider.as_str();
+    let available = match opts.provider {
+        Provider::Cpu => return Ok((cpu()?, Provider::Cpu)),
+        Provider::Cuda => ort::ep::CUDA::is_available(),
+        Provider::Tensorrt => ort::ep::TensorRT::is_available(),
+    };
+    if !available.unwrap_or(false) {
+        if !opts.fallback_cpu {
+            return Err(LoadError::ProviderUnavailable(name));
+        }
+        tracing::warn!(
+            provider = name,
+            "execution provider not in this ONNX Runtime build; serving on the CPU (--ep-fallback cpu)"
+        );
+        return Ok((cpu()?, Provider::Cpu));
+    }
+    let gpu = cpu_builder(opts)
+        .and_then(|b| {
+            b.with_execution_providers(gpu_providers(opts.provider, &opts.gpu))
+                .map_err(ort_message)
+        })
+        .and_then(|mut b| b.commit_from_file(path).map_err(ort_message));
+    match gpu {
+        Ok(session) => Ok((session, opts.provider)),
+        Err(error) => {
+            // A model the CPU cannot load either is the model's fault, not the provider's.
+            let on_cpu = cpu()?;
+            if opts.fallback_cpu {
+                tracing::warn!(
+                    provider = name,
+                    %error,
+                    "execution provider cannot start; serving on the CPU (--ep-fallback cpu)"
+                );
+                Ok((on_cpu, Provider::Cpu))
+            } else {
+                Err(LoadError::ProviderFailed {
+                    provider: name,
+                    source: error,
+                })
+            }
+        }
+    }
+}
+
+/// The session builder without a provider: optimisation level, threads, affinity.
+fn cpu_builder(
+    opts: &SessionOptions,
+) -> Result<ort::session::builder::SessionBuilder, Box<dyn std::error::Error + Send + Sync>> {
     let level = match opts.optimization_level {
         0 => GraphOptimizationLevel::Disable,
         1 => GraphOptimizationLevel::Level1,
@@ -184,15 +358,15 @@ pub fn build_session(path: &Path, opts: &SessionOptions) -> Result<Session, Load
     };
     let env = ENVIRONMENT
         .get()
-        .ok_or_else(|| fail("ONNX Runtime is not initialised (init_ort was not called)".into()))?;
+        .ok_or("ONNX Runtime is not initialised (init_ort was not called)")?;
     let mut builder = Session::builder(env)
-        .map_err(|e| fail(ort_message(e)))?
+        .map_err(ort_message)?
         .with_optimization_level(level)
-        .map_err(|e| fail(ort_message(e)))?
+        .map_err(ort_message)?
         .with_intra_threads(opts.intra_threads.max(1))
-        .map_err(|e| fail(ort_message(e)))?
+        .map_err(ort_message)?
         .with_inter_threads(opts.inter_threads.max(1))
-        .map_err(|e| fail(ort_message(e)))?;
+        .map_err(ort_message)?;
     if let Some(cpus) = &opts.affinity {
         // ORT pins intra-op threads 1..n (the caller's thread is the first); one entry per extra
         // thread, separated by ';'. CPU ids are 1-based in this setting.
@@ -205,41 +379,31 @@ pub fn build_session(path: &Path, opts: &SessionOptions) -> Result<Session, Load
         if !extra.is_empty() {
             builder = builder
                 .with_config_entry("session.intra_op_thread_affinities", extra.join(";"))
-                .map_err(|e| fail(ort_message(e)))?;
+                .map_err(ort_message)?;
         }
     }
-    match opts.provider {
-        Provider::Cpu => {}
-        Provider::Cuda | Provider::Tensorrt => {
-            use ort::ep::ExecutionProvider;
-            let (name, available) = match opts.provider {
-                Provider::Cuda => ("cuda", <ort::ep::CUDA as ExecutionProvider>::is_available()),
-                _ => (
-                    "tensorrt",
-                    <ort::ep::TensorRT as ExecutionProvider>::is_available(),
-                ),
-            };
-            if available.unwrap_or(false) {
-                let ep = match opts.provider {
-                    Provider::Cuda => ort::ep::CUDA::default().build().error_on_failure(),
-                    _ => ort::ep::TensorRT::default().build().error_on_failure(),
-                };
-                builder = builder
-                    .with_execution_providers([ep])
-                    .map_err(|e| fail(ort_message(e)))?;
-            } else if opts.fallback_cpu {
-                tracing::warn!(
-                    provider = name,
-                    "execution provider unavailable; falling back to CPU (--ep-fallback cpu)"
-                );
-            } else {
-                return Err(LoadError::ProviderUnavailable(name.into()));
-            }
+    Ok(builder)
+}
+
+/// The providers to register, in ORT's order of preference, each failing the build when it
+/// cannot register (the caller decides about the fallback).
+fn gpu_providers(provider: Provider, o: &GpuOptions) -> Vec<ort::ep::ExecutionProviderDispatch> {
+    use ort::ep::ArbitrarilyConfigurableExecutionProvider;
+    let config = provider_config(provider, o);
+    let mut trt = ort::ep::TensorRT::default();
+    let mut cuda = ort::ep::CUDA::default();
+    for (p, key, value) in config {
+        match p {
+            Provider::Tensorrt => trt = trt.with_arbitrary_config(key, value),
+            _ => cuda = cuda.with_arbitrary_config(key, value),
         }
     }
-    builder
-        .commit_from_file(path)
-        .map_err(|e| fail(ort_message(e)))
+    let mut eps = Vec::new();
+    if provider == Provider::Tensorrt {
+        eps.push(trt.build().error_on_failure());
+    }
+    eps.push(cuda.build().error_on_failure());
+    eps
 }
 
 /// ORT's message of a session-builder error (the error holds the builder, which cannot
@@ -345,5 +509,72 @@ impl Executor for OrtExecutor {
                 from_value(&spec.name, spec.dtype, v)
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(p: Provider, o: &GpuOptions) -> Vec<String> {
+        provider_config(p, o)
+            .into_iter()
+            .map(|(on, k, v)| format!("{}:{k}={v}", on.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn the_options_reach_the_providers_they_belong_to() {
+        let o = GpuOptions {
+            device_id: 1,
+            conv_algo_search: Some(ConvAlgoSearch::Heuristic),
+            trt_fp16: true,
+            trt_engine_cache: Some("/cache/trt".into()),
+        };
+        assert_eq!(
+            keys(Provider::Tensorrt, &o),
+            [
+                "tensorrt:device_id=1",
+                "tensorrt:trt_fp16_enable=1",
+                "tensorrt:trt_engine_cache_enable=1",
+                "tensorrt:trt_engine_cache_path=/cache/trt",
+                "tensorrt:trt_timing_cache_enable=1",
+                "tensorrt:trt_timing_cache_path=/cache/trt",
+                "cuda:device_id=1",
+                "cuda:cudnn_conv_algo_search=HEURISTIC",
+            ]
+        );
+        let cuda = GpuOptions {
+            conv_algo_search: Some(ConvAlgoSearch::Default),
+            ..Default::default()
+        };
+        assert_eq!(
+            keys(Provider::Cuda, &cuda),
+            ["cuda:device_id=0", "cuda:cudnn_conv_algo_search=DEFAULT"]
+        );
+        assert!(keys(Provider::Cpu, &GpuOptions::default()).is_empty());
+    }
+
+    #[test]
+    fn options_a_provider_would_ignore_are_refused_by_flag() {
+        let fp16 = GpuOptions {
+            trt_fp16: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            fp16.check(Provider::Cuda).unwrap_err(),
+            "--trt-fp16 does not apply to --execution-provider cuda (TensorRT only)"
+        );
+        assert!(fp16.check(Provider::Tensorrt).is_ok());
+        let device = GpuOptions {
+            device_id: 2,
+            ..Default::default()
+        };
+        assert_eq!(
+            device.check(Provider::Cpu).unwrap_err(),
+            "--cuda-device-id does not apply to --execution-provider cpu"
+        );
+        assert!(device.check(Provider::Cuda).is_ok());
+        assert!(GpuOptions::default().check(Provider::Cpu).is_ok());
     }
 }

@@ -10,7 +10,7 @@ use std::{path::Path, sync::Arc, time::Instant};
 
 use super::{
     ModelInfo,
-    session::{LoadError, OrtExecutor, SessionOptions, build_session, specs},
+    session::{LoadError, OrtExecutor, Provider, SessionOptions, build_session, specs},
     stats::VersionStats,
 };
 use crate::{
@@ -243,8 +243,15 @@ impl LoadedVersion {
     ) -> Result<Arc<Self>, LoadError> {
         let instances = opts.instances.max(1);
         let mut sessions = Vec::with_capacity(instances);
+        let mut provider = opts.session.provider;
         for _ in 0..instances {
-            sessions.push(build_session(path, &opts.session)?);
+            let (session, on) = build_session(path, &opts.session)?;
+            // Every instance serves on the same provider: one that fell back makes all of them
+            // count as on the CPU (it is the slowest that sets the latency).
+            if on == Provider::Cpu {
+                provider = Provider::Cpu;
+            }
+            sessions.push(session);
         }
         let inputs = specs(path, "input", sessions[0].inputs())?;
         let outputs = specs(path, "output", sessions[0].outputs())?;
@@ -259,6 +266,7 @@ impl LoadedVersion {
             outputs,
             batchable,
             path: path.to_owned(),
+            provider,
         };
         let mut execs: Vec<OrtExecutor> = sessions
             .into_iter()

@@ -111,7 +111,11 @@ fn metadata(s: &Server, model: &str, version: Option<&str>) -> Result<Value, Inf
         "platform": "onnxruntime_onnx",
         "inputs": spec_json(&v.info.inputs),
         "outputs": spec_json(&v.info.outputs),
-        "parameters": {"serving_version": v.info.version, "max_batch_size": v.max_batch().unwrap_or(0)},
+        "parameters": {
+            "serving_version": v.info.version,
+            "max_batch_size": v.max_batch().unwrap_or(0),
+            "execution_provider": v.info.provider.as_str(),
+        },
     }))
 }
 

@@ -13,6 +13,8 @@ use kube::{Resource, ResourceExt};
 
 use crate::quantity;
 
+mod provider;
+
 /// Longest InferenceService name: it becomes a Service name (a DNS-1035 label of at most 63
 /// characters) and the prefix of `<name>-watcher`.
 pub const MAX_NAME_LEN: usize = 55;
@@ -105,20 +107,7 @@ pub fn validate(isvc: &InferenceService, model: Option<String>) -> Result<Valida
             ));
         }
     }
-    let provider = match (spec.runtime.execution_provider, gpu) {
-        (ExecutionProvider::Cpu, Some(_)) => ExecutionProvider::Cuda,
-        (ExecutionProvider::Cpu, None) => ExecutionProvider::Cpu,
-        (p, Some(_)) => p,
-        (p, None) => {
-            return Err(Invalid::new(
-                "ExecutionProviderNeedsGpu",
-                format!(
-                    "runtime.executionProvider is {} but resources.gpu is not set; add resources.gpu {{count: 1}} or use executionProvider: cpu",
-                    provider_flag(p)
-                ),
-            ));
-        }
-    };
+    let provider = provider::check(spec)?;
     let pinned_cpus = if res.cpu_pinning {
         let Some(cpu) = &res.cpu else {
             return Err(Invalid::new(
@@ -285,15 +274,6 @@ fn check_name(name: &str) -> Result<(), Invalid> {
         ));
     }
     Ok(())
-}
-
-/// The runtime's `--execution-provider` value.
-pub fn provider_flag(p: ExecutionProvider) -> &'static str {
-    match p {
-        ExecutionProvider::Cpu => "cpu",
-        ExecutionProvider::Cuda => "cuda",
-        ExecutionProvider::Tensorrt => "tensorrt",
-    }
 }
 
 #[cfg(test)]
