@@ -131,11 +131,21 @@ def test_gpu_provider_missing_is_an_error_or_a_logged_fallback(workdir, mlp_v1, 
     from conftest import BINARY
     out = subprocess.run([str(BINARY), "--model", str(mlp_v1), "--execution-provider", "cuda",
                           "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"], capture_output=True, text=True, timeout=30)
-    assert out.returncode != 0 and "execution provider cuda is not available" in out.stderr and "--ep-fallback cpu" in out.stderr
+    # The CPU build of ONNX Runtime has no CUDA provider: said so, with both ways out.
+    assert out.returncode != 0 and "execution provider cuda is not in this ONNX Runtime build" in out.stderr, out.stderr
+    assert "kinfer-runtime-gpu" in out.stderr and "--ep-fallback cpu" in out.stderr, out.stderr
+    # Options of a provider that would ignore them are refused, naming the flag.
+    out = subprocess.run([str(BINARY), "--model", str(mlp_v1), "--execution-provider", "cuda", "--trt-fp16",
+                          "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"], capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0 and "--trt-fp16 does not apply to --execution-provider cuda" in out.stderr, out.stderr
     rt = start(mlp_v1, "fraud", "--execution-provider", "tensorrt", "--ep-fallback", "cpu")
-    assert "falling back to CPU" in rt.logs()
+    assert "serving on the CPU (--ep-fallback cpu)" in rt.logs()
     r = requests.post(rt.url("/v2/models/fraud/infer"), json={"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]})
     assert r.status_code == 200
+    # The provider actually in use, in the metadata and the metrics.
+    assert requests.get(rt.url("/v2/models/fraud")).json()["parameters"]["execution_provider"] == "cpu"
+    metrics = requests.get(f"http://127.0.0.1:{rt.metrics_port}/metrics").text
+    assert 'kinfer_execution_provider{model="fraud",version="1",provider="cpu"} 1' in metrics, metrics[-800:]
 
 
 def test_cpu_affinity_auto_starts_and_serves(start, mlp_v1):
