@@ -7,7 +7,7 @@ use k8s_openapi::{
     api::core::v1::{EmptyDirVolumeSource, PersistentVolumeClaimVolumeSource, Volume, VolumeMount},
     apimachinery::pkg::api::resource::Quantity,
 };
-use kinfer_api::execution::ExecutionProvider;
+use kinfer_api::execution::{EngineCache, ExecutionProvider};
 use kinfer_contract::flags::ProviderFlags;
 
 use super::Defaults;
@@ -32,36 +32,19 @@ pub fn runtime_image(v: &Validated, d: &Defaults) -> String {
 
 /// The runtime's provider flags.
 pub fn provider_flags(v: &Validated) -> ProviderFlags {
-    let Some(o) = &v.spec.runtime.provider_options else {
-        return ProviderFlags {
-            trt_engine_cache: engine_cache_on(v).then(|| ENGINE_CACHE_DIR.into()),
-            ..Default::default()
-        };
-    };
+    let o = v.spec.runtime.provider_options.as_ref();
     ProviderFlags {
-        device_id: o.device_id.map(i64::from),
-        cudnn_conv_algo_search: o.cudnn_conv_algo_search.map(|s| s.as_str().into()),
-        trt_fp16: o.fp16,
-        trt_engine_cache: engine_cache_on(v).then(|| ENGINE_CACHE_DIR.into()),
+        device_id: o.and_then(|o| o.device_id).map(i64::from),
+        cudnn_conv_algo_search: o
+            .and_then(|o| o.cudnn_conv_algo_search)
+            .map(|s| s.as_str().into()),
+        trt_fp16: o.is_some_and(|o| o.fp16),
+        trt_engine_cache: engine_cache(v).map(|_| ENGINE_CACHE_DIR.into()),
     }
 }
 
-/// TensorRT keeps its engines unless the spec turned the cache off.
-fn engine_cache_on(v: &Validated) -> bool {
-    let cache = v
-        .spec
-        .runtime
-        .provider_options
-        .as_ref()
-        .and_then(|o| o.engine_cache.as_ref());
-    v.execution_provider == ExecutionProvider::Tensorrt && !cache.is_some_and(|c| c.disabled)
-}
-
-/// The engine cache's volume and the runtime's mount of it, for a TensorRT service.
-pub fn engine_cache_volume(v: &Validated) -> Option<(Volume, VolumeMount)> {
-    if !engine_cache_on(v) {
-        return None;
-    }
+/// TensorRT's cache settings, unless the service is not on TensorRT or turned the cache off.
+fn engine_cache(v: &Validated) -> Option<EngineCache> {
     let cache = v
         .spec
         .runtime
@@ -69,6 +52,12 @@ pub fn engine_cache_volume(v: &Validated) -> Option<(Volume, VolumeMount)> {
         .as_ref()
         .and_then(|o| o.engine_cache.clone())
         .unwrap_or_default();
+    (v.execution_provider == ExecutionProvider::Tensorrt && !cache.disabled).then_some(cache)
+}
+
+/// The engine cache's volume and the runtime's mount of it, for a TensorRT service.
+pub fn engine_cache_volume(v: &Validated) -> Option<(Volume, VolumeMount)> {
+    let cache = engine_cache(v)?;
     let volume = match cache.claim_name {
         Some(claim) => Volume {
             name: ENGINE_CACHE_VOLUME.into(),
