@@ -8,6 +8,8 @@
 #   bench/verdict.py    verdict quality: false rollbacks and detections of the paired and the
 #                       before/after judge under a load shift and a CPU hog (20 trials per case in
 #                       full mode, 3 in quick)
+#   bench/pinning.py    CPU pinning: p50/p99/p99.9 of a pinned and an unpinned runtime, quiet and
+#                       with a CPU hog beside them (the CPU sets of the static CPU manager)
 #   bench/report.py     markdown tables (bench-results/report-<mode>.md, and the generated part of
 #                       docs/benchmarks.md) and the PNG plots in docs/bench/
 # Servers run on CPU 1, the load generator and the drivers on CPU 0 (taskset), ONNX Runtime with
@@ -43,5 +45,8 @@ taskset -c $cli_cpu $py bench/flood.py --bin "$bin"
 taskset -c $cli_cpu $py bench/lifecycle.py --mode "$mode" --bin "$bin" --py "$py" --skip "${BENCH_SKIP:-}"
 # Unpinned on purpose: the noisy neighbour must be able to land on the runtime's core.
 $py bench/verdict.py --bin "$bin" --trials "$([[ $mode == full ]] && echo 20 || echo 3)" --out "$out"
+# Pinned on the CPU sets the static CPU manager gives (CPU 1 alone) against unpinned, with a hog.
+$py bench/pinning.py --bin "$bin" --models "$out" --out "$out" \
+  $([[ $mode == full ]] && echo "--reps 3 --seconds 20" || echo "--reps 1 --seconds 8")
 echo "end=$(date -Is) uptime: $(uptime)" >> "$out/conditions-$mode.txt"
 $py bench/report.py --mode "$mode"

@@ -90,12 +90,39 @@ def apply(manifest, ns=None):
     return kubectl("apply", *(["-n", ns] if ns else []), "-f", "-", input=text)
 
 
-def container_root(pod, container):
-    """The root filesystem of a running container, seen from the node (/proc/<pid>/root)."""
+def container_pid(pod, container):
+    """The node's PID of a running container's first process (containerd's task list)."""
     cid = [c for c in pod["status"]["containerStatuses"] if c["name"] == container][0]["containerID"].split("://", 1)[1]
     out = sh("ctr", "--address", str(CLUSTER / "run/containerd/containerd.sock"), "-n", "k8s.io", "tasks", "ls")
-    pid = next(line.split()[1] for line in out.splitlines() if line.startswith(cid))
-    return pathlib.Path(f"/proc/{pid}/root")
+    return int(next(line.split()[1] for line in out.splitlines() if line.startswith(cid)))
+
+
+def container_root(pod, container):
+    """The root filesystem of a running container, seen from the node (/proc/<pid>/root)."""
+    return pathlib.Path(f"/proc/{container_pid(pod, container)}/root")
+
+
+def parse_cpus(text):
+    """A Linux CPU list (`0-2,5`) as a set of CPU numbers."""
+    cpus = set()
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        a, _, b = part.partition("-")
+        cpus.update(range(int(a), int(b or a) + 1))
+    return cpus
+
+
+def thread_cpus(pid):
+    """Every thread of process `pid`: {thread id: (thread name, CPUs it may run on)}."""
+    out = {}
+    for task in pathlib.Path(f"/proc/{pid}/task").iterdir():
+        try:
+            status = (task / "status").read_text()
+            name = (task / "comm").read_text().strip()
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+        allowed = next(line.split(":", 1)[1] for line in status.splitlines() if line.startswith("Cpus_allowed_list:"))
+        out[int(task.name)] = (name, parse_cpus(allowed))
+    return out
 
 
 def stop_api_server(seconds):

@@ -432,7 +432,7 @@ def test_5_runtime_restart_and_operator_failover(receiver):
     assert not k.kget("lease", "kinfer-operator", SYSTEM_NS)["spec"]["holderIdentity"].startswith(leader + "_")
 
 
-def test_6_gpu_and_cpu_pinning_pod_specs(receiver):
+def test_6_gpu_pod_specs(receiver):
     gpu = k.inference_service(NS, "v2", replicas=1)
     gpu["metadata"]["name"] = "fraud-gpu"
     gpu["spec"]["runtime"]["executionProvider"] = "cuda"
@@ -442,11 +442,7 @@ def test_6_gpu_and_cpu_pinning_pod_specs(receiver):
     trt["metadata"]["name"] = "fraud-trt"
     trt["spec"]["runtime"].update(executionProvider="tensorrt", providerOptions={"fp16": True})
     trt["spec"]["resources"] = {"cpu": "1", "memory": "512Mi", "gpu": {"count": 1}}
-    pinned = k.inference_service(NS, "v2", replicas=1)
-    pinned["metadata"]["name"] = "fraud-pinned"
-    pinned["spec"]["resources"] = {"cpu": "1", "memory": "256Mi", "cpuPinning": True}
-    pinned["spec"]["rollout"]["canary"]["replicas"] = 1
-    k.apply([gpu, trt, pinned])
+    k.apply([gpu, trt])
     p = k.wait_for("the GPU pod", lambda: k.pods(NS, "fraud-gpu"))[0]
     runtime = [c for c in p["spec"]["containers"] if c["name"] == "runtime"][0]
     # The operator's GPU image (ONNX Runtime with the CUDA provider) and the provider's options.
@@ -469,12 +465,46 @@ def test_6_gpu_and_cpu_pinning_pod_specs(receiver):
     assert k.kget("pod", p["metadata"]["name"], NS)["status"]["phase"] == "Pending"
     # No pod serves it, so no version is called serving.
     assert not svc["status"].get("servingVersion") and svc["status"]["targetVersion"] == "fraud-v2", svc["status"]
-    q = k.wait_for("the pinned pod running", lambda: [x for x in k.pods(NS, "fraud-pinned") if x["status"].get("qosClass")])[0]
+    k.kubectl("delete", "inferenceservice", "-n", NS, "fraud-gpu", "fraud-trt")
+
+
+def test_6b_a_pinned_runtime_runs_every_inference_thread_on_cpus_of_its_own(receiver):
+    """The kubelet's static CPU manager (tests/e2e/cluster/README.md) gives the pinned pod's
+    runtime a CPU of its own; every thread of the runtime stays on it, an unpinned runtime is
+    moved off it, and the watcher and the operator say so in the pod's and the service's
+    `CpuPinned` conditions. The node's 1990m allocatable holds the pinned pod beside one fraud
+    pod, so fraud is scaled to 1 meanwhile."""
+    apply_isvc("v7", receiver, replicas=1)
+    k.wait_for("fraud on one pod", lambda: len(k.pods(NS)) == 1 and len(ready_pods()) == 1, timeout=180)
+    pinned = k.inference_service(NS, "v7", replicas=1)
+    pinned["metadata"]["name"] = "fraud-pinned"
+    pinned["spec"]["runtime"] = {}
+    pinned["spec"]["resources"] = {"cpu": "1", "memory": "256Mi", "cpuPinning": True}
+    k.apply([pinned])
+    q = k.wait_for("the pinned pod Ready", lambda: [x for x in k.pods(NS, "fraud-pinned")
+                                                   if (k.condition(x, "Ready") or {}).get("status") == "True"], timeout=300)[0]
     assert q["status"]["qosClass"] == "Guaranteed"
     rt = [c for c in q["spec"]["containers"] if c["name"] == "runtime"][0]
-    args = " ".join(rt.get("args", []))
-    assert "--cpu-affinity auto" in args or "--cpu-affinity=auto" in args
-    k.kubectl("delete", "inferenceservice", "-n", NS, "fraud-gpu", "fraud-trt", "fraud-pinned")
+    assert "--intra-op-threads 1 --cpu-affinity auto --exclusive-cpus 1" in " ".join(rt["args"]), rt["args"]
+    threads = k.thread_cpus(k.container_pid(q, "runtime"))
+    own = set().union(*(cpus for _, cpus in threads.values()))
+    # One CPU, not the reserved CPU 0 (the shared pool), for the process and all its threads.
+    assert len(own) == 1 and 0 not in own, threads
+    assert any(name.startswith("ort-") for name, _ in threads.values()), threads
+    # The unpinned runtime's cpuset leaves that CPU out (the kubelet narrows the shared pool on
+    # its 10 s reconcile after the pinned pod starts).
+    other = k.pods(NS)[0]
+    k.wait_for("the unpinned runtime off the pinned CPU", lambda: all(
+        not (cpus & own) for _, cpus in k.thread_cpus(k.container_pid(other, "runtime")).values()), timeout=60)
+    c = k.wait_for("the pod's CpuPinned condition", lambda: k.condition(k.kget("pod", q["metadata"]["name"], NS), "kinfer.dev/CpuPinned"))
+    assert (c["status"], c["reason"]) == ("True", "ExclusiveCpus"), c
+    assert f"pinned one per CPU on {min(own)}" in c["message"], c
+    s = k.wait_for("the service's CpuPinned condition", lambda: (lambda x: x if (k.condition(x, "CpuPinned") or {}).get("status") == "True" else None)(
+        k.kget("inferenceservice", "fraud-pinned", NS)), timeout=60)
+    assert k.condition(s, "Ready")["status"] == "True"
+    assert k.condition(k.kget("inferenceservice", "fraud", NS), "CpuPinned") is None
+    k.kubectl("delete", "inferenceservice", "-n", NS, "fraud-pinned")
+    apply_isvc("v7", receiver)
 
 
 def all_pods_ready_with(version):

@@ -35,7 +35,7 @@ class Runtime:
         args = [str(BINARY), "--listen", "127.0.0.1", "--model-name", name,
                 "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
                 "--metrics-port", str(self.metrics_port), "--admin-socket", self.socket,
-                "--intra-op-threads", "1", *flags]
+                *([] if "--intra-op-threads" in flags else ["--intra-op-threads", "1"]), *flags]
         if model is not None:
             args += ["--model", str(model), "--model-version", version]
         self.log = open(pathlib.Path(workdir) / f"runtime-{self.http_port}.log", "w+")

@@ -24,6 +24,10 @@ pub const STALLED: &str = "Stalled";
 /// exists, opted in with `kinfer.dev/webhook-token: "true"`, and has the key). Present only while
 /// a webhook names a token Secret; False says which one is refused and why.
 pub const ALERTS_CONFIGURED: &str = "AlertsConfigured";
+/// `CpuPinned`: every pod of a `resources.cpuPinning` service runs its inference threads on
+/// CPUs of its own (the kubelet gave it an exclusive cpuset). Present only with `cpuPinning`;
+/// False (`SharedCpus`) names a pod on the node's shared CPU pool. It never holds a rollout.
+pub const CPU_PINNED: &str = "CpuPinned";
 /// `Verified`: a ModelVersion's signature and file digests hold.
 pub const VERIFIED: &str = "Verified";
 /// `Validated`: a ModelVersion's outputs match its golden set.

@@ -24,8 +24,8 @@ pub const GROUP: &str = "kinfer.dev";
 pub const VERSION: &str = "v1alpha1";
 
 pub use kinfer_contract::pod::{
-    ANALYSIS_ANNOTATION, MODEL_READY_CONDITION, SERVING_VERSION_ANNOTATION,
-    TARGET_VERSION_ANNOTATION,
+    ANALYSIS_ANNOTATION, CPU_PINNED_CONDITION, EXCLUSIVE_CPUS_REASON, MODEL_READY_CONDITION,
+    SERVING_VERSION_ANNOTATION, SHARED_CPUS_REASON, TARGET_VERSION_ANNOTATION,
 };
 /// Annotation on an InferenceService that asks the operator to retry a rolled-back version.
 pub const RETRY_ANNOTATION: &str = "kinfer.dev/retry";

@@ -427,6 +427,28 @@ pub struct StatsAnswer {
     pub baseline: Option<BaselineSummary>,
     /// Every loaded version by label.
     pub versions: BTreeMap<String, VersionEntry>,
+    /// Where the inference threads run, when started with `--cpu-affinity auto`.
+    #[serde(default, rename = "cpuPinning")]
+    pub cpu_pinning: Option<CpuPinning>,
+}
+
+/// How a runtime started with `--cpu-affinity auto` placed its inference threads, in
+/// [`StatsAnswer`]; the watcher turns it into the pod's `kinfer.dev/CpuPinned` condition.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CpuPinning {
+    /// The CPUs the process may run on (its cpuset), as a Linux CPU list (`2-3`).
+    pub allowed: String,
+    /// CPUs the inference threads need: instances × intra-op threads.
+    pub needed: u32,
+    /// The cpuset is no larger than what the threads need: what the kubelet's static CPU
+    /// manager gives a Guaranteed pod with whole CPUs. A larger one is the node's shared pool.
+    pub exclusive: bool,
+    /// Inference threads share a CPU (the cpuset is smaller than what they need).
+    pub shared_threads: bool,
+    /// One sentence for people: what the runtime did and, when it is not what pinning is
+    /// for, what to change.
+    pub message: String,
 }
 
 impl StatsAnswer {
@@ -543,6 +565,13 @@ mod tests {
                 }),
             }),
             versions,
+            cpu_pinning: Some(CpuPinning {
+                allowed: "2-3".into(),
+                needed: 2,
+                exclusive: true,
+                shared_threads: false,
+                message: "2 inference threads pinned one per CPU on 2-3".into(),
+            }),
         });
         round_trip(&BaselineRequest {
             version: "v0".into(),

@@ -28,6 +28,8 @@ pub mod runtime {
     pub const INTRA_OP_THREADS: &str = "intra-op-threads";
     /// CPU pinning (`auto`).
     pub const CPU_AFFINITY: &str = "cpu-affinity";
+    /// The whole CPUs the pod asked for: a cpuset larger than this is the shared pool.
+    pub const EXCLUSIVE_CPUS: &str = "exclusive-cpus";
     /// Inter-op threads per session.
     pub const INTER_OP_THREADS: &str = "inter-op-threads";
     /// Session instances per version.
@@ -150,8 +152,8 @@ pub struct RuntimeServe {
     pub provider: ProviderFlags,
     /// `--intra-op-threads`.
     pub intra_op_threads: Option<i64>,
-    /// `--cpu-affinity auto` when true.
-    pub cpu_affinity_auto: bool,
+    /// `--cpu-affinity auto --exclusive-cpus N`: the pod's N whole CPUs, pinned.
+    pub pinned_cpus: Option<i64>,
     /// `--inter-op-threads`.
     pub inter_op_threads: Option<i64>,
     /// `--instances`.
@@ -194,8 +196,9 @@ impl RuntimeServe {
         }
         optional(&mut a, TRT_ENGINE_CACHE, p.trt_engine_cache.as_ref());
         optional(&mut a, INTRA_OP_THREADS, self.intra_op_threads);
-        if self.cpu_affinity_auto {
+        if let Some(n) = self.pinned_cpus {
             flag(&mut a, CPU_AFFINITY, "auto");
+            flag(&mut a, EXCLUSIVE_CPUS, n);
         }
         optional(&mut a, INTER_OP_THREADS, self.inter_op_threads);
         optional(&mut a, INSTANCES, self.instances);
@@ -315,7 +318,7 @@ mod tests {
         );
         let full = RuntimeServe {
             intra_op_threads: Some(4),
-            cpu_affinity_auto: true,
+            pinned_cpus: Some(4),
             max_inflight_bytes: Some(1 << 28),
             max_message_bytes: Some(1 << 26),
             policy: Some("/p.yaml".into()),
@@ -323,7 +326,7 @@ mod tests {
         };
         let s = full.to_args().join(" ");
         assert!(
-            s.contains("--intra-op-threads 4 --cpu-affinity auto"),
+            s.contains("--intra-op-threads 4 --cpu-affinity auto --exclusive-cpus 4"),
             "{s}"
         );
         assert!(

@@ -21,6 +21,15 @@ pub const SERVING_VERSION_ANNOTATION: &str = "kinfer.dev/serving-version";
 pub const ANALYSIS_ANNOTATION: &str = "kinfer.dev/analysis";
 /// The pod condition type the watcher sets; the pods use it as a readiness gate.
 pub const MODEL_READY_CONDITION: &str = "kinfer.dev/ModelReady";
+/// The pod condition type the watcher sets on a pinned pod (`--cpu-affinity auto`): `True` when
+/// the runtime's cpuset is its own, `False` (reason [`SHARED_CPUS_REASON`]) when the pod runs on
+/// the node's shared pool. Not a readiness gate: such a pod serves, without the tail latency
+/// pinning is for.
+pub const CPU_PINNED_CONDITION: &str = "kinfer.dev/CpuPinned";
+/// Reason of `kinfer.dev/CpuPinned=False`, and of the InferenceService's `CpuPinned=False`.
+pub const SHARED_CPUS_REASON: &str = "SharedCpus";
+/// Reason of `kinfer.dev/CpuPinned=True`.
+pub const EXCLUSIVE_CPUS_REASON: &str = "ExclusiveCpus";
 
 /// Environment of the watcher container, set by the operator, read by `kinfer-watcher run`.
 pub mod env {

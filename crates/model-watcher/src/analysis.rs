@@ -530,6 +530,7 @@ mod tests {
                 },
             )]
             .into(),
+            cpu_pinning: None,
         };
         let recent = Figures::from_stats(&stats, "v2", true).unwrap();
         assert_eq!((recent.p90, recent.p99), (0.001, 0.002));

@@ -17,6 +17,7 @@ use kinfer_api::{
     model_version::TrustedKeys,
     report::{AnalysisPhase, AnalysisReport},
 };
+use kinfer_contract::admin::CpuPinning;
 use kube::{
     Api, Client, Resource, ResourceExt,
     runtime::{
@@ -300,6 +301,9 @@ pub async fn run(client: Client, id: Identity, mut watcher: Watcher) -> anyhow::
     // The version whose verdict is in: not applied again until the target names another.
     let mut decided: Option<String> = None;
     let mut last_problem = String::new();
+    // The runtime's CPU placement as written on the pod (it changes only when the runtime
+    // restarts, so it is written when it differs, not on every tick).
+    let mut pinning_written: Option<CpuPinning> = None;
     loop {
         tokio::select! {
             _ = term.recv() => return Ok(()),
@@ -309,7 +313,14 @@ pub async fn run(client: Client, id: Identity, mut watcher: Watcher) -> anyhow::
         // What the API server did not take while it was away (a verdict, the condition).
         watcher.reporter.flush().await;
         // The runtime restarted empty (its container was killed): serve the version again.
-        if let Ok(serving) = watcher.sync().await
+        let synced = watcher.sync().await;
+        if let Some(p) = watcher.cpu_pinning().cloned()
+            && pinning_written.as_ref() != Some(&p)
+            && watcher.reporter.cpu_pinning(&p).await
+        {
+            pinning_written = Some(p);
+        }
+        if let Ok(serving) = synced
             && serving.is_none()
             && watcher.serving().is_some()
         {

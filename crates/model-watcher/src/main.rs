@@ -610,6 +610,13 @@ async fn run(a: RunArgs) -> anyhow::Result<i32> {
         };
         watcher.resume_from(report);
     }
+    // Where the runtime's inference threads run (`{"cpuPinning": …}`), when it is pinned; a
+    // runtime not reachable yet is the apply's to report.
+    if watcher.sync().await.is_ok()
+        && let Some(p) = watcher.cpu_pinning().cloned()
+    {
+        watcher.reporter.cpu_pinning(&p).await;
+    }
     let report = watcher.apply(&plan).await;
     use kinfer_contract::exit;
     Ok(match report.verdict {

@@ -1,6 +1,7 @@
 //! Where the watcher's findings go: in a cluster, its own Pod (the `kinfer.dev/analysis` and
 //! `kinfer.dev/serving-version` annotations, the `kinfer.dev/ModelReady` condition that gates
-//! readiness) and Events on the Pod and the InferenceService; standalone, JSON lines on stdout.
+//! readiness, the `kinfer.dev/CpuPinned` condition of a pinned runtime) and Events on the Pod and
+//! the InferenceService; standalone, JSON lines on stdout.
 //! Reporting never fails a rollout: an API error is logged, and what could not be written (the
 //! last report, the serving annotation, the condition: state, not history) is kept and written
 //! by [`Reporter::flush`], which the cluster loop calls on every tick, so a verdict reached while
@@ -9,6 +10,10 @@
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kinfer_api::{
     ANALYSIS_ANNOTATION, MODEL_READY_CONDITION, SERVING_VERSION_ANNOTATION, report::AnalysisReport,
+};
+use kinfer_contract::{
+    admin::CpuPinning,
+    pod::{CPU_PINNED_CONDITION, EXCLUSIVE_CPUS_REASON, SHARED_CPUS_REASON},
 };
 use kube::{
     Api,
@@ -87,7 +92,16 @@ impl PodReporter {
     }
 
     async fn write_condition(&self, ready: bool, reason: String, message: String) {
-        match set_condition(&self.pods, &self.name, ready, &reason, &message).await {
+        match set_condition(
+            &self.pods,
+            &self.name,
+            MODEL_READY_CONDITION,
+            ready,
+            &reason,
+            &message,
+        )
+        .await
+        {
             Ok(()) => self.unsent().condition = None,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot set the ModelReady pod condition; kept for the next try");
@@ -157,6 +171,37 @@ impl Reporter {
         }
     }
 
+    /// Records where the runtime's inference threads run (`kinfer.dev/CpuPinned`); `false` when
+    /// the API server did not take it (the caller tries again on its next tick).
+    pub async fn cpu_pinning(&self, p: &CpuPinning) -> bool {
+        match self {
+            Reporter::Stdout => {
+                println!("{}", json!({"cpuPinning": p}));
+                true
+            }
+            Reporter::Pod(pod) => {
+                let reason = if p.exclusive {
+                    EXCLUSIVE_CPUS_REASON
+                } else {
+                    SHARED_CPUS_REASON
+                };
+                let r = set_condition(
+                    &pod.pods,
+                    &pod.name,
+                    CPU_PINNED_CONDITION,
+                    p.exclusive,
+                    reason,
+                    &p.message,
+                )
+                .await;
+                if let Err(e) = &r {
+                    tracing::warn!(error = %e, "cannot set the CpuPinned pod condition; tried again on the next tick");
+                }
+                r.is_ok()
+            }
+        }
+    }
+
     /// Writes again what the API server did not take (a no-op standalone or when all was
     /// written).
     pub async fn flush(&self) {
@@ -179,11 +224,12 @@ impl Reporter {
     }
 }
 
-/// Sets the `kinfer.dev/ModelReady` pod condition (the readiness gate). The transition time
-/// moves only when the status changes.
+/// Sets a pod condition of the watcher's (`kinfer.dev/ModelReady`, the readiness gate, or
+/// `kinfer.dev/CpuPinned`). The transition time moves only when the status changes.
 async fn set_condition(
     pods: &Api<Pod>,
     name: &str,
+    type_: &str,
     ready: bool,
     reason: &str,
     message: &str,
@@ -194,7 +240,7 @@ async fn set_condition(
         .status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
-        .and_then(|c| c.iter().find(|c| c.type_ == MODEL_READY_CONDITION))
+        .and_then(|c| c.iter().find(|c| c.type_ == type_))
         .is_some_and(|c| {
             c.status == status
                 && c.reason.as_deref() == Some(reason)
@@ -207,7 +253,7 @@ async fn set_condition(
         .status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
-        .and_then(|c| c.iter().find(|c| c.type_ == MODEL_READY_CONDITION))
+        .and_then(|c| c.iter().find(|c| c.type_ == type_))
         .filter(|c| c.status == status)
         .and_then(|c| c.last_transition_time.clone());
     let when = transition_kept
@@ -220,7 +266,7 @@ async fn set_condition(
             )
         });
     let patch = json!({"status": {"conditions": [{
-        "type": MODEL_READY_CONDITION, "status": status, "reason": reason,
+        "type": type_, "status": status, "reason": reason,
         "message": message, "lastTransitionTime": when,
     }]}});
     pods.patch_status(name, &PatchParams::default(), &Patch::Strategic(&patch))

@@ -253,6 +253,7 @@ async fn stats(State(a): State<Arc<Admin>>) -> Response {
         shadow: r.shadow().map(|s| s.summary()),
         baseline: r.baseline().map(|b| b.summary()),
         versions,
+        cpu_pinning: a.options.pinning.as_ref().map(|p| p.report.clone()),
     })
     .into_response()
 }

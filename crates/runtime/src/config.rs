@@ -136,7 +136,8 @@ pub struct Args {
     /// Graph optimisation level 0 (off) to 3 (all).
     #[arg(long, env = "KINFER_OPT_LEVEL", default_value_t = 3)]
     pub optimization_level: u8,
-    /// Intra-op threads per session; the CPUs of the process's affinity mask when empty.
+    /// Intra-op threads per session; when empty, the CPUs of the process's affinity mask
+    /// (divided between the instances under `--cpu-affinity auto`).
     #[arg(long = flags::INTRA_OP_THREADS, env = "KINFER_INTRA_OP_THREADS",
           value_parser = RangedU64ValueParser::<usize>::new().range(1..=bounds::THREADS))]
     pub intra_op_threads: Option<usize>,
@@ -148,10 +149,19 @@ pub struct Args {
     #[arg(long = flags::INSTANCES, env = "KINFER_INSTANCES", default_value_t = 1,
           value_parser = RangedU64ValueParser::<usize>::new().range(1..=bounds::INSTANCES))]
     pub instances: usize,
-    /// `auto`: pin ORT intra-op threads to the CPUs in this process's affinity mask (what a
-    /// Guaranteed pod with the static CPU manager gets).
+    /// `auto`: share the CPUs of this process's affinity mask (what a Guaranteed pod gets from
+    /// the kubelet's static CPU manager) out between the instances and pin each worker and its
+    /// ORT intra-op threads one per CPU; the network threads stay unpinned. A mask larger than
+    /// instances × intra-op threads is the node's shared pool: nothing is pinned, and
+    /// `/admin/stats` says so (`cpuPinning`).
     #[arg(long = flags::CPU_AFFINITY, env = "KINFER_CPU_AFFINITY")]
     pub cpu_affinity: Option<String>,
+    /// With `--cpu-affinity auto`: the whole CPUs the pod asked for (the operator sets it). A
+    /// cpuset larger than this is the node's shared pool, not CPUs of the pod's own; without
+    /// it, instances × intra-op threads is what the cpuset is compared with.
+    #[arg(long = flags::EXCLUSIVE_CPUS, env = "KINFER_EXCLUSIVE_CPUS",
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=bounds::THREADS))]
+    pub exclusive_cpus: Option<usize>,
     /// Largest batch in rows; 1 disables dynamic batching.
     #[arg(long = flags::MAX_BATCH_SIZE, env = "KINFER_MAX_BATCH_SIZE", default_value_t = 1,
           value_parser = RangedU64ValueParser::<usize>::new().range(1..=bounds::MAX_BATCH_SIZE))]
@@ -342,7 +352,7 @@ mod tests {
                 trt_engine_cache: Some("/var/cache/kinfer/tensorrt".into()),
             },
             intra_op_threads: Some(4),
-            cpu_affinity_auto: true,
+            pinned_cpus: Some(12),
             inter_op_threads: Some(2),
             instances: Some(3),
             batching: Some(Batching {
@@ -379,6 +389,7 @@ mod tests {
         );
         assert_eq!(a.intra_op_threads, Some(4));
         assert_eq!(a.cpu_affinity.as_deref(), Some("auto"));
+        assert_eq!(a.exclusive_cpus, Some(12));
         assert_eq!((a.inter_op_threads, a.instances), (2, 3));
         assert_eq!((a.max_batch_size, a.queue_capacity), (16, 64));
         assert_eq!(a.max_queue_delay, std::time::Duration::from_millis(2));

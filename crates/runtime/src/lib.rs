@@ -14,6 +14,7 @@ pub mod error;
 pub mod golden;
 pub mod metrics;
 pub mod models;
+pub mod pinning;
 pub mod policy;
 pub mod protocol;
 pub mod server;

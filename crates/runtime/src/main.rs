@@ -21,6 +21,7 @@ use kinfer_runtime::{
         session::{GpuOptions, SessionOptions, init_ort},
         version::{LoadOptions, LoadedVersion},
     },
+    pinning,
     protocol::{
         grpc::GrpcService,
         http,
@@ -125,13 +126,32 @@ async fn main() -> anyhow::Result<()> {
     init_ort(args.ort_lib.as_deref())?;
 
     let cpus = allowed_cpus();
-    let affinity = match args.cpu_affinity.as_deref() {
-        None | Some("") | Some("none") => None,
-        Some("auto") => Some(cpus.clone()),
+    let auto = match args.cpu_affinity.as_deref() {
+        None | Some("") | Some("none") => false,
+        Some("auto") => true,
         Some(other) => bail!(
             "--cpu-affinity {other:?}: use `auto` (pin to this process's CPUs) or leave it unset"
         ),
     };
+    let instances = args.instances.max(1);
+    // Pinned, the CPUs are shared out between the instances; unpinned, each session may use all.
+    let intra_threads = args.intra_op_threads.unwrap_or(if auto {
+        (cpus.len() / instances).max(1)
+    } else {
+        cpus.len().clamp(1, 256)
+    });
+    if args.exclusive_cpus.is_some() && !auto {
+        bail!("--exclusive-cpus describes pinning: give it with --cpu-affinity auto");
+    }
+    let pinning = auto.then(|| pinning::plan(&cpus, instances, intra_threads, args.exclusive_cpus));
+    if let Some(p) = &pinning {
+        let r = &p.report;
+        if r.exclusive && !r.shared_threads {
+            tracing::info!(cpus = %r.allowed, "{}", r.message);
+        } else {
+            tracing::warn!(cpus = %r.allowed, "{}", r.message);
+        }
+    }
     let fallback_cpu = match args.ep_fallback.as_deref() {
         None | Some("") | Some("none") => false,
         Some("cpu") => true,
@@ -160,9 +180,9 @@ async fn main() -> anyhow::Result<()> {
             fallback_cpu,
             gpu,
             optimization_level: args.optimization_level,
-            intra_threads: args.intra_op_threads.unwrap_or(cpus.len().clamp(1, 256)),
+            intra_threads,
             inter_threads: args.inter_op_threads,
-            affinity,
+            affinity: None,
         },
         batching: BatchOptions {
             max_batch: args.max_batch_size,
@@ -173,6 +193,7 @@ async fn main() -> anyhow::Result<()> {
         max_request_rows: args.max_request_rows,
         warmup_runs: args.warmup_runs,
         batch_rounding: args.batch_rounding,
+        pinning,
     };
     if args.max_inflight_bytes < args.max_message_bytes {
         bail!(

@@ -20,7 +20,10 @@ use kinfer_api::{
     report::{AnalysisPhase, AnalysisReport, Verdict, reasons},
 };
 
-use kinfer_contract::{admin::Conflict, backoff::Backoff};
+use kinfer_contract::{
+    admin::{Conflict, CpuPinning},
+    backoff::Backoff,
+};
 
 mod bring_in;
 mod judge;
@@ -124,6 +127,8 @@ pub struct Watcher {
     /// The report a previous run of the watcher left unfinished (it was killed): a version
     /// promoted but not judged is judged again instead of being taken as passed.
     interrupted: Option<AnalysisReport>,
+    /// Where the runtime's inference threads run, as it last said (`--cpu-affinity auto`).
+    cpu_pinning: Option<CpuPinning>,
 }
 
 fn now() -> String {
@@ -149,6 +154,7 @@ impl Watcher {
             serving: None,
             rejection: None,
             interrupted: None,
+            cpu_pinning: None,
         }
     }
 
@@ -181,9 +187,18 @@ impl Watcher {
         self.reporter.report(r).await;
     }
 
-    /// Learns what the runtime serves (at start, and after the runtime restarted).
+    /// Learns what the runtime serves (at start, and after the runtime restarted) and where its
+    /// inference threads run.
     pub async fn sync(&mut self) -> Result<Option<String>, AdminError> {
-        Ok(self.admin.stats().await?.serving)
+        let stats = self.admin.stats().await?;
+        self.cpu_pinning = stats.cpu_pinning;
+        Ok(stats.serving)
+    }
+
+    /// Where the runtime's inference threads run, as of the last [`Watcher::sync`]; `None` when
+    /// the runtime is not pinned (or was not reached yet).
+    pub fn cpu_pinning(&self) -> Option<&CpuPinning> {
+        self.cpu_pinning.as_ref()
     }
 
     /// Stages `version` from its verified artifact (a no-op when those bytes are loaded) and

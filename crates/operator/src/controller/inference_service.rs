@@ -202,6 +202,7 @@ async fn reconcile_inner(isvc: &InferenceService, ctx: &Context) -> Result<Actio
             "pods with this service's label that its Deployment did not make are ignored"
         );
     }
+    let cpu_placement = status::cpu_placement(&owned, isvc.spec.resources.cpu_pinning);
     let views: Vec<PodView> = owned.into_iter().map(pod_view).collect();
     let target_uid = target_mv.as_ref().and_then(|m| m.metadata.uid.as_deref());
     let version_recreated = rollout::version_recreated(&current, spec_version, target_uid);
@@ -239,6 +240,7 @@ async fn reconcile_inner(isvc: &InferenceService, ctx: &Context) -> Result<Actio
         ready: dep_status.ready_replicas.unwrap_or(0),
         unschedulable: status::unschedulable(&pod_list),
         webhook_tokens,
+        cpu_placement,
     };
     let next = status::compose(&current, &findings, now());
     if write_status(isvc, ctx, &ns, &current, &next).await? == Written::Stale {

@@ -150,10 +150,12 @@ pub fn runtime_flags(v: &Validated) -> RuntimeServe {
         execution_provider: v.execution_provider.as_str().into(),
         ep_fallback_cpu: false,
         provider: gpu::provider_flags(v),
-        intra_op_threads: v
+        // Pinned: the explicit per-instance count, else the pinned CPUs shared out between the
+        // instances (the runtime pins each worker and its threads one per CPU).
+        intra_op_threads: spec.runtime.intra_op_threads.map(i64::from).or(v
             .pinned_cpus
-            .or(spec.runtime.intra_op_threads.map(i64::from)),
-        cpu_affinity_auto: v.pinned_cpus.is_some(),
+            .map(|c| (c / i64::from(spec.runtime.instances.unwrap_or(1).max(1))).max(1))),
+        pinned_cpus: v.pinned_cpus,
         inter_op_threads: spec.runtime.inter_op_threads.map(i64::from),
         instances: spec.runtime.instances.map(i64::from),
         batching: spec.runtime.batching.as_ref().map(|b| Batching {

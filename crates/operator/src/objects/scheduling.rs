@@ -254,7 +254,16 @@ mod tests {
         }
         let args = runtime_args(&validated(spec)).join(" ");
         assert!(args.contains("--intra-op-threads 4"), "{args}");
-        assert!(args.contains("--cpu-affinity auto"), "{args}");
+        assert!(
+            args.contains("--cpu-affinity auto --exclusive-cpus 4"),
+            "{args}"
+        );
+        // Two instances share the four pinned CPUs out: two threads each.
+        let two = r#"{"modelVersion":"v","runtime":{"instances":2},
+            "resources":{"cpu":"4","memory":"2Gi","cpuPinning":true}}"#;
+        let args = runtime_args(&validated(two)).join(" ");
+        assert!(args.contains("--intra-op-threads 2"), "{args}");
+        assert!(args.contains("--instances 2"), "{args}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Composes an InferenceService's status from the reconcile's findings, pure: the rollout
 //! decision, the Deployment's replica counts, scheduling trouble, or the validation error. The
 //! conditions are `Ready`, `Progressing`, `RolledBack`, `AlertsConfigured` (while a webhook names
-//! a token Secret) and kstatus's `Reconciling` / `Stalled` ([`progress`]), each with
+//! a token Secret), `CpuPinned` (with `resources.cpuPinning`, from the pods' `kinfer.dev/CpuPinned`
+//! conditions: [`cpu_placement`]) and kstatus's `Reconciling` / `Stalled` ([`progress`]), each with
 //! `observedGeneration`; `lastTransitionTime` only moves when a condition's status changes, so
 //! composing twice from the same findings gives an equal status and the controller skips the
 //! write.
@@ -10,7 +11,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::Time};
 use kinfer_api::{
-    conditions::{self, ALERTS_CONFIGURED, PROGRESSING, Progress, READY, ROLLED_BACK, Status},
+    CPU_PINNED_CONDITION, EXCLUSIVE_CPUS_REASON, SHARED_CPUS_REASON,
+    conditions::{
+        self, ALERTS_CONFIGURED, CPU_PINNED, PROGRESSING, Progress, READY, ROLLED_BACK, Status,
+    },
     inference_service::{InferenceServiceStatus, RolloutPhase},
 };
 
@@ -47,6 +51,67 @@ pub struct Findings<'a> {
     /// Whether the webhooks' token Secrets may be sent: `None` when no webhook names one,
     /// `Some(Err(why))` when one is refused.
     pub webhook_tokens: Option<Result<(), String>>,
+    /// Where the pods' inference threads run: `None` without `resources.cpuPinning`.
+    pub cpu_placement: Option<CpuPlacement>,
+}
+
+/// What the pods of a pinned service say about their CPUs ([`cpu_placement`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CpuPlacement {
+    /// No pod has said yet (its runtime is starting).
+    Unreported,
+    /// Every pod that said runs on CPUs of its own.
+    Exclusive(usize),
+    /// This pod (and `more` others) runs on the node's shared CPU pool: its watcher's message.
+    Shared {
+        /// The first such pod by name.
+        pod: String,
+        /// Its message.
+        message: String,
+        /// Other pods in the same state.
+        more: usize,
+    },
+}
+
+/// Reads the `kinfer.dev/CpuPinned` conditions the pods' watchers set (`None` when the service
+/// is not pinned). Terminating pods do not count.
+pub fn cpu_placement(pods: &[&Pod], pinned: bool) -> Option<CpuPlacement> {
+    if !pinned {
+        return None;
+    }
+    let mut exclusive = 0;
+    let mut shared: Vec<(String, String)> = Vec::new();
+    for p in pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+    {
+        let Some(c) = p
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == CPU_PINNED_CONDITION))
+        else {
+            continue;
+        };
+        match (c.status.as_str(), c.reason.as_deref()) {
+            ("True", _) => exclusive += 1,
+            ("False", Some(SHARED_CPUS_REASON)) => shared.push((
+                p.metadata.name.clone().unwrap_or_default(),
+                c.message.clone().unwrap_or_default(),
+            )),
+            _ => {}
+        }
+    }
+    shared.sort();
+    Some(match shared.first() {
+        Some((pod, message)) => CpuPlacement::Shared {
+            pod: pod.clone(),
+            message: message.clone(),
+            more: shared.len() - 1,
+        },
+        None if exclusive > 0 => CpuPlacement::Exclusive(exclusive),
+        None => CpuPlacement::Unreported,
+    })
 }
 
 /// Reason of `AlertsConfigured=False` and of its Warning Event.
@@ -207,6 +272,36 @@ pub fn compose(
                     why.clone(),
                 ),
             );
+        }
+    }
+    match &f.cpu_placement {
+        None => s.conditions.retain(|c| c.type_ != CPU_PINNED),
+        Some(placement) => {
+            let (st, reason, msg) = match placement {
+                CpuPlacement::Unreported => (
+                    Status::Unknown,
+                    "NotReported",
+                    "no pod has reported where its inference threads run yet".to_owned(),
+                ),
+                CpuPlacement::Exclusive(n) => (
+                    Status::True,
+                    EXCLUSIVE_CPUS_REASON,
+                    format!("the inference threads of {n} pod(s) run on CPUs of their own"),
+                ),
+                CpuPlacement::Shared { pod, message, more } => (
+                    Status::False,
+                    SHARED_CPUS_REASON,
+                    format!(
+                        "pod {pod}{}: {message} (docs/operations.md, \"CPU pinning on the node\")",
+                        if *more > 0 {
+                            format!(" and {more} other pod(s)")
+                        } else {
+                            String::new()
+                        }
+                    ),
+                ),
+            };
+            conditions::upsert(&mut s.conditions, cond(CPU_PINNED, st, reason, msg));
         }
     }
     let p = progress(&s, f, d);

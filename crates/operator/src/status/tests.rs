@@ -348,3 +348,95 @@ fn unschedulable_and_invalid_are_stalled() {
     let s = compose(&Default::default(), &f, at(1));
     assert_eq!(kstatus_pair(&s).1, pair("True", "CpuPinningNeedsWholeCpus"));
 }
+
+fn pinned_pod(name: &str, condition: Option<(&str, &str, &str)>) -> Pod {
+    let mut p = Pod::default();
+    p.metadata.name = Some(name.into());
+    p.status = Some(PodStatus {
+        conditions: Some(
+            condition
+                .into_iter()
+                .map(|(status, reason, message)| PodCondition {
+                    type_: CPU_PINNED_CONDITION.into(),
+                    status: status.into(),
+                    reason: Some(reason.into()),
+                    message: Some(message.into()),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
+        ..Default::default()
+    });
+    p
+}
+
+#[test]
+fn cpu_pinned_reads_the_pods_conditions_and_names_a_pod_on_shared_cpus() {
+    let ok = pinned_pod(
+        "fraud-a",
+        Some(("True", EXCLUSIVE_CPUS_REASON, "pinned on 2-3")),
+    );
+    let shared_b = pinned_pod(
+        "fraud-b",
+        Some(("False", SHARED_CPUS_REASON, "may run on 2 CPUs (0-1)")),
+    );
+    let shared_c = pinned_pod("fraud-c", Some(("False", SHARED_CPUS_REASON, "other")));
+    let silent = pinned_pod("fraud-d", None);
+    let mut gone = shared_c.clone();
+    gone.metadata.deletion_timestamp = Some(at(1));
+
+    assert_eq!(cpu_placement(&[&ok], false), None);
+    assert_eq!(
+        cpu_placement(&[&silent], true),
+        Some(CpuPlacement::Unreported)
+    );
+    assert_eq!(
+        cpu_placement(&[&ok, &silent], true),
+        Some(CpuPlacement::Exclusive(1))
+    );
+    // A terminating pod does not speak for the service.
+    assert_eq!(
+        cpu_placement(&[&ok, &gone], true),
+        Some(CpuPlacement::Exclusive(1))
+    );
+    let placement = cpu_placement(&[&shared_c, &ok, &shared_b], true);
+    assert_eq!(
+        placement,
+        Some(CpuPlacement::Shared {
+            pod: "fraud-b".into(),
+            message: "may run on 2 CPUs (0-1)".into(),
+            more: 1,
+        })
+    );
+
+    let d = serving("v7");
+    let f = Findings {
+        cpu_placement: placement,
+        ..findings(&d)
+    };
+    let s = compose(&Default::default(), &f, at(10));
+    let c = conditions::find(&s.conditions, CPU_PINNED).unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", SHARED_CPUS_REASON)
+    );
+    assert!(
+        c.message
+            .starts_with("pod fraud-b and 1 other pod(s): may run on 2 CPUs (0-1)"),
+        "{}",
+        c.message
+    );
+    // Pinning is about latency, not availability: the service stays Ready and Settled.
+    assert!(conditions::is_true(&s.conditions, READY));
+    assert_eq!(kstatus_pair(&s).1.0, "False");
+
+    let f = Findings {
+        cpu_placement: Some(CpuPlacement::Exclusive(3)),
+        ..findings(&d)
+    };
+    let s = compose(&s, &f, at(20));
+    assert!(conditions::is_true(&s.conditions, CPU_PINNED));
+    // Unpinned again: the condition goes.
+    let s = compose(&s, &findings(&d), at(30));
+    assert!(conditions::find(&s.conditions, CPU_PINNED).is_none());
+}

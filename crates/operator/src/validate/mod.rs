@@ -133,13 +133,22 @@ pub fn validate(isvc: &InferenceService, model: Option<String>) -> Result<Valida
                 "resources.cpuPinning needs resources.memory (e.g. \"1Gi\"): Guaranteed QoS requires memory requests equal to limits on every container",
             ));
         }
+        let instances = i64::from(spec.runtime.instances.unwrap_or(1).max(1));
         if let Some(t) = spec.runtime.intra_op_threads
-            && i64::from(t) > cpus
+            && i64::from(t) * instances > cpus
         {
             return Err(Invalid::new(
                 "ThreadsExceedPinnedCpus",
                 format!(
-                    "runtime.intraOpThreads is {t} but only {cpus} CPUs are pinned; remove intraOpThreads (it follows the pinned CPUs) or raise resources.cpu"
+                    "runtime.intraOpThreads is {t} per instance × {instances} instance(s) but only {cpus} CPUs are pinned; remove intraOpThreads (it follows the pinned CPUs) or raise resources.cpu"
+                ),
+            ));
+        }
+        if instances > cpus {
+            return Err(Invalid::new(
+                "ThreadsExceedPinnedCpus",
+                format!(
+                    "runtime.instances is {instances} but only {cpus} CPUs are pinned: each instance's worker needs a CPU of its own; lower runtime.instances or raise resources.cpu"
                 ),
             ));
         }
@@ -355,6 +364,26 @@ pub(crate) mod tests {
         assert_eq!(
             validate(&i, None).unwrap_err().reason,
             "ThreadsExceedPinnedCpus"
+        );
+        // Two instances of one thread fit two CPUs; of two threads, or three instances, not.
+        i.spec.runtime.intra_op_threads = Some(1);
+        i.spec.runtime.instances = Some(2);
+        assert_eq!(validate(&i, None).unwrap().pinned_cpus, Some(2));
+        i.spec.runtime.intra_op_threads = Some(2);
+        assert!(
+            validate(&i, None)
+                .unwrap_err()
+                .message
+                .contains("× 2 instance(s)")
+        );
+        i.spec.runtime.intra_op_threads = None;
+        i.spec.runtime.instances = Some(3);
+        let e = validate(&i, None).unwrap_err();
+        assert_eq!(e.reason, "ThreadsExceedPinnedCpus");
+        assert!(
+            e.message.contains("runtime.instances is 3"),
+            "{}",
+            e.message
         );
     }
 

@@ -240,7 +240,8 @@ pub struct SessionOptions {
     pub intra_threads: usize,
     /// Inter-op threads per session.
     pub inter_threads: usize,
-    /// CPUs to pin intra-op threads to (`--cpu-affinity auto`).
+    /// CPUs of ORT's extra intra-op threads 1..n, one each (from [`crate::pinning::plan`];
+    /// thread 0 is the worker that calls `session.run`, pinned by the worker itself).
     pub affinity: Option<Vec<usize>>,
 }
 
@@ -372,7 +373,6 @@ fn cpu_builder(
         // thread, separated by ';'. CPU ids are 1-based in this setting.
         let extra: Vec<String> = cpus
             .iter()
-            .skip(1)
             .take(opts.intra_threads.saturating_sub(1))
             .map(|c| (c + 1).to_string())
             .collect();

@@ -16,6 +16,7 @@ use super::{
 use crate::{
     batching::{BatchOptions, Executor, RunOutput, batcher::Batcher, queue},
     error::InferError,
+    pinning::{self, Placement, Plan},
     tensor::{DataType, Tensor, TensorSpec, element_count, to_f64},
 };
 
@@ -34,6 +35,8 @@ pub struct LoadOptions {
     pub warmup_runs: usize,
     /// Whether rounding-level differences inside a batch are accepted.
     pub batch_rounding: BatchRounding,
+    /// Where each instance's threads run (`--cpu-affinity auto`); `None`: unpinned.
+    pub pinning: Option<Plan>,
 }
 
 /// A loaded, warmed version. Dropping the last handle closes the queue; the workers finish what
@@ -244,8 +247,15 @@ impl LoadedVersion {
         let instances = opts.instances.max(1);
         let mut sessions = Vec::with_capacity(instances);
         let mut provider = opts.session.provider;
-        for _ in 0..instances {
-            let (session, on) = build_session(path, &opts.session)?;
+        let placements: Vec<Option<Placement>> = (0..instances)
+            .map(|i| opts.pinning.as_ref().and_then(|p| p.placement(i)).cloned())
+            .collect();
+        for placement in &placements {
+            let session_opts = SessionOptions {
+                affinity: placement.as_ref().map(|p| p.intra.clone()),
+                ..opts.session.clone()
+            };
+            let (session, on) = build_session(path, &session_opts)?;
             // Every instance serves on the same provider: one that fell back makes all of them
             // count as on the CPU (it is the slowest that sets the latency).
             if on == Provider::Cpu {
@@ -308,7 +318,7 @@ impl LoadedVersion {
             max_batch: if batching { opts.batching.max_batch } else { 1 },
             ..opts.batching
         };
-        for (i, exec) in execs.into_iter().enumerate() {
+        for (i, (exec, placement)) in execs.into_iter().zip(placements).enumerate() {
             let st = stats.clone();
             let worker = Batcher::new(
                 exec,
@@ -319,7 +329,14 @@ impl LoadedVersion {
             );
             std::thread::Builder::new()
                 .name(format!("ort-{version}-{i}"))
-                .spawn(move || worker.run())
+                .spawn(move || {
+                    if let Some(p) = placement
+                        && let Err(e) = pinning::pin_current(p.worker)
+                    {
+                        tracing::warn!(cpu = p.worker, error = %e, "cannot pin the worker thread; it runs unpinned");
+                    }
+                    worker.run()
+                })
                 .map_err(|source| LoadError::Worker {
                     path: path.to_owned(),
                     source,
