@@ -480,6 +480,9 @@ def test_6b_a_pinned_runtime_runs_every_inference_thread_on_cpus_of_its_own(rece
     pinned["metadata"]["name"] = "fraud-pinned"
     pinned["spec"]["runtime"] = {}
     pinned["spec"]["resources"] = {"cpu": "1", "memory": "256Mi", "cpuPinning": True}
+    # The audit trail from the CRD: every other decision as a JSON line in the runtime's log.
+    pinned["spec"]["policy"] = {"output": "probs", "thresholds": [{"min": 0.5, "label": "block"}],
+                                "decisionLog": {"sampleRate": 0.5, "sink": "stdout"}}
     k.apply([pinned])
     q = k.wait_for("the pinned pod Ready", lambda: [x for x in k.pods(NS, "fraud-pinned")
                                                    if (k.condition(x, "Ready") or {}).get("status") == "True"], timeout=300)[0]
@@ -503,6 +506,23 @@ def test_6b_a_pinned_runtime_runs_every_inference_thread_on_cpus_of_its_own(rece
         k.kget("inferenceservice", "fraud-pinned", NS)), timeout=60)
     assert k.condition(s, "Ready")["status"] == "True"
     assert k.condition(k.kget("inferenceservice", "fraud", NS), "CpuPinned") is None
+    # The decision log, read as a log collector would: `kubectl logs` of the runtime container.
+    import tritonclient.http as th
+    client = th.InferenceServerClient(f"{q['status']['podIP']}:8080")
+    for i in range(6):
+        x = th.InferInput("x", [2, 8], "FP32")
+        x.set_data_from_numpy(np.full((2, 8), i / 6, np.float32))
+        client.infer("fraud-pinned", [x], request_id=f"audit-{i}")
+    digest = k.kget("modelversion", "fraud-v7", NS)["status"]["digest"]
+
+    def decisions():
+        lines = k.kubectl("logs", "-n", NS, q["metadata"]["name"], "-c", "runtime").splitlines()
+        return [d for d in (json.loads(x) for x in lines if x.startswith("{")) if d.get("kind") == "decision"]
+    got = k.wait_for("three decision lines in the runtime's log", lambda: (lambda d: d if len(d) >= 3 else None)(decisions()), timeout=30)
+    assert [d["request_id"] for d in got] == ["audit-1", "audit-3", "audit-5"], got
+    for d in got:
+        assert d["version"] == "fraud-v7" and d["digest"] == digest and d["model"] == "fraud-pinned", d
+        assert len(d["decisions"]) == 2 and set(d["decisions"]) <= {"block", "allow"} and d["latency_us"] > 0, d
     k.kubectl("delete", "inferenceservice", "-n", NS, "fraud-pinned")
     apply_isvc("v7", receiver)
 

@@ -65,6 +65,49 @@ def test_policy_returns_decisions_over_http_and_grpc(start, mlp_v1, workdir):
     assert [d.encode() for d in first["decisions"]] == want and len(first["scores"]) == 64
 
 
+def test_the_decision_log_on_stdout_names_the_version_and_digest_that_decided(start, mlp_v1, mlp_v2, workdir):
+    """`--decision-log -` (what `policy.decisionLog.sink: stdout` sets): whole JSON lines in the
+    runtime's own output, next to its log lines, each with the request id, the version that
+    answered and the digest of the artifact it was staged from; sampled every 1/rate-th."""
+    pol = workdir / "policy-stdout.yaml"
+    pol.write_text(POLICY)
+    rt = start(mlp_v1, "fraud", "--policy", str(pol), "--decision-log", "-", "--decision-log-sample", "0.5",
+               "--log-format", "json", version="v1")
+    digest = "sha256:" + "ab" * 32
+    assert rt.admin("POST", "/admin/stage", {"version": "v2", "path": str(mlp_v2), "digest": digest})[0] == 200
+    assert rt.admin("POST", "/admin/serve", {"version": "v2"})[0] == 200
+    x = np.random.default_rng(5).normal(size=(3, 4)).astype(np.float32) * 3
+    for i in range(10):
+        r = requests.post(rt.url("/v2/models/fraud/infer"), json={"id": f"q{i}", "inputs": [
+            {"name": "x", "shape": [3, 4], "datatype": "FP32", "data": x.ravel().tolist()}]})
+        assert r.status_code == 200, r.text
+    score = ort.InferenceSession(str(mlp_v2)).run(None, {"x": x})[1][:, 0]
+
+    def output():
+        rt.log.flush()
+        rt.log.seek(0)
+        return rt.log.read()
+
+    def records():
+        out = []
+        for line in output().splitlines():
+            if line.startswith("{"):
+                doc = json.loads(line)  # every line whole: none split by a log line
+                if doc.get("kind") == "decision":
+                    out.append(doc)
+        return out
+    deadline = time.time() + 5
+    while time.time() < deadline and len(records()) < 5:
+        time.sleep(0.05)
+    got = records()
+    assert [g["request_id"] for g in got] == [f"q{i}" for i in range(1, 10, 2)], got
+    assert all(g["version"] == "v2" and g["digest"] == digest and g["model"] == "fraud" for g in got), got
+    assert [d.encode() for d in got[0]["decisions"]] == labels_for(score)
+    assert got[0]["latency_us"] > 0 and len(got[0]["scores"]) == 3
+    # The runtime's own JSON log lines are there too.
+    assert any('"level"' in line for line in output().splitlines())
+
+
 def test_policy_on_a_missing_output_refuses_to_start(workdir, mlp_v1):
     import subprocess
     from conftest import BINARY

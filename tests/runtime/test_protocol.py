@@ -106,10 +106,60 @@ def test_metrics_have_the_designed_names(start, mlp_v1):
     requests.post(rt.url("/v2/models/fraud/infer"), json={"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": x.ravel().tolist()}]}).raise_for_status()
     text = requests.get(f"http://127.0.0.1:{rt.metrics_port}/metrics").text
     for name in ["kinfer_request_duration_seconds_bucket", "kinfer_queue_duration_seconds", "kinfer_compute_duration_seconds",
-                 "kinfer_batch_size", "kinfer_queue_depth", "kinfer_requests_total", "kinfer_model_swaps_total", "kinfer_rollbacks_total"]:
+                 "kinfer_batch_size", "kinfer_queue_depth", "kinfer_requests_total", "kinfer_model_swaps_total",
+                 "kinfer_model_rollbacks_total"]:
         assert name in text, name
-    assert 'kinfer_requests_total{model="fraud",protocol="http",code="200"} 1' in text
+    assert 'kinfer_requests_total{model="fraud",version="v1",protocol="http",code="200"} 1' in text
     assert 'kinfer_request_duration_seconds_count{model="fraud",version="v1",protocol="http"} 1' in text
+    # The operator's kinfer_rollbacks_total (rollouts rolled back) is not the runtime's.
+    assert "kinfer_rollbacks_total" not in text
+
+
+def metric(text, series):
+    return next(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(series + " "))
+
+
+def test_requests_count_per_answering_version_and_drift_is_exported_against_the_previous(start, mlp_v1, mlp_v2):
+    rt = start(mlp_v1, "fraud", version="v1")
+    rows = np.random.default_rng(3).normal(size=(1200, 4)).astype(np.float32)
+    body = {"inputs": [{"name": "x", "shape": [1200, 4], "datatype": "FP32", "data": rows.ravel().tolist()}]}
+    requests.post(rt.url("/v2/models/fraud/infer"), json=body).raise_for_status()
+    # Failures before a version is chosen count under version="".
+    assert requests.post(rt.url("/v2/models/nope/infer"), json=body).status_code == 404
+    assert requests.post(rt.url("/v2/models/fraud/versions/v9/infer"), json=body).status_code == 404
+    assert requests.post(rt.url("/v2/models/fraud/infer"), data=b"{").status_code == 400
+    m = f"http://127.0.0.1:{rt.metrics_port}/metrics"
+    # One serving version and nothing before it: no drift to report.
+    assert "kinfer_drift_score{" not in requests.get(m).text
+    assert rt.admin("POST", "/admin/stage", {"version": "v2", "path": str(mlp_v2)})[0] == 200
+    assert rt.admin("POST", "/admin/serve", {"version": "v2"})[0] == 200
+    small = {"inputs": [{"name": "x", "shape": [5, 4], "datatype": "FP32", "data": rows[:5].ravel().tolist()}]}
+    requests.post(rt.url("/v2/models/fraud/infer"), json=small).raise_for_status()
+    # v2 has 5 rows: too few for a PSI worth reading.
+    assert "kinfer_drift_score{" not in requests.get(m).text
+    requests.post(rt.url("/v2/models/fraud/infer"), json=body).raise_for_status()
+    text = requests.get(m).text
+    assert metric(text, 'kinfer_requests_total{model="fraud",version="v1",protocol="http",code="200"}') == 1
+    assert metric(text, 'kinfer_requests_total{model="fraud",version="v2",protocol="http",code="200"}') == 2
+    assert metric(text, 'kinfer_requests_total{model="fraud",version="",protocol="http",code="404"}') == 2
+    assert metric(text, 'kinfer_requests_total{model="fraud",version="",protocol="http",code="400"}') == 1
+    assert metric(text, 'kinfer_requests_total{model="fraud",version="",protocol="http",code="200"}') == 0
+    # Other weights on the same inputs: the PSI of the two arg-max distributions (the first
+    # output is a class vector), computed here from ONNX Runtime's own outputs.
+    def classes(model, x):
+        return np.bincount(ort.InferenceSession(str(model)).run(None, {"x": x})[0].argmax(axis=1), minlength=20)
+    base, cur = classes(mlp_v1, rows), classes(mlp_v2, rows) + classes(mlp_v2, rows[:5])
+    pb, pc = np.maximum(base / base.sum(), 1e-4), np.maximum(cur / cur.sum(), 1e-4)
+    want = float(((pc - pb) * np.log(pc / pb)).sum())
+    score = metric(text, 'kinfer_drift_score{model="fraud",version="v2",baseline="v1"}')
+    assert want > 0.01 and abs(score - want) < 1e-9, (score, want)
+    # The same bytes under another name give the same outputs on the same inputs (v2 also has
+    # the 5 rows of the small request): next to no drift.
+    assert rt.admin("POST", "/admin/stage", {"version": "v3", "path": str(mlp_v2)})[0] == 200
+    assert rt.admin("POST", "/admin/serve", {"version": "v3"})[0] == 200
+    requests.post(rt.url("/v2/models/fraud/infer"), json=body).raise_for_status()
+    text = requests.get(m).text
+    assert metric(text, 'kinfer_drift_score{model="fraud",version="v3",baseline="v2"}') < 0.01
 
 
 def test_missing_library_and_model_are_clear_errors(workdir, mlp_v1):

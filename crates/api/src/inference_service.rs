@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::duration::Duration;
 pub use crate::execution::{ExecutionProvider, ProviderOptions};
+pub use crate::policy::{DecisionLog, DecisionLogSink, DecisionPolicy, Threshold};
 
 /// A low-latency ONNX inference service. Changing `modelVersion` starts a canary-first, in-pod
 /// rollout; a regression rolls back by itself.
@@ -444,33 +445,6 @@ pub struct ShadowSpec {
     pub min_agreement: f64,
 }
 
-/// Threshold classification of one output, returned as an extra `decision` output.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct DecisionPolicy {
-    /// The model output (a score per batch row) the thresholds apply to.
-    pub output: String,
-    /// Checked from the highest `min` down; the first with `score >= min` gives the label. A
-    /// score that is NaN or infinite gets the reserved label `invalid`.
-    #[x_kube(validation = Rule::new("self.size() > 0 && self.size() <= 7").message("policy.thresholds must have 1 to 7 entries"))]
-    #[x_kube(validation = Rule::new("self.all(t, t.label != 'invalid')").message("policy label 'invalid' is reserved for NaN or infinite scores"))]
-    pub thresholds: Vec<Threshold>,
-    /// Label when no threshold matches.
-    #[serde(default = "default_label")]
-    #[x_kube(validation = Rule::new("self != 'invalid'").message("policy label 'invalid' is reserved for NaN or infinite scores"))]
-    pub default: String,
-}
-
-/// One threshold of a decision policy.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct Threshold {
-    /// Scores at or above this get `label`.
-    pub min: f64,
-    /// The label, e.g. `block`.
-    pub label: String,
-}
-
 /// Alert destinations.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -676,7 +650,4 @@ fn default_min_agreement() -> f64 {
 }
 fn default_gpu_resource() -> String {
     "nvidia.com/gpu".into()
-}
-fn default_label() -> String {
-    "allow".into()
 }

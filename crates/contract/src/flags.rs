@@ -48,6 +48,12 @@ pub mod runtime {
     pub const MAX_MESSAGE_BYTES: &str = "max-message-bytes";
     /// Decision policy file.
     pub const POLICY: &str = "policy";
+    /// The decision log's file, `-` for stdout.
+    pub const DECISION_LOG: &str = "decision-log";
+    /// Fraction of requests written to the decision log.
+    pub const DECISION_LOG_SAMPLE: &str = "decision-log-sample";
+    /// Size at which a decision-log file is rotated.
+    pub const DECISION_LOG_MAX_BYTES: &str = "decision-log-max-bytes";
     /// Recent requests kept for replay (0: none kept).
     pub const REPLAY_REQUESTS: &str = "replay-requests";
     /// Most bytes the kept requests take.
@@ -168,6 +174,8 @@ pub struct RuntimeServe {
     pub max_message_bytes: Option<u128>,
     /// `--policy`, the policy file's path.
     pub policy: Option<String>,
+    /// `--decision-log`, `--decision-log-sample`, `--decision-log-max-bytes`.
+    pub decision_log: Option<DecisionLogFlags>,
     /// `--replay-requests`, `--replay-bytes`, `--replay-sample-rate`.
     pub replay: Option<Replay>,
 }
@@ -211,6 +219,11 @@ impl RuntimeServe {
         optional(&mut a, MAX_INFLIGHT_BYTES, self.max_inflight_bytes);
         optional(&mut a, MAX_MESSAGE_BYTES, self.max_message_bytes);
         optional(&mut a, POLICY, self.policy.as_ref());
+        if let Some(d) = &self.decision_log {
+            flag(&mut a, DECISION_LOG, &d.target);
+            flag(&mut a, DECISION_LOG_SAMPLE, d.sample_rate);
+            optional(&mut a, DECISION_LOG_MAX_BYTES, d.max_bytes);
+        }
         if let Some(r) = &self.replay {
             flag(&mut a, REPLAY_REQUESTS, r.requests);
             flag(&mut a, REPLAY_BYTES, r.bytes);
@@ -218,6 +231,17 @@ impl RuntimeServe {
         }
         a
     }
+}
+
+/// The decision-log part of [`RuntimeServe`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecisionLogFlags {
+    /// `--decision-log`: a file, or `-` for stdout.
+    pub target: String,
+    /// `--decision-log-sample`, between 0 and 1.
+    pub sample_rate: f64,
+    /// `--decision-log-max-bytes` (a file's rotation size); the runtime's default when absent.
+    pub max_bytes: Option<u64>,
 }
 
 /// The golden-set part of [`RuntimeCheck`].

@@ -2,7 +2,7 @@
 //! runtime's admin socket between the model-watcher and the runtime ([`admin`]), the
 //! verification Job's check results ([`check`]), the analysis report the watcher writes on its
 //! pod for the operator ([`report`]), the pod's label, annotation, condition and environment
-//! names ([`pod`]), the command lines the operator writes for the runtime and the checks
+//! names ([`pod`]), the drift statistic both the runtime and the watcher compute ([`drift`]), the command lines the operator writes for the runtime and the checks
 //! ([`flags`]), exit codes ([`exit`]), Event and condition reasons ([`reasons`]) and durations
 //! as written in flags and manifests ([`duration`]), and the one retry schedule
 //! ([`backoff`]). A field renamed
@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod backoff;
 pub mod check;
+pub mod drift;
 pub mod duration;
 pub mod exit;
 pub mod flags;

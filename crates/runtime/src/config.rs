@@ -217,12 +217,18 @@ pub struct Args {
     /// Decision policy file (YAML or JSON: output, thresholds, default): adds a `decision` output.
     #[arg(long = flags::POLICY, env = "KINFER_POLICY")]
     pub policy: Option<PathBuf>,
-    /// Append sampled decisions (request id, version, latency, scores, labels) to this JSON-lines file.
-    #[arg(long, env = "KINFER_DECISION_LOG")]
+    /// Write sampled decisions (request id, version, artifact digest, labels, scores, latency) as
+    /// JSON lines to this file, or to stdout with `-`.
+    #[arg(long = flags::DECISION_LOG, env = "KINFER_DECISION_LOG")]
     pub decision_log: Option<PathBuf>,
     /// Fraction of requests written to the decision log.
-    #[arg(long, env = "KINFER_DECISION_LOG_SAMPLE", default_value_t = 1.0, value_parser = fraction)]
+    #[arg(long = flags::DECISION_LOG_SAMPLE, env = "KINFER_DECISION_LOG_SAMPLE", default_value_t = 1.0, value_parser = fraction)]
     pub decision_log_sample: f64,
+    /// A decision-log file is renamed to `<file>.1` (replacing an older one) before it grows
+    /// past this size.
+    #[arg(long = flags::DECISION_LOG_MAX_BYTES, env = "KINFER_DECISION_LOG_MAX_BYTES", default_value_t = 64 << 20,
+          value_parser = RangedU64ValueParser::<u64>::new().range(4096..))]
+    pub decision_log_max_bytes: u64,
     /// Keep, in memory only, the inputs of up to this many recent live requests (sampled by
     /// --replay-sample-rate, capped by --replay-bytes) so an analysis with too little live traffic
     /// can replay them on both versions (`POST /admin/replay`). 0 keeps none.
@@ -364,6 +370,11 @@ mod tests {
             max_inflight_bytes: Some(1 << 28),
             max_message_bytes: Some(1 << 25),
             policy: Some("/etc/kinfer/policy/policy.yaml".into()),
+            decision_log: Some(kinfer_contract::flags::DecisionLogFlags {
+                target: "/var/log/kinfer/decisions.jsonl".into(),
+                sample_rate: 0.05,
+                max_bytes: Some(1 << 20),
+            }),
             replay: Some(kinfer_contract::flags::Replay {
                 requests: 2000,
                 bytes: 16 << 20,
@@ -408,6 +419,18 @@ mod tests {
         assert_eq!(
             (a.replay_requests, a.replay_bytes, a.replay_sample_rate),
             (2000, 16 << 20, 0.25)
+        );
+        assert_eq!(
+            (
+                a.decision_log.as_deref(),
+                a.decision_log_sample,
+                a.decision_log_max_bytes
+            ),
+            (
+                Some(std::path::Path::new("/var/log/kinfer/decisions.jsonl")),
+                0.05,
+                1 << 20
+            )
         );
 
         let check = RuntimeCheck {

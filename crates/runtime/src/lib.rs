@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod batching;
 pub mod config;
+pub mod decision_log;
 pub mod error;
 pub mod golden;
 pub mod metrics;

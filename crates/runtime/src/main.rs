@@ -251,11 +251,10 @@ async fn main() -> anyhow::Result<()> {
         server.policy = Some(policy);
     }
     if let Some(p) = &args.decision_log {
-        server.decision_log = Some(
-            kinfer_runtime::policy::DecisionLog::open(p, args.decision_log_sample)
-                .await
-                .map_err(anyhow::Error::msg)?,
-        );
+        use kinfer_runtime::decision_log::{DecisionLog, Sink};
+        let sink = Sink::parse(p, args.decision_log_max_bytes);
+        server.decision_log =
+            Some(DecisionLog::open(sink, args.decision_log_sample).map_err(anyhow::Error::msg)?);
     }
     let server = Arc::new(server);
 

@@ -46,6 +46,37 @@ fn histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
     let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
 }
 
+/// Rows each side needs before `kinfer_drift_score` is exported: below it the PSI of two samples
+/// of one distribution is mostly sampling noise ((bins − 1)·(1/n₁ + 1/n₂), 0.38 at 100 each).
+pub const DRIFT_MIN_ROWS: u64 = 1000;
+
+/// `kinfer_drift_score{version, baseline}`: the PSI of the serving version's first-output
+/// distribution against the previous version's (each since it was loaded or made to serve), as
+/// the watcher's analysis computes it, once both have [`DRIFT_MIN_ROWS`].
+fn drift(out: &mut String, s: &Server) {
+    let r = &s.registry;
+    out.push_str("# HELP kinfer_drift_score Population Stability Index of the serving version's output distribution against the previous version's (exported once both have 1000 rows).\n# TYPE kinfer_drift_score gauge\n");
+    let (Some(v), Some(p)) = (r.serving(), r.previous()) else {
+        return;
+    };
+    let dist = |st: &VersionStats| -> Vec<u64> {
+        st.output_bins.iter().map(|b| b.load(Relaxed)).collect()
+    };
+    let (cur, base) = (dist(&v.stats), dist(&p.stats));
+    if cur.iter().sum::<u64>() < DRIFT_MIN_ROWS || base.iter().sum::<u64>() < DRIFT_MIN_ROWS {
+        return;
+    }
+    if let Some(score) = kinfer_contract::drift::psi(&base, &cur) {
+        let _ = writeln!(
+            out,
+            "kinfer_drift_score{{model=\"{}\",version=\"{}\",baseline=\"{}\"}} {score}",
+            Label(&r.name),
+            Label(&v.info.version),
+            Label(&p.info.version)
+        );
+    }
+}
+
 /// Renders every metric.
 pub fn render(s: &Server) -> String {
     let r = &s.registry;
@@ -123,27 +154,39 @@ pub fn render(s: &Server) -> String {
             v.queue_depth()
         );
     }
-    out.push_str("# HELP kinfer_requests_total Inference requests by protocol and status code.\n# TYPE kinfer_requests_total counter\n");
+    out.push_str("# HELP kinfer_requests_total Inference requests by the version that answered (empty: failed before one was chosen), protocol and status code.\n# TYPE kinfer_requests_total counter\n");
     for p in [Protocol::Http, Protocol::Grpc] {
+        let (pi, proto) = (p as usize, p.label());
         for (i, code) in CODES.iter().enumerate() {
-            let n = s.requests[p as usize][i].load(Relaxed);
+            // Failures before a version was chosen: every request minus those that reached one.
+            let before = s.requests[pi][i]
+                .load(Relaxed)
+                .saturating_sub(s.reached[pi][i].load(Relaxed));
             let _ = writeln!(
                 out,
-                "kinfer_requests_total{{model=\"{model}\",protocol=\"{}\",code=\"{code}\"}} {n}",
-                p.label()
+                "kinfer_requests_total{{model=\"{model}\",version=\"\",protocol=\"{proto}\",code=\"{code}\"}} {before}"
             );
+            for v in r.all() {
+                let _ = writeln!(
+                    out,
+                    "kinfer_requests_total{{model=\"{model}\",version=\"{}\",protocol=\"{proto}\",code=\"{code}\"}} {}",
+                    Label(&v.info.version),
+                    v.stats.codes[pi][i].load(Relaxed)
+                );
+            }
         }
     }
+    drift(&mut out, s);
     out.push_str("# HELP kinfer_model_swaps_total Promotions and rollbacks.\n# TYPE kinfer_model_swaps_total counter\n");
     let _ = writeln!(
         out,
         "kinfer_model_swaps_total{{model=\"{model}\"}} {}",
         r.swaps.load(Relaxed)
     );
-    out.push_str("# HELP kinfer_rollbacks_total Rollbacks to the previous version.\n# TYPE kinfer_rollbacks_total counter\n");
+    out.push_str("# HELP kinfer_model_rollbacks_total Swaps back to the previous version in this runtime (automatic and POST /admin/rollback).\n# TYPE kinfer_model_rollbacks_total counter\n");
     let _ = writeln!(
         out,
-        "kinfer_rollbacks_total{{model=\"{model}\"}} {}",
+        "kinfer_model_rollbacks_total{{model=\"{model}\"}} {}",
         r.rollbacks.load(Relaxed)
     );
     if let Some(p) = &s.policy {

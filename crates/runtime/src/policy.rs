@@ -1,9 +1,8 @@
 //! Decision policy (the InferenceService's `spec.policy`): thresholds on one output's score mapped to labels,
 //! returned as an extra `BYTES` output named `decision`, counted per label and version, and
-//! written to the sampled decision log. A score that is NaN or infinite matches no threshold and
-//! gets the reserved label `invalid` (never the default: a broken score must not fail open).
-//! Pure functions; the log writer is a task fed by a bounded channel so the request path never
-//! waits on disk.
+//! written to the sampled decision log ([`crate::decision_log`]). A score that is NaN or infinite
+//! matches no threshold and gets the reserved label `invalid` (never the default: a broken score
+//! must not fail open). Pure functions.
 
 use std::{path::Path, time::Duration};
 
@@ -177,90 +176,6 @@ impl Policy {
             dtype: DataType::Bytes,
             shape: vec![i64::try_from(labels.len()).unwrap_or(i64::MAX)],
             data,
-        }
-    }
-}
-
-/// One line of the decision log.
-#[derive(Debug, Clone, Serialize)]
-pub struct DecisionRecord {
-    /// Unix time, milliseconds.
-    pub ts_ms: u128,
-    /// The request's `id`, when it had one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub request_id: Option<String>,
-    /// Model name.
-    pub model: String,
-    /// The version that decided.
-    pub version: String,
-    /// End-to-end latency, microseconds.
-    pub latency_us: u64,
-    /// Labels per row (when a policy is set).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub decisions: Vec<String>,
-    /// First value of the first output per row.
-    pub scores: Vec<f64>,
-}
-
-/// The sampled decision log: a bounded channel to a writer task appending JSON lines.
-pub struct DecisionLog {
-    tx: tokio::sync::mpsc::Sender<DecisionRecord>,
-    rate: f64,
-    counter: std::sync::atomic::AtomicU64,
-    /// Records dropped because the writer fell behind.
-    pub dropped: std::sync::atomic::AtomicU64,
-}
-
-impl DecisionLog {
-    /// Opens (appends to) `path` and starts the writer.
-    pub async fn open(path: &Path, rate: f64) -> Result<Self, String> {
-        use tokio::io::AsyncWriteExt;
-        let mut file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .await
-            .map_err(|e| format!("cannot open decision log {}: {e}", path.display()))?;
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<DecisionRecord>(4096);
-        tokio::spawn(async move {
-            let mut buf = Vec::with_capacity(64 * 1024);
-            while let Some(r) = rx.recv().await {
-                buf.clear();
-                let _ = serde_json::to_writer(&mut buf, &r);
-                buf.push(b'\n');
-                while let Ok(r) = rx.try_recv() {
-                    let _ = serde_json::to_writer(&mut buf, &r);
-                    buf.push(b'\n');
-                }
-                if let Err(e) = file.write_all(&buf).await {
-                    tracing::warn!(error = %e, "decision log write failed");
-                }
-                let _ = file.flush().await;
-            }
-        });
-        Ok(Self {
-            tx,
-            rate: rate.clamp(0.0, 1.0),
-            counter: Default::default(),
-            dropped: Default::default(),
-        })
-    }
-
-    /// Whether the next request is sampled (deterministic: every 1/rate-th request).
-    pub fn sample(&self) -> bool {
-        use std::sync::atomic::Ordering::Relaxed;
-        if self.rate <= 0.0 {
-            return false;
-        }
-        let n = self.counter.fetch_add(1, Relaxed) as f64;
-        (n * self.rate).floor() != ((n + 1.0) * self.rate).floor()
-    }
-
-    /// Queues a record; drops it (and counts) when the writer is behind.
-    pub fn record(&self, r: DecisionRecord) {
-        if self.tx.try_send(r).is_err() {
-            self.dropped
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }

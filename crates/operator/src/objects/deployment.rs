@@ -27,7 +27,7 @@ use kinfer_contract::{
 };
 
 use super::{
-    Defaults, gpu, labels, meta,
+    Defaults, decision_log, gpu, labels, meta,
     pod::{
         api_token_mount, api_token_volume, container_security_context, empty_dir, env, field_env,
         mount, pod_security_context,
@@ -89,6 +89,9 @@ pub fn deployment(v: &Validated, d: &Defaults) -> Deployment {
     }
     if let Some((cache, _)) = gpu::engine_cache_volume(v) {
         volumes.push(cache);
+    }
+    if let Some((log, _)) = decision_log::volume(v) {
+        volumes.push(log);
     }
     let (node_selector, tolerations) = scheduling::gpu_placement(v);
     let pod = PodSpec {
@@ -170,6 +173,7 @@ pub fn runtime_flags(v: &Validated) -> RuntimeServe {
             .policy
             .is_some()
             .then(|| format!("{POLICY_DIR}/{POLICY_FILE}")),
+        decision_log: decision_log::flags(v),
         replay: spec.rollout.analysis.replay.as_ref().and_then(|r| {
             Some(Replay {
                 requests: u64::try_from(r.max_requests).ok()?,
@@ -193,6 +197,9 @@ fn runtime_container(v: &Validated, d: &Defaults) -> Container {
     ];
     if let Some((_, cache)) = gpu::engine_cache_volume(v) {
         mounts.push(cache);
+    }
+    if let Some((_, log)) = decision_log::volume(v) {
+        mounts.push(log);
     }
     if v.spec.policy.is_some() {
         mounts.push(VolumeMount {
@@ -286,9 +293,13 @@ fn models_volume(v: &Validated) -> Volume {
 
 /// The policy ConfigMap (`<name>-policy`, key `policy.yaml`), when the spec has a policy.
 pub fn policy_config_map(v: &Validated) -> Option<ConfigMap> {
-    let p = v.spec.policy.as_ref()?;
+    // The decision log is the runtime's flags, not part of its policy file.
+    let p = kinfer_api::inference_service::DecisionPolicy {
+        decision_log: None,
+        ..v.spec.policy.clone()?
+    };
     // JSON is valid YAML, and the runtime reads the policy with a YAML parser.
-    let text = serde_json::to_string_pretty(p).expect("a policy always serialises");
+    let text = serde_json::to_string_pretty(&p).expect("a policy always serialises");
     Some(ConfigMap {
         metadata: meta(v, policy_name(&v.name)),
         data: Some(BTreeMap::from([(POLICY_FILE.into(), text)])),

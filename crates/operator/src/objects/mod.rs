@@ -6,6 +6,7 @@
 //! The pod contract (docs/architecture.md, "The pod contract") is implemented in
 //! [`deployment`]; GPU and CPU pinning in [`scheduling`].
 
+pub mod decision_log;
 pub mod deployment;
 pub mod gpu;
 pub mod job;

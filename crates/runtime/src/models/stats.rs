@@ -243,6 +243,9 @@ pub struct VersionStats {
     pub output_kind: &'static str,
     /// Rows per decision-policy label (indexes of `Policy::labels`).
     pub decisions: [AtomicU64; crate::policy::MAX_LABELS],
+    /// Requests this version answered, by protocol and status code (indexes of
+    /// `server::CODES`), for `kinfer_requests_total{version}`: counters, never reset.
+    pub codes: [[AtomicU64; 6]; 2],
 }
 
 /// Index of the largest value (the first on ties; NaN never wins).
@@ -290,6 +293,7 @@ impl VersionStats {
             output_bins: Default::default(),
             output_kind: if per_row > 1 { "argmax" } else { "value" },
             decisions: Default::default(),
+            codes: Default::default(),
         }
     }
 

@@ -26,13 +26,14 @@ use budget::Budget;
 use tracing::Instrument;
 
 use crate::{
+    decision_log::{DecisionLog, DecisionRecord},
     error::InferError,
     models::{
         baseline::{Arm, Baseline},
         registry::Registry,
         version::LoadedVersion,
     },
-    policy::{DECISION_OUTPUT, DecisionLog, DecisionRecord, Policy, now_ms},
+    policy::{DECISION_OUTPUT, Policy, now_ms},
     tensor::{Tensor, first_per_row, to_f64, validate_inputs},
 };
 
@@ -64,6 +65,23 @@ struct Pairing {
 /// Status codes counted in `kinfer_requests_total{code}`.
 pub const CODES: [&str; 6] = ["200", "400", "404", "500", "503", "504"];
 
+/// Index in [`CODES`] of a request's outcome.
+pub fn code_index(result: Result<(), &InferError>) -> usize {
+    match result {
+        Ok(()) => 0,
+        Err(e) => CODES
+            .iter()
+            .position(|c| *c == e.metric_label())
+            .unwrap_or(3),
+    }
+}
+
+fn bump(counters: &[[AtomicU64; 6]; 2], proto: Protocol, code: usize) {
+    if let Some(c) = counters.get(proto as usize).and_then(|row| row.get(code)) {
+        c.fetch_add(1, Relaxed);
+    }
+}
+
 /// The longest deadline honoured; a longer one (or an overflowing one) is clamped to it.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
@@ -89,6 +107,9 @@ pub struct Server {
     pub budget: Budget,
     /// Requests by protocol and code (index of [`CODES`]).
     pub requests: [[AtomicU64; 6]; 2],
+    /// The part of `requests` that reached a version ([`Server::infer`]); the rest failed
+    /// before one was chosen (malformed, unknown model or version, too large).
+    pub reached: [[AtomicU64; 6]; 2],
     /// Decision policy (`--policy`).
     pub policy: Option<Policy>,
     /// Sampled decision log (`--decision-log`).
@@ -149,6 +170,7 @@ impl Server {
             limits,
             budget,
             requests: Default::default(),
+            reached: Default::default(),
             policy: None,
             decision_log: None,
         }
@@ -156,20 +178,7 @@ impl Server {
 
     /// Counts a finished request.
     pub fn count(&self, proto: Protocol, result: Result<(), &InferError>) {
-        let code = match result {
-            Ok(()) => 0,
-            Err(e) => CODES
-                .iter()
-                .position(|c| *c == e.metric_label())
-                .unwrap_or(3),
-        };
-        if let Some(c) = self
-            .requests
-            .get(proto as usize)
-            .and_then(|row| row.get(code))
-        {
-            c.fetch_add(1, Relaxed);
-        }
+        bump(&self.requests, proto, code_index(result));
     }
 
     /// The version a request names (the serving one when `version` is empty).
@@ -219,6 +228,9 @@ impl Server {
             h.record(elapsed);
         }
         let outcome = result.as_ref().map(|_| ());
+        let code = code_index(outcome);
+        bump(&v.stats.codes, proto, code);
+        bump(&self.reached, proto, code);
         v.stats.record_request(elapsed, outcome, client_deadline);
         if let Some(arm) = arm {
             arm.stats.record_request(elapsed, outcome, client_deadline);
@@ -300,10 +312,12 @@ impl Server {
                 None => Vec::new(),
             };
             log.record(DecisionRecord {
+                kind: "decision",
                 ts_ms: now_ms(),
                 request_id: id.map(str::to_owned),
                 model: model.to_owned(),
                 version: v.info.version.clone(),
+                digest: v.digest.clone(),
                 latency_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
                 decisions,
                 scores: out
