@@ -12,7 +12,7 @@ CARGO ?= cargo
 
 include tests/e2e/cluster/cluster.mk
 
-.PHONY: help deps s3 ort venv build crds images fmt-check clippy docs unit test test-rust test-runtime test-cluster test-operator test-chart test-e2e demo bench
+.PHONY: help deps s3 ort venv build crds images fmt-check clippy docs unit test test-rust test-runtime test-cluster test-operator test-chart test-rules test-e2e demo bench
 
 help:
 	@echo "make test      - everything CI runs: fmt, clippy, docs, Rust tests (real ONNX Runtime), cluster tier"
@@ -65,7 +65,7 @@ test-runtime: deps
 test-cluster: cluster-build
 	$(MAKE) cluster-test
 
-test: fmt-check clippy docs test-rust test-runtime test-cluster test-operator test-chart test-e2e
+test: fmt-check clippy docs test-rust test-runtime test-cluster test-operator test-chart test-rules test-e2e
 
 # The main job end to end on the local cluster: build, cluster up, images, helm install, signed
 # models to S3, apply, infer, promote with a one-line edit, watch a bad version roll back.
@@ -80,6 +80,10 @@ test-operator: cluster-build
 # The Helm chart: lint, schema, and a server-side dry run against the real API server.
 test-chart: cluster-build
 	bash tests/e2e/chart/test_chart.sh
+
+# The chart's PrometheusRule under the real promtool: check rules, and unit tests of every alert.
+test-rules: cluster-build
+	bash tests/e2e/chart/test_rules.sh
 
 # The e2e story on the local cluster with the chart installed by helm (tests/e2e/test_e2e.py).
 # The cluster is taken down afterwards unless KINFER_KEEP_CLUSTER=1 (KINFER_KEEP_E2E=1 also keeps

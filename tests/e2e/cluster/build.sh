@@ -8,7 +8,8 @@
 #   ~/.cache/kinfer/bin/flux-<v>/          source-controller kustomize-controller crds/ (go/flux)
 #   ~/.cache/kinfer/bin/gitops-kstatus-<v>-argocd-<v>/  kstatus argocd-health (go/kstatus, go/argocd)
 # A second run finds everything and builds nothing.
-# Usage: build.sh [all|k8s|etcd|helm|s3|images|flux|gitops]...
+#   ~/.cache/kinfer/bin/prometheus-<v>/promtool  (go/prometheus)
+# Usage: build.sh [all|k8s|etcd|helm|s3|images|flux|gitops|prometheus]...
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=lib.sh
@@ -119,6 +120,20 @@ build_gitops() {
   log "kstatus + argocd-health: built in $((SECONDS - t0))s"
 }
 
+build_prometheus() {
+  local d="$PROMETHEUS_BIN"
+  if [[ -x "$d/promtool" ]]; then log "promtool $PROMETHEUS_VERSION: cached in $d"; return; fi
+  check_pin "$HERE/go/prometheus/go.mod" "github.com/prometheus/prometheus $PROMETHEUS_VERSION"
+  log "promtool $PROMETHEUS_VERSION: building"
+  local tmp="$d.tmp.$$"; rm -rf "$tmp"; mkdir -p "$tmp"
+  local t0=$SECONDS
+  (cd "$HERE/go/prometheus" && "${NICE[@]}" go build -trimpath \
+    -ldflags "$LDS -X github.com/prometheus/common/version.Version=$PROMETHEUS_VERSION" -o "$tmp/promtool" \
+    github.com/prometheus/prometheus/cmd/promtool)
+  rm -rf "$d"; mv "$tmp" "$d"
+  log "promtool $PROMETHEUS_VERSION: built in $((SECONDS - t0))s"
+}
+
 build_images() {
   "$HERE/images.sh" build
 }
@@ -127,9 +142,9 @@ targets=("$@"); [[ ${#targets[@]} -gt 0 ]] || targets=(all)
 t_all=$SECONDS
 for t in "${targets[@]}"; do
   case "$t" in
-    all) build_k8s; build_etcd; build_helm; build_s3; build_images; build_flux; build_gitops ;;
+    all) build_k8s; build_etcd; build_helm; build_s3; build_images; build_flux; build_gitops; build_prometheus ;;
     k8s) build_k8s ;; etcd) build_etcd ;; helm) build_helm ;; s3) build_s3 ;; images) build_images ;;
-    flux) build_flux ;; gitops) build_gitops ;;
+    flux) build_flux ;; gitops) build_gitops ;; prometheus) build_prometheus ;;
     *) die "unknown target $t" ;;
   esac
 done
