@@ -587,3 +587,29 @@ def test_8_a_regression_with_auto_rollback_off_stops_the_rollout(receiver):
                                                    and not r["path"].endswith("/slack")], timeout=60)
     assert alerts[0]["body"][0]["labels"]["alertname"] == "KinferRolloutStopped", alerts[0]["body"]
     assert len(ready_pods()) == 3, "the canary keeps serving, Ready"
+
+
+def test_9_the_dashboards_metrics_are_in_real_scrapes():
+    """Every `kinfer_*` name the chart's Grafana dashboard queries is exported by the operator
+    (its leader, scraped on its metrics port) or by a serving pod's runtime (port 9090) — save the
+    two that need a policy or a previous version with traffic, which the runtime tier checks."""
+    import re
+    import urllib.request
+    dash = json.loads((ROOT / "charts/kinfer-operator/files/dashboards/kinfer.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    wanted = {m for e in exprs for m in re.findall(r"\bkinfer_[a-z0-9_]+", e)}
+
+    def names(url):
+        with urllib.request.urlopen(url, timeout=10) as r:
+            text = r.read().decode()
+        return {line.split("{", 1)[0].split(" ", 1)[0] for line in text.splitlines() if line.startswith("kinfer_")}
+    operators = k.kget("pods", ns=SYSTEM_NS, selector="app.kubernetes.io/name=kinfer-operator")["items"]
+    assert operators
+
+    def metrics_port(pod):
+        return next(p["containerPort"] for c in pod["spec"]["containers"] for p in c.get("ports", []) if p["name"] == "metrics")
+    operator = set().union(*(names(f"http://{p['status']['podIP']}:{metrics_port(p)}/metrics") for p in operators))
+    runtime = names(f"http://{k.pods(NS)[0]['status']['podIP']}:9090/metrics")
+    assert "kinfer_rollbacks_total" in operator and "kinfer_model_rollbacks_total" in runtime
+    missing = sorted(wanted - operator - runtime - {"kinfer_drift_score", "kinfer_decisions_total"})
+    assert not missing, f"the dashboard queries {missing}, which neither the operator nor a runtime exports"

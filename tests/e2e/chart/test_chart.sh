@@ -108,6 +108,14 @@ if render "$WORK/monitoring.yaml" "${MON[@]}"; then
   else ko "helm template (monitoring on)" "kinds: $(kinds_of "$WORK/monitoring.yaml") alerts: $n_alerts"; fi
 else ko "helm template (monitoring on)" "$(tail_of "$WORK/monitoring.yaml.err")"; fi
 
+# The Grafana dashboard: a ConfigMap with the sidecar's label whose JSON has every panel's query.
+if render "$WORK/dashboard.yaml" --set grafanaDashboard.enabled=true --set grafanaDashboard.namespace=monitoring \
+   && "$PY" "$HERE/check_dashboard.py" "$WORK/dashboard.yaml" "$CHART/files/dashboards/kinfer.json" monitoring >"$WORK/dashboard.txt" 2>&1; then
+  ok "helm template (grafanaDashboard on): ConfigMap with grafana_dashboard=1, $(cat "$WORK/dashboard.txt")"
+else ko "helm template (grafanaDashboard on)" "$(tail_of "$WORK/dashboard.txt" 10)" "$(tail_of "$WORK/dashboard.yaml.err")"; fi
+if ! grep -q 'grafana_dashboard' "$WORK/default.yaml"; then ok "no dashboard ConfigMap by default"
+else ko "a dashboard ConfigMap rendered by default"; fi
+
 # CRDs: kept by default; crds.keep=false drops the policy; crds.install=false drops the CRDs.
 if [[ $(grep -c 'helm.sh/resource-policy: keep' "$WORK/default.yaml") == 3 ]] \
    && render "$WORK/nokeep.yaml" --set crds.keep=false && ! grep -q 'resource-policy' "$WORK/nokeep.yaml" \
