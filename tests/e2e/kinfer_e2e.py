@@ -125,6 +125,19 @@ def thread_cpus(pid):
     return out
 
 
+PROMETHEUS = "http://127.0.0.1:9490"  # tests/e2e/cluster/monitoring.sh
+
+
+def prom_query(expr):
+    """An instant query against the cluster's Prometheus: the result vector."""
+    import urllib.parse
+    import urllib.request
+    with urllib.request.urlopen(f"{PROMETHEUS}/api/v1/query?query={urllib.parse.quote(expr)}", timeout=10) as r:
+        body = json.loads(r.read())
+    assert body["status"] == "success", body
+    return body["data"]["result"]
+
+
 def stop_api_server(seconds):
     """Stops the cluster's kube-apiserver (SIGTERM: connections refused, not merely slow) for
     `seconds`, then starts it again with the same command line and waits until it is ready."""

@@ -45,6 +45,18 @@ def receiver():
 
 
 @pytest.fixture(scope="module")
+def monitoring(installed, receiver):
+    """Prometheus and Alertmanager on the cluster (tests/e2e/cluster/monitoring.sh), configured as
+    the chart's ServiceMonitor, PodMonitor and PrometheusRule would have them, every alert routed
+    to the receiver's /alertmanager path."""
+    script = str(ROOT / "tests" / "e2e" / "cluster" / "monitoring.sh")
+    subprocess.run(["bash", script, "up", receiver.url + "/alertmanager"], check=True, env=k.env(), timeout=1200)
+    yield
+    if os.environ.get("KINFER_KEEP_E2E") != "1":
+        subprocess.run(["bash", script, "down"], check=False, env=k.env(), timeout=60)
+
+
+@pytest.fixture(scope="module")
 def health():
     """kstatus's and Argo CD's verdicts on the live InferenceServices and ModelVersions, sampled
     from the first step to test_4c, which checks them."""
@@ -121,7 +133,7 @@ def apply_isvc(version, receiver, **extra):
     k.apply([k.inference_service(NS, version, webhook=receiver.url, **extra)])
 
 
-def test_1_serves_v1_on_three_ready_pods(installed, artifacts, receiver, work, health):
+def test_1_serves_v1_on_three_ready_pods(installed, monitoring, artifacts, receiver, work, health):
     pub, uris = artifacts
     k.kubectl("create", "namespace", NS)
     # The cluster's trust for this namespace: the release key only, never unsigned. The
@@ -257,7 +269,7 @@ def rolled_back_to(version, bad, receiver, reason, repo=None, **extra):
     return svc, c
 
 
-def test_3_slow_version_is_rolled_back_with_event_and_alert(receiver, repo):
+def test_3_slow_version_is_rolled_back_with_event_and_alert(receiver, repo, monitoring):
     """A version with 1.6× the compute (1.2–1.5× the request latency), at the default analysis
     settings: the canary's previous
     version answers half of its requests during the analysis, and the verdict is the interval of
@@ -269,6 +281,22 @@ def test_3_slow_version_is_rolled_back_with_event_and_alert(receiver, repo):
     am = [a for a in alerts if not a["path"].endswith("/slack")]
     assert am and isinstance(am[0]["body"], list) and am[0]["body"][0]["labels"]["alertname"]
     assert [a for a in alerts if a["path"].endswith("/slack")][0]["body"]["text"]
+    # The same rollback through the monitoring stack users run: Prometheus, scraping the operator as
+    # the chart's ServiceMonitor has it, fires the chart's KinferRollbackHappened rule, and the
+    # Alertmanager's route delivers it to the webhook.
+    def from_alertmanager():
+        return [a for r in receiver.received if r["path"] == "/alertmanager" and isinstance(r["body"], dict)
+                for a in r["body"].get("alerts", [])
+                if a["labels"].get("alertname") == "KinferRollbackHappened" and a["status"] == "firing"]
+    fired = k.wait_for("KinferRollbackHappened through Prometheus and Alertmanager", from_alertmanager, timeout=120)
+    assert fired[0]["labels"]["severity"] == "warning", fired[0]
+    assert "automatic rollback(s) in the last 15m" in fired[0]["annotations"]["description"], fired[0]
+    # Prometheus scrapes every serving pod as the chart's PodMonitor has it, with the version label.
+    up = k.prom_query(f'up{{job="kinfer",namespace="{NS}"}} == 1')
+    assert len(up) == 3 and {x["metric"]["kinfer_dev_inferenceservice"] for x in up} == {"fraud"}, up
+    # (over the last 15 minutes: the canary unloaded fraud-v3, so its series is stale now)
+    served = k.prom_query(f'sum by (version) (max_over_time(kinfer_requests_total{{namespace="{NS}",code="200"}}[15m]))')
+    assert {"fraud-v2", "fraud-v3"} <= {x["metric"]["version"] for x in served}, served
     assert serving_annotations() == ["fraud-v2"] * 3
     # The canary pod's own report still explains the rollback (sent back to fraud-v2, which it
     # serves, the watcher does not overwrite it).

@@ -12,7 +12,6 @@ REPO="$(cd "$HERE/../../.." && pwd)"
 # shellcheck source=../cluster/lib.sh
 source "$REPO/tests/e2e/cluster/lib.sh"
 CHART="$REPO/charts/kinfer-operator"
-HELM="${HELM:-$HELM_BIN/helm}"
 PROMTOOL="${PROMTOOL:-$PROMETHEUS_BIN/promtool}"
 [[ -x "$PROMTOOL" ]] || die "$PROMTOOL is missing: bash tests/e2e/cluster/build.sh prometheus"
 PY="${KINFER_VENV:-$REPO/.venv}/bin/python"
@@ -20,16 +19,7 @@ PY="${KINFER_VENV:-$REPO/.venv}/bin/python"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 
-"$HELM" template kinfer "$CHART" -n kinfer-system --kube-version "$K8S_VERSION" \
-  --set prometheusRule.enabled=true --set prometheusRule.runbookBaseUrl=https://runbooks.example/kinfer \
-  --show-only templates/prometheusrule.yaml >"$WORK/prometheusrule.yaml"
-# The PrometheusRule's spec is a Prometheus rules file (its `groups`).
-"$PY" - "$WORK/prometheusrule.yaml" "$WORK/rules.yaml" <<'PYEOF'
-import sys, yaml
-doc = yaml.safe_load(open(sys.argv[1]))
-assert doc["kind"] == "PrometheusRule", doc["kind"]
-yaml.safe_dump({"groups": doc["spec"]["groups"]}, open(sys.argv[2], "w"), sort_keys=False)
-PYEOF
+"$HERE/render_rules.sh" "$WORK/rules.yaml" --set prometheusRule.runbookBaseUrl=https://runbooks.example/kinfer
 cp "$CHART/tests/rules-test.yaml" "$WORK/"
 "$PROMTOOL" check rules "$WORK/rules.yaml"
 # Every alert of the rule has at least one test (a new alert without one fails here).

@@ -8,8 +8,9 @@
 #   ~/.cache/kinfer/bin/flux-<v>/          source-controller kustomize-controller crds/ (go/flux)
 #   ~/.cache/kinfer/bin/gitops-kstatus-<v>-argocd-<v>/  kstatus argocd-health (go/kstatus, go/argocd)
 # A second run finds everything and builds nothing.
-#   ~/.cache/kinfer/bin/prometheus-<v>/promtool  (go/prometheus)
-# Usage: build.sh [all|k8s|etcd|helm|s3|images|flux|gitops|prometheus]...
+#   ~/.cache/kinfer/bin/prometheus-<v>/   promtool prometheus (go/prometheus)
+#   ~/.cache/kinfer/bin/alertmanager-<v>/alertmanager (go/alertmanager)
+# Usage: build.sh [all|k8s|etcd|helm|s3|images|flux|gitops|prometheus|alertmanager]...
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=lib.sh
@@ -120,18 +121,41 @@ build_gitops() {
   log "kstatus + argocd-health: built in $((SECONDS - t0))s"
 }
 
-build_prometheus() {
+build_prometheus() { # promtool (the chart tier's rule tests) and the server (the e2e's monitoring)
   local d="$PROMETHEUS_BIN"
-  if [[ -x "$d/promtool" ]]; then log "promtool $PROMETHEUS_VERSION: cached in $d"; return; fi
+  if [[ -x "$d/promtool" && -x "$d/prometheus" ]]; then log "prometheus + promtool $PROMETHEUS_VERSION: cached in $d"; return; fi
   check_pin "$HERE/go/prometheus/go.mod" "github.com/prometheus/prometheus $PROMETHEUS_VERSION"
-  log "promtool $PROMETHEUS_VERSION: building"
+  log "prometheus + promtool $PROMETHEUS_VERSION: building"
   local tmp="$d.tmp.$$"; rm -rf "$tmp"; mkdir -p "$tmp"
   local t0=$SECONDS
   (cd "$HERE/go/prometheus" && "${NICE[@]}" go build -trimpath \
-    -ldflags "$LDS -X github.com/prometheus/common/version.Version=$PROMETHEUS_VERSION" -o "$tmp/promtool" \
-    github.com/prometheus/prometheus/cmd/promtool)
+    -ldflags "$LDS -X github.com/prometheus/common/version.Version=$PROMETHEUS_VERSION" -o "$tmp/" \
+    github.com/prometheus/prometheus/cmd/promtool github.com/prometheus/prometheus/cmd/prometheus)
   rm -rf "$d"; mv "$tmp" "$d"
-  log "promtool $PROMETHEUS_VERSION: built in $((SECONDS - t0))s"
+  log "prometheus + promtool $PROMETHEUS_VERSION: built in $((SECONDS - t0))s"
+}
+
+build_alertmanager() {
+  local d="$ALERTMANAGER_BIN"
+  if [[ -x "$d/alertmanager" ]]; then log "alertmanager $ALERTMANAGER_VERSION: cached in $d"; return; fi
+  check_pin "$HERE/go/alertmanager/go.mod" "github.com/prometheus/alertmanager $ALERTMANAGER_VERSION"
+  log "alertmanager $ALERTMANAGER_VERSION: building"
+  local tmp="$d.tmp.$$"; rm -rf "$tmp"; mkdir -p "$tmp"
+  local t0=$SECONDS
+  # The module has no built web UI (ui/app/dist), so it is built from a copy of its source whose
+  # ui/web.go is a stand-in that serves none (go/alertmanager/ui-web.go.txt says why), with the
+  # module's own go.mod and go.sum; the wrapper pins and verifies the module's version.
+  local src="$tmp/src"
+  (cd "$HERE/go/alertmanager" && go mod download github.com/prometheus/alertmanager)
+  cp -r "$(cd "$HERE/go/alertmanager" && go env GOMODCACHE)/github.com/prometheus/alertmanager@$ALERTMANAGER_VERSION" "$src"
+  chmod -R u+w "$src"
+  cp "$HERE/go/alertmanager/ui-web.go.txt" "$src/ui/web.go"
+  (cd "$src" && "${NICE[@]}" go build -trimpath \
+    -ldflags "$LDS -X github.com/prometheus/common/version.Version=$ALERTMANAGER_VERSION" -o "$tmp/alertmanager" \
+    ./cmd/alertmanager)
+  rm -rf "$src"
+  rm -rf "$d"; mv "$tmp" "$d"
+  log "alertmanager $ALERTMANAGER_VERSION: built in $((SECONDS - t0))s"
 }
 
 build_images() {
@@ -142,9 +166,9 @@ targets=("$@"); [[ ${#targets[@]} -gt 0 ]] || targets=(all)
 t_all=$SECONDS
 for t in "${targets[@]}"; do
   case "$t" in
-    all) build_k8s; build_etcd; build_helm; build_s3; build_images; build_flux; build_gitops; build_prometheus ;;
+    all) build_k8s; build_etcd; build_helm; build_s3; build_images; build_flux; build_gitops; build_prometheus; build_alertmanager ;;
     k8s) build_k8s ;; etcd) build_etcd ;; helm) build_helm ;; s3) build_s3 ;; images) build_images ;;
-    flux) build_flux ;; gitops) build_gitops ;; prometheus) build_prometheus ;;
+    flux) build_flux ;; gitops) build_gitops ;; prometheus) build_prometheus ;; alertmanager) build_alertmanager ;;
     *) die "unknown target $t" ;;
   esac
 done

@@ -7,9 +7,11 @@
 #   make cluster-env     print the shell exports for KUBECONFIG, kubectl/helm on PATH and S3
 #   make flux-up         Flux (source-controller, kustomize-controller) and a git server on the cluster
 #   make flux-down       stop them
+#   make monitoring-up WEBHOOK=URL   Prometheus + Alertmanager (monitoring.sh), alerts to URL
+#   make monitoring-down stop them
 KINFER_CLUSTER_SRC := $(CURDIR)/tests/e2e/cluster
 
-.PHONY: cluster-build cluster-up cluster-down cluster-test cluster-env flux-up flux-down
+.PHONY: cluster-build cluster-up cluster-down cluster-test cluster-env flux-up flux-down monitoring-up monitoring-down
 cluster-build:
 	bash $(KINFER_CLUSTER_SRC)/build.sh all
 cluster-up:
@@ -24,3 +26,7 @@ flux-up:
 	bash $(KINFER_CLUSTER_SRC)/flux.sh up
 flux-down:
 	bash $(KINFER_CLUSTER_SRC)/flux.sh down
+monitoring-up:
+	bash $(KINFER_CLUSTER_SRC)/monitoring.sh up "$(WEBHOOK)"
+monitoring-down:
+	bash $(KINFER_CLUSTER_SRC)/monitoring.sh down

@@ -18,7 +18,8 @@ HELM_BIN="$KINFER_BIN_ROOT/helm-$HELM_VERSION"
 S3_BIN="$KINFER_BIN_ROOT/seaweedfs-$SEAWEEDFS_VERSION/bin"
 FLUX_BIN="$KINFER_BIN_ROOT/flux-$FLUX_VERSION"          # source-controller, kustomize-controller, crds/
 GITOPS_BIN="$KINFER_BIN_ROOT/gitops-kstatus-$KSTATUS_VERSION-argocd-$ARGOCD_VERSION"  # kstatus, argocd-health
-PROMETHEUS_BIN="$KINFER_BIN_ROOT/prometheus-$PROMETHEUS_VERSION"  # promtool
+PROMETHEUS_BIN="$KINFER_BIN_ROOT/prometheus-$PROMETHEUS_VERSION"  # promtool, prometheus
+ALERTMANAGER_BIN="$KINFER_BIN_ROOT/alertmanager-$ALERTMANAGER_VERSION"
 
 # Network layout (all inside this machine).
 NODE_NAME="${KINFER_NODE_NAME:-kinfer-node}"
