@@ -27,8 +27,13 @@ AM_ADDR=127.0.0.1:9493
 INTERVAL=5s
 
 running() { [[ -f "$D/pids/$1.pid" ]] && kill -0 "$(cat "$D/pids/$1.pid")" 2>/dev/null; }
-stop() {
-  if running "$1"; then kill "$(cat "$D/pids/$1.pid")" 2>/dev/null || true; fi
+stop() { # name: SIGTERM, then wait (up to 10 s) until it is gone, so its port and data are free
+  if running "$1"; then
+    local pid i; pid=$(cat "$D/pids/$1.pid")
+    kill "$pid" 2>/dev/null || true
+    for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
   rm -f "$D/pids/$1.pid"
 }
 start() { # name cmd...
@@ -108,7 +113,10 @@ up() { # webhook
   [[ -f "$KUBECONFIG_PATH" ]] || die "the cluster is not up (make cluster-up)"
   [[ -x "$PROMETHEUS_BIN/prometheus" ]] || "$HERE/build.sh" prometheus
   [[ -x "$ALERTMANAGER_BIN/alertmanager" ]] || "$HERE/build.sh" alertmanager
-  mkdir -p "$M/prometheus-data" "$M/alertmanager-data" "$D/pids" "$D/logs"
+  # A fresh start forgets an earlier run's series and notifications (an alert the old Alertmanager
+  # already sent would otherwise be deduplicated for repeat_interval, and old series would fire).
+  running prometheus || rm -rf "$M/prometheus-data"
+  mkdir -p "$M/prometheus-data" "$D/pids" "$D/logs"
   "$REPO/tests/e2e/chart/render_rules.sh" "$M/rules.yaml"
   prometheus_config >"$M/prometheus.yml"
   "$PROMETHEUS_BIN/promtool" check config "$M/prometheus.yml" >/dev/null
@@ -117,6 +125,8 @@ up() { # webhook
     stop alertmanager
     mv "$M/alertmanager.next.yml" "$M/alertmanager.yml"
   fi
+  running alertmanager || rm -rf "$M/alertmanager-data"
+  mkdir -p "$M/alertmanager-data"
   start alertmanager "$ALERTMANAGER_BIN/alertmanager" --config.file="$M/alertmanager.yml" \
     --storage.path="$M/alertmanager-data" --web.listen-address="$AM_ADDR" --cluster.listen-address=
   start prometheus "$PROMETHEUS_BIN/prometheus" --config.file="$M/prometheus.yml" \
