@@ -197,7 +197,7 @@ def test_1_serves_v1_on_three_ready_pods(installed, monitoring, artifacts, recei
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(req, context=ssl.create_default_context(cafile=ca.name), timeout=30)
     body = refused.value.read().decode()
-    assert refused.value.code == 403 and "only the kinfer.dev/ModelReady condition" in body, body
+    assert refused.value.code == 403 and "only the kinfer.dev/ModelReady and kinfer.dev/CpuPinned" in body, body
     svc = k.wait_for("status.servingVersion", lambda: isvc() if isvc().get("status", {}).get("servingVersion") == "fraud-v1" else None)
     assert k.condition(svc, "Ready")["status"] == "True"
     mv = k.kget("modelversion", "fraud-v1", NS)
