@@ -90,14 +90,14 @@ impl DecisionLog {
     /// Opens the sink (a file is created or appended to; an error names it) and starts the
     /// writer thread.
     pub fn open(sink: Sink, rate: f64) -> Result<Self, String> {
-        let out: Box<dyn Write + Send> = match &sink {
-            Sink::Stdout => Box::new(std::io::stdout()),
-            Sink::File { path, .. } => Box::new(append(path)?),
+        let file = match &sink {
+            Sink::Stdout => None,
+            Sink::File { path, .. } => Some(append(path)?),
         };
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
         std::thread::Builder::new()
             .name("decision-log".into())
-            .spawn(move || write_lines(rx, sink, out))
+            .spawn(move || write_lines(rx, sink, file))
             .map_err(|e| format!("cannot start the decision-log writer: {e}"))?;
         Ok(Self {
             tx,
@@ -134,13 +134,14 @@ fn append(path: &Path) -> Result<std::fs::File, String> {
 
 /// The writer: takes what is queued and writes it (stdout: in one locked write per batch, so no
 /// line is split by another writer's; a file: rotated before the line that would take it past
-/// its size). Returns when every sender is gone.
-fn write_lines(rx: Receiver<DecisionRecord>, sink: Sink, out: Box<dyn Write + Send>) {
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
-    let mut written = match &sink {
-        Sink::File { path, .. } => std::fs::metadata(path).map_or(0, |m| m.len()),
-        Sink::Stdout => 0,
-    };
+/// its size). `file` is the open file of a file sink. Returns when every sender is gone.
+fn write_lines(rx: Receiver<DecisionRecord>, sink: Sink, file: Option<std::fs::File>) {
+    let buffered = |f| std::io::BufWriter::with_capacity(64 * 1024, f);
+    let mut written = file
+        .as_ref()
+        .and_then(|f| f.metadata().ok())
+        .map_or(0, |m| m.len());
+    let mut out = file.map(buffered);
     let mut line = Vec::with_capacity(1024);
     let mut batch = Vec::with_capacity(64 * 1024);
     while let Ok(r) = rx.recv() {
@@ -150,14 +151,13 @@ fn write_lines(rx: Receiver<DecisionRecord>, sink: Sink, out: Box<dyn Write + Se
                 continue;
             }
             line.push(b'\n');
-            match &sink {
-                Sink::Stdout => batch.extend_from_slice(&line),
-                Sink::File { path, max_bytes } => {
+            match (&sink, out.as_mut()) {
+                (Sink::File { path, max_bytes }, Some(w)) => {
                     if written > 0 && written + line.len() as u64 > *max_bytes {
-                        let _ = out.flush();
+                        let _ = w.flush();
                         match rotate(path) {
                             Ok(f) => {
-                                out = std::io::BufWriter::with_capacity(64 * 1024, Box::new(f));
+                                *w = buffered(f);
                                 written = 0;
                             }
                             Err(e) => {
@@ -165,21 +165,22 @@ fn write_lines(rx: Receiver<DecisionRecord>, sink: Sink, out: Box<dyn Write + Se
                             }
                         }
                     }
-                    match out.write_all(&line) {
+                    match w.write_all(&line) {
                         Ok(()) => written += line.len() as u64,
                         Err(e) => tracing::warn!(error = %e, "decision log write failed"),
                     }
                 }
+                _ => batch.extend_from_slice(&line),
             }
         }
-        let result = match &sink {
-            Sink::Stdout => {
+        let result = match out.as_mut() {
+            Some(w) => w.flush(),
+            None => {
                 let mut lock = std::io::stdout().lock();
                 let r = lock.write_all(&batch).and_then(|()| lock.flush());
                 batch.clear();
                 r
             }
-            Sink::File { .. } => out.flush(),
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, "decision log write failed");
@@ -238,7 +239,7 @@ mod tests {
         }
         drop(tx);
         // The writer on this thread: it returns once the queue is empty and the sender gone.
-        write_lines(rx, sink, Box::new(append(&path).unwrap()));
+        write_lines(rx, sink, Some(append(&path).unwrap()));
         let read = |p: PathBuf| std::fs::read_to_string(p).unwrap();
         let current = read(path.clone());
         let previous = read(dir.join("d.jsonl.1"));

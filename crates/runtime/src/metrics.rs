@@ -55,14 +55,14 @@ pub const DRIFT_MIN_ROWS: u64 = 1000;
 /// the watcher's analysis computes it, once both have [`DRIFT_MIN_ROWS`].
 fn drift(out: &mut String, s: &Server) {
     let r = &s.registry;
-    out.push_str("# HELP kinfer_drift_score Population Stability Index of the serving version's output distribution against the previous version's (exported once both have 1000 rows).\n# TYPE kinfer_drift_score gauge\n");
+    let _ = writeln!(
+        out,
+        "# HELP kinfer_drift_score Population Stability Index of the serving version's output distribution against the previous version's (exported once both have {DRIFT_MIN_ROWS} rows).\n# TYPE kinfer_drift_score gauge"
+    );
     let (Some(v), Some(p)) = (r.serving(), r.previous()) else {
         return;
     };
-    let dist = |st: &VersionStats| -> Vec<u64> {
-        st.output_bins.iter().map(|b| b.load(Relaxed)).collect()
-    };
-    let (cur, base) = (dist(&v.stats), dist(&p.stats));
+    let (cur, base) = (v.stats.distribution(), p.stats.distribution());
     if cur.iter().sum::<u64>() < DRIFT_MIN_ROWS || base.iter().sum::<u64>() < DRIFT_MIN_ROWS {
         return;
     }

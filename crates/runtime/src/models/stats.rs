@@ -364,6 +364,11 @@ impl VersionStats {
         }
     }
 
+    /// Counts per bin of the first output's distribution (`output_bins`, read now).
+    pub fn distribution(&self) -> Vec<u64> {
+        self.output_bins.iter().map(|b| b.load(Relaxed)).collect()
+    }
+
     /// Clears the since-promotion figures.
     pub fn reset(&self) {
         self.request.reset();
@@ -412,7 +417,7 @@ impl VersionStats {
             },
             batch_sizes: self.batch_sizes.iter().map(|b| b.load(Relaxed)).collect(),
             output_kind: self.output_kind.to_owned(),
-            output_distribution: self.output_bins.iter().map(|b| b.load(Relaxed)).collect(),
+            output_distribution: self.distribution(),
             decisions: self.decisions.iter().map(|b| b.load(Relaxed)).collect(),
         }
     }
