@@ -23,6 +23,12 @@ CLUSTER = pathlib.Path(os.environ.get("KINFER_CLUSTER_DIR", CACHE / "cluster"))
 KUBECONFIG = str(CLUSTER / "kubeconfig")
 VENV = pathlib.Path(os.environ.get("KINFER_VENV", ROOT / ".venv"))
 HOST_IP = "10.250.0.1"  # the node address pods can reach (tests/e2e/cluster/README.md)
+TARGET_DIR = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+# The chart values every e2e module installs with (scripts/e2e-setup.sh passes them to helm):
+# KEDA (tests/e2e/cluster/autoscaling.sh, a host process) reads the Prometheus of monitoring.sh,
+# and the operator and the traced pods send spans to the Jaeger of tracing.sh on the node address.
+CHART_VALUES = ["--set", "autoscaling.keda.prometheusAddress=http://127.0.0.1:9490",
+                "--set", f"tracing.otlpEndpoint=http://{HOST_IP}:4317"]
 
 # The sample versions: what each one is and how it should fare. Each has the same 10-layer side
 # chain (~0.6 ms of compute; its result is multiplied by 0), so "slower" is a ratio of the same

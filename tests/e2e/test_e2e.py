@@ -30,7 +30,8 @@ def work(tmp_path_factory):
 @pytest.fixture(scope="module")
 def installed():
     """Cluster up, images imported, chart installed (scripts/e2e-setup.sh does all three)."""
-    subprocess.run(["bash", str(ROOT / "scripts" / "e2e-setup.sh")], check=True, env=k.env(), timeout=1800)
+    subprocess.run(["bash", str(ROOT / "scripts" / "e2e-setup.sh"), *k.CHART_VALUES], check=True, env=k.env(),
+                   timeout=1800)
     yield
     if os.environ.get("KINFER_KEEP_E2E") != "1":
         k.kubectl("delete", "namespace", NS, "--wait=false", check=False)

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::duration::Duration;
 pub use crate::execution::{ExecutionProvider, ProviderOptions};
+pub use crate::observability::{Autoscaling, ScaleMetric, Tracing};
 pub use crate::policy::{DecisionLog, DecisionLogSink, DecisionPolicy, Threshold};
 
 /// A low-latency ONNX inference service. Changing `modelVersion` starts a canary-first, in-pod
@@ -78,38 +79,10 @@ pub struct InferenceServiceSpec {
     /// Where to send alerts when a version is rolled back or refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alerts: Option<Alerts>,
-}
-
-/// Replica bounds for a HorizontalPodAutoscaler.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("autoscaling.minReplicas must be <= maxReplicas"))]
-#[serde(rename_all = "camelCase")]
-pub struct Autoscaling {
-    /// Fewest pods.
-    #[x_kube(validation = Rule::new("self >= 1").message("autoscaling.minReplicas must be >= 1"))]
-    pub min_replicas: i32,
-    /// Most pods.
-    pub max_replicas: i32,
-    /// What to scale on.
-    #[serde(default)]
-    pub metric: ScaleMetric,
-    /// Target value: CPU utilisation percent (`cpu`), queued requests per pod (`queueDepth`), or
-    /// milliseconds (`p99`).
+    /// OpenTelemetry spans of the pods: the runtime's span per request (continuing a client's
+    /// W3C `traceparent`) and the model-watcher's trace per rollout. Off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target: Option<i32>,
-}
-
-/// The autoscaling signal.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub enum ScaleMetric {
-    /// Average CPU utilisation (needs only metrics-server).
-    #[default]
-    Cpu,
-    /// `kinfer_queue_depth` per pod (needs a custom-metrics adapter such as prometheus-adapter).
-    QueueDepth,
-    /// p99 request latency per pod (needs a custom-metrics adapter).
-    P99,
+    pub tracing: Option<Tracing>,
 }
 
 /// The inference server in each pod.

@@ -11,6 +11,7 @@ pub mod duration;
 pub mod execution;
 pub mod inference_service;
 pub mod model_version;
+pub mod observability;
 pub mod policy;
 pub mod report;
 pub mod trust_policy;

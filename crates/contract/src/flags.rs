@@ -74,6 +74,22 @@ pub mod runtime {
     pub const MIN_AGREEMENT: &str = "min-agreement";
 }
 
+/// The tracing flags every binary takes (`kinfer-runtime`, `kinfer-watcher run`,
+/// `kinfer-operator`), and the environment variables they fall back to.
+pub mod tracing {
+    /// The collector's OTLP/gRPC endpoint; spans are exported only when it is set.
+    pub const OTLP_ENDPOINT: &str = "otlp-endpoint";
+    /// The share of new traces recorded.
+    pub const TRACE_SAMPLE_RATIO: &str = "trace-sample-ratio";
+    /// Environment fallback of [`OTLP_ENDPOINT`].
+    pub const OTLP_ENDPOINT_ENV: &str = "KINFER_OTLP_ENDPOINT";
+    /// Environment fallback of [`TRACE_SAMPLE_RATIO`].
+    pub const TRACE_SAMPLE_RATIO_ENV: &str = "KINFER_TRACE_SAMPLE_RATIO";
+    /// The share recorded when none is given: every trace (a client's `traceparent` decides
+    /// for the requests that carry one).
+    pub const DEFAULT_SAMPLE_RATIO: f64 = 1.0;
+}
+
 /// Flag names of `kinfer-watcher check` (without the leading `--`).
 pub mod watcher {
     /// The subcommand.
@@ -178,6 +194,17 @@ pub struct RuntimeServe {
     pub decision_log: Option<DecisionLogFlags>,
     /// `--replay-requests`, `--replay-bytes`, `--replay-sample-rate`.
     pub replay: Option<Replay>,
+    /// `--otlp-endpoint`, `--trace-sample-ratio`.
+    pub tracing: Option<Tracing>,
+}
+
+/// Span export of a binary (the [`tracing`] flags).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tracing {
+    /// `--otlp-endpoint`, `http://HOST:PORT`.
+    pub endpoint: String,
+    /// `--trace-sample-ratio`, between 0 and 1.
+    pub sample_ratio: f64,
 }
 
 impl RuntimeServe {
@@ -228,6 +255,10 @@ impl RuntimeServe {
             flag(&mut a, REPLAY_REQUESTS, r.requests);
             flag(&mut a, REPLAY_BYTES, r.bytes);
             flag(&mut a, REPLAY_SAMPLE_RATE, r.sample_rate);
+        }
+        if let Some(t) = &self.tracing {
+            flag(&mut a, tracing::OTLP_ENDPOINT, &t.endpoint);
+            flag(&mut a, tracing::TRACE_SAMPLE_RATIO, t.sample_ratio);
         }
         a
     }

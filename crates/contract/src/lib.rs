@@ -4,8 +4,9 @@
 //! pod for the operator ([`report`]), the pod's label, annotation, condition and environment
 //! names ([`pod`]), the drift statistic both the runtime and the watcher compute ([`drift`]), the command lines the operator writes for the runtime and the checks
 //! ([`flags`]), exit codes ([`exit`]), Event and condition reasons ([`reasons`]) and durations
-//! as written in flags and manifests ([`duration`]), and the one retry schedule
-//! ([`backoff`]). A field renamed
+//! as written in flags and manifests ([`duration`]), the one retry schedule
+//! ([`backoff`]), and (feature `telemetry`) how every binary logs and exports spans, with the
+//! W3C trace context a client sends (`telemetry`). A field renamed
 //! on one side fails to compile on the other, and a field the producer stops sending fails to
 //! parse instead of reading as zero.
 //!
@@ -21,3 +22,5 @@ pub mod flags;
 pub mod pod;
 pub mod reasons;
 pub mod report;
+#[cfg(feature = "telemetry")]
+pub mod telemetry;

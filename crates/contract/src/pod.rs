@@ -48,4 +48,10 @@ pub mod env {
     /// The largest artifact (all its files together) the watcher downloads, in bytes; larger
     /// ones are refused before the download (a third of the models volume's size limit).
     pub const MAX_ARTIFACT_BYTES: &str = "KINFER_MAX_ARTIFACT_BYTES";
+    /// The collector the watcher exports its rollout traces to (absent: no export).
+    pub const OTLP_ENDPOINT: &str = crate::flags::tracing::OTLP_ENDPOINT_ENV;
+    /// The share of the watcher's traces recorded.
+    pub const TRACE_SAMPLE_RATIO: &str = crate::flags::tracing::TRACE_SAMPLE_RATIO_ENV;
+    /// The port of the watcher's `/metrics`.
+    pub const METRICS_PORT: &str = "KINFER_WATCHER_METRICS_PORT";
 }

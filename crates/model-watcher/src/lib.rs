@@ -5,13 +5,16 @@
 //! [`paired`] holds the pure verdict math of an analysis against a paired baseline (confidence
 //! intervals on latency, errors and decisions) and [`analysis`] that of the before/after
 //! comparison (p99 ratio and budget, error rate, PSI drift);
-//! [`rollout`] brings one version in step by step; [`report`] publishes annotations, the
-//! `ModelReady` condition and Events; [`cluster`] resolves the pod's target and runs the loop.
+//! [`rollout`] brings one version in step by step (one trace per version, a span per step);
+//! [`report`] publishes annotations, the `ModelReady` condition and Events; [`metrics`] counts
+//! verdicts, step durations and downloads for `/metrics`; [`cluster`] resolves the pod's target
+//! and runs the loop.
 
 pub mod admin;
 pub mod analysis;
 pub mod cluster;
 pub mod fetch;
+pub mod metrics;
 pub mod paired;
 pub mod report;
 pub mod rollout;

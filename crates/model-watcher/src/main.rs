@@ -22,7 +22,12 @@ use kinfer_api::{
     model_version::{ModelSource, ModelVersionSpec, SignaturePolicy, Validation},
     report::{AnalysisReport, Verdict, reasons},
 };
-use kinfer_contract::{check::VerifyResult, flags::watcher as flags, pod::env};
+use kinfer_contract::{
+    check::VerifyResult,
+    flags::watcher as flags,
+    pod::env,
+    telemetry::{self, Logging, TracingArgs},
+};
 use kinfer_watcher::{
     admin::AdminClient,
     cluster::{self, Identity},
@@ -39,6 +44,9 @@ struct Args {
     /// Log format.
     #[arg(long, env = env::LOG_FORMAT, default_value = "text", value_parser = ["text", "json"], global = true)]
     log_format: String,
+    /// Span export of `run` (one trace per version brought in).
+    #[command(flatten)]
+    tracing: TracingArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -267,6 +275,10 @@ struct RunArgs {
     /// Refuse, before downloading, an artifact larger than this many bytes (all files).
     #[arg(long, env = env::MAX_ARTIFACT_BYTES)]
     max_artifact_bytes: Option<u64>,
+    /// Serve the watcher's Prometheus metrics on this port (all addresses), at /metrics; none
+    /// when unset.
+    #[arg(long, env = env::METRICS_PORT)]
+    metrics_port: Option<u16>,
 }
 
 fn dur(flag: &str, v: &str) -> anyhow::Result<Duration> {
@@ -517,6 +529,16 @@ async fn run(a: RunArgs) -> anyhow::Result<i32> {
         Reporter::Stdout,
         settings,
     );
+    if let Some(port) = a.metrics_port {
+        let addr = std::net::SocketAddr::from(([0, 0, 0, 0], port));
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (--metrics-port): {e}"))?;
+        tokio::spawn(kinfer_watcher::metrics::serve(
+            listener,
+            watcher.metrics.clone(),
+        ));
+    }
     if let Some(pod) = a.pod_name.clone() {
         let Some(service) = a.inference_service.clone() else {
             anyhow::bail!("KINFER_INFERENCE_SERVICE (--inference-service) is required in a pod");
@@ -635,21 +657,22 @@ async fn main() -> anyhow::Result<()> {
     // Both rustls backends are linked (kube: ring, the AWS SDK: aws-lc-rs), so rustls cannot
     // pick a process default by itself; kube's client needs one.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    // Logs go to stderr: stdout carries the standalone reports.
-    if args.log_format == "json" {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init();
-    } else {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init();
-    }
+    // Only `run` brings versions in; the one-shot commands have nothing worth a trace.
+    let export = matches!(args.command, Command::Run(_)).then(|| {
+        args.tracing
+            .export("kinfer-watcher")
+            .map(|e| e.in_pod(env::POD_NAME, env::POD_NAMESPACE))
+    });
+    let telemetry = telemetry::init(
+        Logging {
+            json: args.log_format == "json",
+            default_filter: "info",
+            // stdout carries the standalone reports.
+            stderr: true,
+            flatten: false,
+        },
+        export.flatten(),
+    )?;
     match args.command {
         Command::Verify {
             dir,
@@ -662,7 +685,11 @@ async fn main() -> anyhow::Result<()> {
             termination_log,
             fetch_timeout,
         } => std::process::exit(check(source, dest, termination_log, fetch_timeout).await),
-        Command::Run(a) => std::process::exit(run(*a).await?),
+        Command::Run(a) => {
+            let code = run(*a).await;
+            telemetry.shutdown();
+            std::process::exit(code?)
+        }
         Command::Judge {
             before,
             now,

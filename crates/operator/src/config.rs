@@ -60,6 +60,18 @@ pub struct Args {
     /// Log format.
     #[arg(long, env = "KINFER_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
     pub log_format: String,
+    /// The operator's own spans (one trace per reconcile).
+    #[command(flatten)]
+    pub tracing: kinfer_contract::telemetry::TracingArgs,
+    /// The OTLP/gRPC collector the pods of an InferenceService with `spec.tracing` and no
+    /// `tracing.endpoint` export to.
+    #[arg(long, env = "KINFER_POD_OTLP_ENDPOINT")]
+    pub pod_otlp_endpoint: Option<String>,
+    /// The Prometheus (HTTP API base URL) that KEDA queries for the queue depth and p99 of an
+    /// InferenceService autoscaled on them: with it, such a service gets a KEDA ScaledObject
+    /// (KEDA installed in the cluster); without it, an HPA on per-pod custom metrics.
+    #[arg(long, env = "KINFER_KEDA_PROMETHEUS_ADDRESS")]
+    pub keda_prometheus_address: Option<String>,
 }
 
 impl Args {
@@ -70,6 +82,14 @@ impl Args {
             runtime_gpu_image: self.runtime_gpu_image.clone(),
             watcher_image: self.watcher_image.clone(),
             image_pull_policy: self.image_pull_policy.clone(),
+            pod_otlp_endpoint: self
+                .pod_otlp_endpoint
+                .clone()
+                .filter(|e| !e.trim().is_empty()),
+            keda_prometheus: self
+                .keda_prometheus_address
+                .clone()
+                .filter(|e| !e.trim().is_empty()),
         }
     }
 

@@ -10,6 +10,7 @@ use std::{
 };
 
 use clap::Parser;
+use kinfer_contract::telemetry::{self, Logging};
 use kinfer_operator::{
     alerts::{Alerter, Retry},
     config::Args,
@@ -20,17 +21,6 @@ use kinfer_operator::{
 use kube::{Api, Client, api::ListParams};
 use tokio::sync::watch;
 use tracing::{error, info};
-
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter);
-    if format == "json" {
-        b.json().flatten_event(true).with_current_span(false).init();
-    } else {
-        b.init();
-    }
-}
 
 async fn check_api(client: &Client) -> anyhow::Result<()> {
     let lp = ListParams::default().limit(1);
@@ -69,14 +59,35 @@ async fn main() -> ExitCode {
     // A workspace build links rustls with both backends (kube: ring, the AWS SDK of the other
     // binaries: aws-lc-rs), so rustls cannot pick a process default by itself; pick ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    init_logging(&args.log_format);
-    match run(args).await {
+    // In a pod, HOSTNAME is the pod's name.
+    let export = args
+        .tracing
+        .export("kinfer-operator")
+        .map(|e| e.in_pod("HOSTNAME", "POD_NAMESPACE"));
+    let telemetry = match telemetry::init(
+        Logging {
+            json: args.log_format == "json",
+            default_filter: "info,kube=warn",
+            stderr: false,
+            flatten: true,
+        },
+        export,
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("kinfer-operator: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = match run(args).await {
         Ok(code) => code,
         Err(e) => {
             error!(error = format!("{e:#}"), "kinfer-operator failed");
             ExitCode::FAILURE
         }
-    }
+    };
+    telemetry.shutdown();
+    code
 }
 
 async fn run(args: Args) -> anyhow::Result<ExitCode> {

@@ -265,6 +265,9 @@ pub struct Args {
     /// Log format.
     #[arg(long = flags::LOG_FORMAT, env = "KINFER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+    /// Span export (off unless `--otlp-endpoint` is given).
+    #[command(flatten)]
+    pub tracing: kinfer_contract::telemetry::TracingArgs,
 }
 
 /// The CPUs this process may run on (its affinity mask), from /proc/self/status.
@@ -380,6 +383,10 @@ mod tests {
                 bytes: 16 << 20,
                 sample_rate: 0.25,
             }),
+            tracing: Some(kinfer_contract::flags::Tracing {
+                endpoint: "http://10.0.0.9:4317".into(),
+                sample_ratio: 0.25,
+            }),
         };
         let args = serve.to_args();
         let a = parse(&args.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
@@ -389,6 +396,11 @@ mod tests {
             Some(std::path::Path::new("/run/kinfer/admin.sock"))
         );
         assert_eq!(a.log_format, "json");
+        assert_eq!(
+            a.tracing.otlp_endpoint.as_deref(),
+            Some("http://10.0.0.9:4317")
+        );
+        assert_eq!(a.tracing.trace_sample_ratio, 0.25);
         assert_eq!(a.execution_provider, Provider::Tensorrt);
         assert_eq!(a.ep_fallback.as_deref(), Some("cpu"));
         assert_eq!(a.cuda_device_id, 1);

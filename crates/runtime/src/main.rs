@@ -10,7 +10,11 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use kinfer_contract::{check::ValidateResult, reasons};
+use kinfer_contract::{
+    check::ValidateResult,
+    pod, reasons,
+    telemetry::{self, Logging},
+};
 use kinfer_runtime::{
     admin::{self, Admin},
     batching::BatchOptions,
@@ -112,16 +116,27 @@ async fn check(args: &Args, name: &str, options: &LoadOptions) -> i32 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,ort=warn".into());
-    if args.log_format == "json" {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
+    // A --check run is a one-shot Job step: its spans would be a trace of one load.
+    let export = (!args.check).then(|| {
+        args.tracing
+            .export("kinfer-runtime")
+            .map(|e| e.in_pod(pod::env::POD_NAME, pod::env::POD_NAMESPACE))
+    });
+    let telemetry = telemetry::init(
+        Logging {
+            json: args.log_format == "json",
+            default_filter: "info,ort=warn",
+            stderr: false,
+            flatten: false,
+        },
+        export.flatten(),
+    )?;
+    let result = serve(args, telemetry.exporting()).await;
+    telemetry.shutdown();
+    result
+}
+
+async fn serve(args: Args, traced: bool) -> anyhow::Result<()> {
     let started = Instant::now();
     init_ort(args.ort_lib.as_deref())?;
 
@@ -256,6 +271,7 @@ async fn main() -> anyhow::Result<()> {
         server.decision_log =
             Some(DecisionLog::open(sink, args.decision_log_sample).map_err(anyhow::Error::msg)?);
     }
+    server.traced = traced;
     let server = Arc::new(server);
 
     let http_addr = SocketAddr::new(args.listen, args.http_port);

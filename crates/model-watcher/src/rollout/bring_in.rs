@@ -9,10 +9,11 @@ use std::{
 use kinfer_api::report::{AnalysisPhase, AnalysisReport, GateFigures, Verdict, reasons};
 use kinfer_contract::{admin::Conflict, backoff::Backoff};
 
-use super::{MODEL_FILE, Plan, Stop, Watcher, stop};
+use super::{MODEL_FILE, Plan, Stop, Watcher, stop, timed};
 use crate::{
     analysis::Figures,
     fetch::{self, Fetched, S3Uri},
+    metrics::Step,
     signature,
 };
 
@@ -54,12 +55,18 @@ impl Watcher {
             )
             .await
             {
-                Ok(f) => return Ok(f),
+                Ok(f) => {
+                    if !f.cached {
+                        self.metrics.fetched(f.bytes);
+                    }
+                    return Ok(f);
+                }
                 // A property of the artifact: no retry helps.
                 Err(e @ fetch::FetchError::TooLarge { .. }) => {
                     return Err(stop(reasons::ARTIFACT_TOO_LARGE, e.to_string()));
                 }
                 Err(e) => {
+                    self.metrics.fetch_failed();
                     let msg = format!("{e}; the current version keeps serving, retrying");
                     tracing::warn!(version = %plan.name, attempt, error = %e, "fetch failed");
                     if msg != last_error {
@@ -101,7 +108,8 @@ impl Watcher {
         r: &mut AnalysisReport,
         serving: Option<&str>,
     ) -> Result<(), Stop> {
-        let fetched = self.fetch(plan, r).await?;
+        let metrics = self.metrics.clone();
+        let fetched = timed(&metrics, Step::Fetch, self.fetch(plan, r)).await?;
         r.digest = Some(fetched.digest.clone());
         if let Some(pinned) = &plan.digest
             && *pinned != fetched.digest
@@ -126,13 +134,14 @@ impl Watcher {
         .await;
         let dir = fetched.dir.clone();
         // Hashing a large model belongs off the async threads.
-        let signer = tokio::task::spawn_blocking({
+        let verify = tokio::task::spawn_blocking({
             let (plan, dir) = (plan.clone(), dir.clone());
             move || verify_artifact(&plan, &dir)
-        })
-        .await
-        .map_err(|e| stop(reasons::SIGNATURE_INVALID, e.to_string()))?
-        .map_err(|(reason, message)| stop(reason, message))?;
+        });
+        let signer = timed(&metrics, Step::Verify, verify)
+            .await
+            .map_err(|e| stop(reasons::SIGNATURE_INVALID, e.to_string()))?
+            .map_err(|(reason, message)| stop(reason, message))?;
         match &signer {
             Some(s) => r.signer = Some(s.clone()),
             None => {
@@ -151,11 +160,9 @@ impl Watcher {
 
         self.update(r, AnalysisPhase::Validating, "staging in the runtime")
             .await;
-        match self
-            .admin
-            .stage(&plan.name, &dir.join(MODEL_FILE), Some(&fetched.digest))
-            .await
-        {
+        let model = dir.join(MODEL_FILE);
+        let stage = self.admin.stage(&plan.name, &model, Some(&fetched.digest));
+        match timed(&metrics, Step::Stage, stage).await {
             Ok(_) => {}
             // Staged before with these very bytes (a watcher restart): nothing to do.
             Err(e) if e.conflict() == Some(Conflict::AlreadyLoaded) => {}
@@ -164,26 +171,30 @@ impl Watcher {
         self.artifacts
             .insert(plan.name.clone(), (dir.clone(), fetched.digest.clone()));
 
-        if let Err(s) = self.gate(plan, r, &dir).await {
+        if let Err(s) = timed(&metrics, Step::Gate, self.gate(plan, r, &dir)).await {
             let _ = self.admin.unload(&plan.name).await;
             return Err(s);
         }
-        if let Err(s) = self.shadow(plan, r).await {
+        if let Err(s) = timed(&metrics, Step::Shadow, self.shadow(plan, r)).await {
             let _ = self.admin.unload(&plan.name).await;
             return Err(s);
         }
 
-        // Baseline: the serving version's figures just before the swap.
-        let before = self
-            .admin
-            .stats()
-            .await
-            .map_err(|e| stop(reasons::LOAD_FAILED, e.to_string()))?;
-        let baseline = serving.and_then(|v| Figures::from_stats(&before, v, true));
-        self.admin
-            .serve(&plan.name)
-            .await
-            .map_err(|e| stop(reasons::LOAD_FAILED, e.to_string()))?;
+        let promote = async {
+            // Baseline: the serving version's figures just before the swap.
+            let before = self
+                .admin
+                .stats()
+                .await
+                .map_err(|e| stop(reasons::LOAD_FAILED, e.to_string()))?;
+            let baseline = serving.and_then(|v| Figures::from_stats(&before, v, true));
+            self.admin
+                .serve(&plan.name)
+                .await
+                .map_err(|e| stop(reasons::LOAD_FAILED, e.to_string()))?;
+            Ok::<_, Stop>(baseline)
+        };
+        let baseline = timed(&metrics, Step::Promote, promote).await?;
         let promoted_at = Instant::now();
         self.serving = Some(plan.name.clone());
         let msg = match serving {
@@ -206,8 +217,8 @@ impl Watcher {
             return Ok(());
         };
         self.update(r, AnalysisPhase::Analysing, msg).await;
-        self.analyse(plan, r, old, baseline.as_ref(), promoted_at)
-            .await
+        let analysis = self.analyse(plan, r, old, baseline.as_ref(), promoted_at);
+        timed(&metrics, Step::Analysis, analysis).await
     }
 
     pub(super) async fn gate(

@@ -8,10 +8,11 @@ use std::time::Instant;
 
 use kinfer_api::report::{AnalysisPhase, AnalysisReport, Verdict, reasons};
 
-use super::{ADMIN_BACKOFF, Plan, ROLLBACK_DEADLINE, Stop, Watcher, stop};
+use super::{ADMIN_BACKOFF, Plan, ROLLBACK_DEADLINE, Stop, Watcher, stop, timed};
 use crate::{
     admin::AdminError,
     analysis::{self, Figures, Judgement, Limits},
+    metrics::Step,
     paired,
 };
 
@@ -205,7 +206,8 @@ impl Watcher {
                 }
                 Judgement::Fail { reason, message } if plan.rollout.auto_rollback => {
                     let t = Instant::now();
-                    self.roll_back_to(old)
+                    let metrics = self.metrics.clone();
+                    timed(&metrics, Step::Rollback, self.roll_back_to(old))
                         .await
                         .map_err(|e| stop(reason, format!("{message}; rollback failed: {e}")))?;
                     let took = t.elapsed();

@@ -11,7 +11,8 @@
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    time::Duration,
+    sync::Arc,
+    time::{Duration, Instant},
 };
 
 use kinfer_api::{
@@ -23,7 +24,9 @@ use kinfer_api::{
 use kinfer_contract::{
     admin::{Conflict, CpuPinning},
     backoff::Backoff,
+    telemetry::TARGET,
 };
+use tracing::{Instrument, field::Empty};
 
 mod bring_in;
 mod judge;
@@ -33,6 +36,7 @@ pub use bring_in::verify_artifact;
 use crate::{
     admin::{AdminClient, AdminError},
     fetch::{self, Retry},
+    metrics::{Metrics, Step},
     report::Reporter,
     signature::TrustedKey,
 };
@@ -129,6 +133,18 @@ pub struct Watcher {
     interrupted: Option<AnalysisReport>,
     /// Where the runtime's inference threads run, as it last said (`--cpu-affinity auto`).
     cpu_pinning: Option<CpuPinning>,
+    /// Verdicts, step durations and downloads (`/metrics`).
+    pub metrics: Arc<Metrics>,
+}
+
+/// Runs one step of a rollout in a span of its own (a child of the rollout's) and records how
+/// long it took.
+async fn timed<T>(metrics: &Metrics, step: Step, work: impl Future<Output = T>) -> T {
+    let span = tracing::info_span!(target: TARGET, "step", otel.name = step.name());
+    let started = Instant::now();
+    let out = work.instrument(span).await;
+    metrics.step(step, started.elapsed());
+    out
 }
 
 fn now() -> String {
@@ -155,6 +171,7 @@ impl Watcher {
             rejection: None,
             interrupted: None,
             cpu_pinning: None,
+            metrics: Arc::default(),
         }
     }
 
@@ -249,8 +266,46 @@ impl Watcher {
     }
 
     /// Brings `plan`'s version into service, or refuses it, or rolls it back; returns the final
-    /// report (phase `Done`).
+    /// report (phase `Done`). The whole way is one trace: the root span `rollout` (the version,
+    /// the one it replaces, the digest and the verdict), a child per step and one for the
+    /// verdict.
     pub async fn apply(&mut self, plan: &Plan) -> AnalysisReport {
+        let root = tracing::info_span!(target: TARGET, parent: None, "rollout",
+            otel.name = "rollout",
+            kinfer.version = %plan.name,
+            kinfer.previous = Empty,
+            kinfer.digest = Empty,
+            kinfer.verdict = Empty,
+            kinfer.reason = Empty,
+            otel.status_code = Empty,
+        );
+        let r = self.apply_traced(plan).instrument(root.clone()).await;
+        if let Some(p) = &r.previous_version {
+            root.record("kinfer.previous", p.as_str());
+        }
+        if let Some(d) = &r.digest {
+            root.record("kinfer.digest", d.as_str());
+        }
+        if r.phase == AnalysisPhase::Done {
+            let verdict = r.verdict.map(|v| format!("{v:?}")).unwrap_or_default();
+            let reason = r.reason.as_deref().unwrap_or("");
+            root.record("kinfer.verdict", verdict.as_str());
+            root.record("kinfer.reason", reason);
+            if r.verdict != Some(Verdict::Passed) {
+                root.record("otel.status_code", "ERROR");
+            }
+            let _verdict = tracing::info_span!(target: TARGET, parent: &root, "verdict",
+                otel.name = "verdict",
+                kinfer.verdict = verdict.as_str(),
+                kinfer.reason = reason,
+                message = r.message.as_deref().unwrap_or(""),
+            );
+            self.metrics.verdict(r.verdict, r.reason.as_deref());
+        }
+        r
+    }
+
+    async fn apply_traced(&mut self, plan: &Plan) -> AnalysisReport {
         let mut r = AnalysisReport {
             version: plan.name.clone(),
             ..Default::default()

@@ -2,11 +2,10 @@
 //! (server-side apply of every owned object) → rollout decision → status (written only when it
 //! changed) → pod marks, Events, alerts and metrics.
 
-use std::{sync::Arc, time::Instant};
+use std::sync::Arc;
 
 use k8s_openapi::api::{
     apps::v1::{Deployment, ReplicaSet},
-    autoscaling::v2::HorizontalPodAutoscaler,
     core::v1::{ConfigMap, Pod, Service, ServiceAccount},
     policy::v1::PodDisruptionBudget,
     rbac::v1::{Role, RoleBinding},
@@ -18,18 +17,19 @@ use kinfer_api::{
     inference_service::{InferenceServiceStatus, RolloutPhase},
     report::{AnalysisReport, INFERENCE_SERVICE_LABEL},
 };
+use kinfer_contract::telemetry::TARGET;
 use kube::{
     Api, Resource, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams},
+    api::{ListParams, Patch, PatchParams},
     runtime::{
         controller::Action,
         events::{Event, EventType},
     },
 };
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::{Instrument, info, info_span, warn};
 
-use super::{Context, apply, now};
+use super::{Context, apply, now, optional};
 use crate::{
     Error, FIELD_MANAGER,
     alerts::{self, Alert, Job},
@@ -45,15 +45,7 @@ pub const KIND: &str = "InferenceService";
 
 /// The reconcile entry point (metrics and backoff bookkeeping around [`reconcile_inner`]).
 pub async fn reconcile(isvc: Arc<InferenceService>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = Instant::now();
-    let r = reconcile_inner(&isvc, &ctx).await;
-    let label = r.as_ref().err().map(Error::metric_label);
-    ctx.metrics
-        .reconciled(KIND, started.elapsed(), label.as_deref());
-    if r.is_ok() {
-        ctx.succeeded(&super::key(isvc.as_ref()));
-    }
-    r
+    super::traced(KIND, isvc.as_ref(), &ctx, reconcile_inner(&isvc, &ctx)).await
 }
 
 /// The state of a ModelVersion for a rollout.
@@ -130,7 +122,9 @@ async fn reconcile_inner(isvc: &InferenceService, ctx: &Context) -> Result<Actio
         .map(|m| m.spec.model.clone());
 
     // Validate.
-    let v = match validate::validate(isvc, model.clone()) {
+    let validated =
+        validate::validate(isvc, model.clone()).and_then(|v| v.with_defaults(&ctx.defaults));
+    let v = match validated {
         Ok(v) => v,
         Err(invalid) => return refuse_spec(isvc, ctx, &ns, &current, &invalid).await,
     };
@@ -139,45 +133,40 @@ async fn reconcile_inner(isvc: &InferenceService, ctx: &Context) -> Result<Actio
     // The watcher may read exactly the Secrets and ConfigMaps these versions name.
     let readable = Readable::of(target_mv.iter().chain(serving_mv.iter()));
     let objs = objects::build(&v, &ctx.defaults, &readable);
-    let (deployment, ..) = futures::try_join!(
+    let apply_all = async {
+        let (deployment, ..) = futures::try_join!(
+            apply(
+                Api::<Deployment>::namespaced(client.clone(), &ns),
+                &objs.deployment
+            ),
+            apply(
+                Api::<Service>::namespaced(client.clone(), &ns),
+                &objs.service
+            ),
+            apply(
+                Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns),
+                &objs.pdb
+            ),
+            apply(
+                Api::<ServiceAccount>::namespaced(client.clone(), &ns),
+                &objs.service_account
+            ),
+        )?;
+        // The Role before its binding: binding a Role that does not exist yet is refused (NotFound).
+        apply(Api::<Role>::namespaced(client.clone(), &ns), &objs.role).await?;
         apply(
-            Api::<Deployment>::namespaced(client.clone(), &ns),
-            &objs.deployment
-        ),
-        apply(
-            Api::<Service>::namespaced(client.clone(), &ns),
-            &objs.service
-        ),
-        apply(
-            Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns),
-            &objs.pdb
-        ),
-        apply(
-            Api::<ServiceAccount>::namespaced(client.clone(), &ns),
-            &objs.service_account
-        ),
-    )?;
-    // The Role before its binding: binding a Role that does not exist yet is refused (NotFound).
-    apply(Api::<Role>::namespaced(client.clone(), &ns), &objs.role).await?;
-    apply(
-        Api::<RoleBinding>::namespaced(client.clone(), &ns),
-        &objs.role_binding,
-    )
-    .await?;
-    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns);
-    match &objs.hpa {
-        Some(h) => {
-            apply(hpas.clone(), h).await?;
-        }
-        None => delete_if_owned(&hpas, &name, isvc).await?,
-    }
-    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-    match &objs.policy {
-        Some(cm) => {
-            apply(cms.clone(), cm).await?;
-        }
-        None => delete_if_owned(&cms, &policy_name(&name), isvc).await?,
-    }
+            Api::<RoleBinding>::namespaced(client.clone(), &ns),
+            &objs.role_binding,
+        )
+        .await?;
+        optional::apply_scaler(&client, &ns, isvc, &objs.scaler, &ctx.defaults).await?;
+        let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+        optional::apply_or_delete(&cms, &policy_name(&name), objs.policy.as_ref(), isvc).await?;
+        Ok::<_, Error>(deployment)
+    };
+    let deployment = apply_all
+        .instrument(info_span!(target: TARGET, "apply", otel.name = "apply owned objects"))
+        .await?;
 
     // Pods and the rollout decision.
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
@@ -243,7 +232,10 @@ async fn reconcile_inner(isvc: &InferenceService, ctx: &Context) -> Result<Actio
         cpu_placement,
     };
     let next = status::compose(&current, &findings, now());
-    if write_status(isvc, ctx, &ns, &current, &next).await? == Written::Stale {
+    let written = write_status(isvc, ctx, &ns, &current, &next)
+        .instrument(info_span!(target: TARGET, "status", otel.name = "write status"))
+        .await?;
+    if written == Written::Stale {
         // Someone wrote a newer status (a newer decision) since this reconcile read the
         // object: acting on this one could undo it. Start over from what is stored.
         info!(inferenceservice = %name, "status changed underneath; reconciling again");
@@ -266,7 +258,12 @@ async fn reconcile_inner(isvc: &InferenceService, ctx: &Context) -> Result<Actio
     }
 
     // Act on the decision.
-    act(isvc, ctx, &ns, &decision, model).await?;
+    act(isvc, ctx, &ns, &decision, model)
+        .instrument(
+            info_span!(target: TARGET, "act", otel.name = "act on the decision",
+            kinfer.phase = ?decision.rollout.phase),
+        )
+        .await?;
 
     let busy = matches!(
         decision.rollout.phase,
@@ -438,35 +435,6 @@ pub async fn apply_status(
 
 /// Deletes an object the spec no longer asks for (an HPA, the policy ConfigMap), but only one
 /// this InferenceService owns: a user's object of the same name is left alone.
-async fn delete_if_owned<K>(api: &Api<K>, name: &str, owner: &InferenceService) -> Result<(), Error>
-where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let Some(obj) = api
-        .get_opt(name)
-        .await
-        .map_err(|e| Error::kube(format!("reading {name}"), e))?
-    else {
-        return Ok(());
-    };
-    let uid = owner.meta().uid.as_deref();
-    if !obj
-        .owner_references()
-        .iter()
-        .any(|o| Some(o.uid.as_str()) == uid)
-    {
-        return Ok(());
-    }
-    match api.delete(name, &DeleteParams::default()).await {
-        Ok(_) => {
-            info!(name, "deleted an object the spec no longer asks for");
-            Ok(())
-        }
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(Error::kube(format!("deleting {name}"), e)),
-    }
-}
-
 async fn publish(
     ctx: &Context,
     isvc: &InferenceService,

@@ -1,9 +1,11 @@
 //! The two controllers (InferenceService and ModelVersion), their shared [`Context`], the error
-//! policy (per-object exponential backoff) and [`run`], which drives both until shutdown;
-//! [`trust`] reads what a ModelVersion's trust decision needs.
+//! policy (per-object exponential backoff), the trace of each reconcile and [`run`], which
+//! drives both until shutdown; [`trust`] reads what a ModelVersion's trust decision needs;
+//! [`optional`] applies or removes the owned objects a spec may not ask for.
 
 pub mod inference_service;
 pub mod model_version;
+pub mod optional;
 pub mod trust;
 
 use std::{
@@ -28,6 +30,7 @@ use k8s_openapi::{
 };
 use kinfer_api::{InferenceService, ModelVersion, report::INFERENCE_SERVICE_LABEL};
 use kinfer_contract::backoff::Backoff;
+use kinfer_contract::telemetry::TARGET;
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
@@ -40,7 +43,7 @@ use kube::{
     },
 };
 use serde::{Serialize, de::DeserializeOwned};
-use tracing::{Instrument, info_span, warn};
+use tracing::{Instrument, field::Empty, info_span, warn};
 
 use crate::{
     Error, FIELD_MANAGER, alerts::Alerter, metrics::Metrics, objects::Defaults,
@@ -103,6 +106,39 @@ impl Context {
         *n += 1;
         *n
     }
+}
+
+/// Runs one reconcile of `obj` as a trace of its own (root span `reconcile <Kind>` with the
+/// object's namespace and name, an error status when it fails), counts it in the metrics and
+/// resets the object's backoff when it succeeds.
+pub(crate) async fn traced<K: Resource<DynamicType = ()>>(
+    kind: &'static str,
+    obj: &K,
+    ctx: &Context,
+    work: impl Future<Output = Result<Action, Error>>,
+) -> Result<Action, Error> {
+    let span = info_span!(target: TARGET, parent: None, "reconcile",
+        otel.name = %format_args!("reconcile {kind}"),
+        otel.kind = "internal",
+        otel.status_code = Empty,
+        error = Empty,
+        k8s.namespace.name = obj.meta().namespace.as_deref().unwrap_or(""),
+        kinfer.object = obj.meta().name.as_deref().unwrap_or(""),
+        kinfer.generation = obj.meta().generation.unwrap_or(0),
+    );
+    let started = std::time::Instant::now();
+    let r = work.instrument(span.clone()).await;
+    let label = r.as_ref().err().map(Error::metric_label);
+    if let Err(e) = &r {
+        span.record("otel.status_code", "ERROR");
+        span.record("error", tracing::field::display(e));
+    }
+    ctx.metrics
+        .reconciled(kind, started.elapsed(), label.as_deref());
+    if r.is_ok() {
+        ctx.succeeded(&key(obj));
+    }
+    r
 }
 
 /// Requeue after consecutive failures of one object: 1s, 2s, 4s … capped at 5 minutes.

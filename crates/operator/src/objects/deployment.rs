@@ -27,7 +27,7 @@ use kinfer_contract::{
 };
 
 use super::{
-    Defaults, decision_log, gpu, labels, meta,
+    Defaults, decision_log, gpu, labels, meta, observability,
     pod::{
         api_token_mount, api_token_volume, container_security_context, empty_dir, env, field_env,
         mount, pod_security_context,
@@ -174,6 +174,7 @@ pub fn runtime_flags(v: &Validated) -> RuntimeServe {
             .is_some()
             .then(|| format!("{POLICY_DIR}/{POLICY_FILE}")),
         decision_log: decision_log::flags(v),
+        tracing: v.tracing.clone(),
         replay: spec.rollout.analysis.replay.as_ref().and_then(|r| {
             Some(Replay {
                 requests: u64::try_from(r.max_requests).ok()?,
@@ -220,6 +221,7 @@ fn runtime_container(v: &Validated, d: &Defaults) -> Container {
             port("grpc", GRPC_PORT),
             port("metrics", METRICS_PORT),
         ]),
+        env: observability::runtime_env(v),
         liveness_probe: Some(http_probe("/v2/health/live", 10, 3)),
         readiness_probe: Some(http_probe("/v2/health/ready", 5, 2)),
         resources: Some(scheduling::runtime_resources(v)),
@@ -236,18 +238,24 @@ fn watcher_container(v: &Validated, d: &Defaults) -> Container {
         image_pull_policy: Some(d.image_pull_policy.clone()),
         command: Some(vec!["kinfer-watcher".into()]),
         args: Some(vec!["run".into()]),
-        env: Some(vec![
-            field_env(pod_env::POD_NAME, "metadata.name"),
-            field_env(pod_env::POD_NAMESPACE, "metadata.namespace"),
-            env(pod_env::INFERENCE_SERVICE, &v.name),
-            env(pod_env::MODELS_DIR, MODELS_DIR),
-            env(pod_env::ADMIN_SOCKET, ADMIN_SOCKET),
-            env(pod_env::LOG_FORMAT, "json"),
-            env(
-                pod_env::MAX_ARTIFACT_BYTES,
-                &(model_storage_bytes(v) / 3).to_string(),
-            ),
-        ]),
+        env: Some(
+            vec![
+                field_env(pod_env::POD_NAME, "metadata.name"),
+                field_env(pod_env::POD_NAMESPACE, "metadata.namespace"),
+                env(pod_env::INFERENCE_SERVICE, &v.name),
+                env(pod_env::MODELS_DIR, MODELS_DIR),
+                env(pod_env::ADMIN_SOCKET, ADMIN_SOCKET),
+                env(pod_env::LOG_FORMAT, "json"),
+                env(
+                    pod_env::MAX_ARTIFACT_BYTES,
+                    &(model_storage_bytes(v) / 3).to_string(),
+                ),
+            ]
+            .into_iter()
+            .chain(observability::watcher_env(v))
+            .collect(),
+        ),
+        ports: Some(observability::watcher_ports()),
         resources: Some(scheduling::watcher_resources(v)),
         security_context: Some(container_security_context()),
         volume_mounts: Some(vec![

@@ -6,10 +6,12 @@
 //! The pod contract (docs/architecture.md, "The pod contract") is implemented in
 //! [`deployment`]; GPU and CPU pinning in [`scheduling`].
 
+pub mod autoscaling;
 pub mod decision_log;
 pub mod deployment;
 pub mod gpu;
 pub mod job;
+pub mod observability;
 pub mod pod;
 pub mod rbac;
 pub mod scheduling;
@@ -20,7 +22,6 @@ use std::collections::BTreeMap;
 use k8s_openapi::{
     api::{
         apps::v1::Deployment,
-        autoscaling::v2::HorizontalPodAutoscaler,
         core::v1::{ConfigMap, Service, ServiceAccount},
         policy::v1::PodDisruptionBudget,
         rbac::v1::{Role, RoleBinding},
@@ -31,7 +32,8 @@ use kinfer_api::report::{INFERENCE_SERVICE_LABEL, MODEL_LABEL};
 
 use crate::validate::Validated;
 
-/// Images and pull policy from the operator's flags.
+/// What the operator's flags decide for every InferenceService: images, pull policy, where
+/// pods send spans by default, and whether KEDA scales on Prometheus queries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Defaults {
     /// Runtime image when the spec names none.
@@ -42,6 +44,10 @@ pub struct Defaults {
     pub watcher_image: String,
     /// `imagePullPolicy` of every container.
     pub image_pull_policy: String,
+    /// The collector of pods whose `spec.tracing` names none (`--pod-otlp-endpoint`).
+    pub pod_otlp_endpoint: Option<String>,
+    /// The Prometheus KEDA's ScaledObjects query (`--keda-prometheus-address`).
+    pub keda_prometheus: Option<String>,
 }
 
 impl Default for Defaults {
@@ -51,6 +57,8 @@ impl Default for Defaults {
             runtime_gpu_image: "kinfer.local/kinfer-runtime-gpu:0.1.0".into(),
             watcher_image: "kinfer.local/kinfer-watcher:0.1.0".into(),
             image_pull_policy: "IfNotPresent".into(),
+            pod_otlp_endpoint: None,
+            keda_prometheus: None,
         }
     }
 }
@@ -70,8 +78,8 @@ pub struct Objects {
     pub role: Role,
     /// Binds `role` to `service_account`.
     pub role_binding: RoleBinding,
-    /// Present when `spec.autoscaling` is set.
-    pub hpa: Option<HorizontalPodAutoscaler>,
+    /// What scales the Deployment when `spec.autoscaling` is set.
+    pub scaler: autoscaling::Scaler,
     /// `<name>-policy` with `policy.yaml`, present when `spec.policy` is set.
     pub policy: Option<ConfigMap>,
 }
@@ -86,7 +94,7 @@ pub fn build(v: &Validated, d: &Defaults, readable: &rbac::Readable) -> Objects 
         service_account: rbac::service_account(v),
         role: rbac::role(v, readable),
         role_binding: rbac::role_binding(v),
-        hpa: service::hpa(v),
+        scaler: autoscaling::scaler(v, d),
         policy: deployment::policy_config_map(v),
     }
 }
@@ -180,7 +188,7 @@ pub(crate) mod tests {
             );
             assert_eq!(m.namespace.as_deref(), Some("ml"));
         }
-        assert!(o.hpa.is_none() && o.policy.is_none());
+        assert!(o.scaler == autoscaling::Scaler::None && o.policy.is_none());
     }
 
     #[test]

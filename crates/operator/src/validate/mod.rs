@@ -11,7 +11,9 @@ use kinfer_api::{
 };
 use kube::{Resource, ResourceExt};
 
-use crate::quantity;
+use kinfer_contract::flags::Tracing;
+
+use crate::{objects::Defaults, quantity};
 
 mod provider;
 
@@ -55,6 +57,36 @@ pub struct Validated {
     pub execution_provider: ExecutionProvider,
     /// Whole CPUs of the runtime container when `cpuPinning` is on.
     pub pinned_cpus: Option<i64>,
+    /// Where the pods export spans, with `spec.tracing` (the endpoint resolved by
+    /// [`Validated::with_defaults`]).
+    pub tracing: Option<Tracing>,
+}
+
+impl Validated {
+    /// Fills in what the operator's settings decide for this service, and refuses what they
+    /// cannot serve: `spec.tracing` without an endpoint when the operator has no default one.
+    pub fn with_defaults(mut self, d: &Defaults) -> Result<Self, Invalid> {
+        self.tracing = match &self.spec.tracing {
+            None => None,
+            Some(t) => {
+                let endpoint = t
+                    .endpoint
+                    .clone()
+                    .or_else(|| d.pod_otlp_endpoint.clone())
+                    .ok_or_else(|| {
+                        Invalid::new(
+                            "TracingNeedsEndpoint",
+                            "spec.tracing names no endpoint and the operator has no default collector: set tracing.endpoint (http://HOST:4317) or the chart's tracing.podEndpoint",
+                        )
+                    })?;
+                Some(Tracing {
+                    endpoint,
+                    sample_ratio: t.sample_ratio,
+                })
+            }
+        };
+        Ok(self)
+    }
 }
 
 /// Checks an InferenceService; `model` is the logical model of its ModelVersion when known.
@@ -263,6 +295,7 @@ pub fn validate(isvc: &InferenceService, model: Option<String>) -> Result<Valida
         spec: spec.clone(),
         execution_provider: provider,
         pinned_cpus,
+        tracing: None,
     })
 }
 
@@ -463,6 +496,7 @@ pub(crate) mod tests {
             max_replicas: 5,
             metric: ScaleMetric::Cpu,
             target: None,
+            scale_down_stabilization: None,
         });
         assert_eq!(
             validate(&i, None).unwrap_err().reason,

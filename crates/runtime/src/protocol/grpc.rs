@@ -9,6 +9,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use kinfer_contract::telemetry::{TRACEPARENT, TRACESTATE};
 use tonic::{Request, Response, Status};
 
 use super::{
@@ -320,8 +321,14 @@ impl GrpcInferenceService for GrpcService {
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
         let deadline = grpc_timeout(&req);
         let charge = charge_of(req.extensions());
-        let mut r = req.into_inner();
+        let (metadata, _, mut r) = req.into_parts();
         let s = &self.server;
+        // Read only when spans are exported: the header is free otherwise.
+        let header = |name| {
+            s.traced
+                .then(|| metadata.get(name)?.to_str().ok())
+                .flatten()
+        };
         let result = async {
             let v = s.resolve(&r.model_name, Some(&r.model_version))?;
             let inputs = decode_inputs(
@@ -359,6 +366,8 @@ impl GrpcInferenceService for GrpcService {
                     inputs,
                     requested: &requested,
                     timeout,
+                    traceparent: header(TRACEPARENT),
+                    tracestate: header(TRACESTATE),
                 },
             )
             .await

@@ -17,6 +17,7 @@ use axum::{
     routing::{get, post},
 };
 use http_body_util::BodyExt;
+use kinfer_contract::telemetry::{TRACEPARENT, TRACESTATE};
 use serde_json::{Value, json};
 
 use super::{
@@ -262,6 +263,14 @@ fn header_length(headers: &HeaderMap) -> Result<Option<usize>, InferError> {
     }
 }
 
+/// A W3C trace header of the request, read only when spans are exported.
+fn trace_header<'h>(s: &Server, headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    if !s.traced {
+        return None;
+    }
+    headers.get(name)?.to_str().ok()
+}
+
 async fn run(
     s: Arc<Server>,
     model: String,
@@ -296,6 +305,8 @@ async fn run(
                     inputs: d.inputs,
                     requested: &d.requested,
                     timeout: d.timeout,
+                    traceparent: trace_header(&s, &headers, TRACEPARENT),
+                    tracestate: trace_header(&s, &headers, TRACESTATE),
                 },
             )
             .await?;

@@ -23,7 +23,8 @@ use std::{
 };
 
 use budget::Budget;
-use tracing::Instrument;
+use kinfer_contract::telemetry::TARGET;
+use tracing::{Instrument, field::Empty};
 
 use crate::{
     decision_log::{DecisionLog, DecisionRecord},
@@ -114,6 +115,10 @@ pub struct Server {
     pub policy: Option<Policy>,
     /// Sampled decision log (`--decision-log`).
     pub decision_log: Option<DecisionLog>,
+    /// Spans are exported (`--otlp-endpoint`): each request gets a span of its own, continuing
+    /// the client's `traceparent`. Off, a request makes no span that is not disabled at its
+    /// callsite.
+    pub traced: bool,
 }
 
 /// A successful inference.
@@ -140,6 +145,10 @@ pub struct Request<'a> {
     pub requested: &'a [String],
     /// The deadline the client asked for.
     pub timeout: Option<Duration>,
+    /// The client's W3C `traceparent` header (read only when [`Server::traced`]).
+    pub traceparent: Option<&'a str>,
+    /// The client's W3C `tracestate` header (read only when [`Server::traced`]).
+    pub tracestate: Option<&'a str>,
 }
 
 /// The deadline of a request that started at `started`: the smaller of the server's and the
@@ -173,6 +182,7 @@ impl Server {
             reached: Default::default(),
             policy: None,
             decision_log: None,
+            traced: false,
         }
     }
 
@@ -206,8 +216,12 @@ impl Server {
         };
         let picked = split.as_deref().map(Baseline::pick);
         let v = picked.map_or(v, |(arm, _)| arm.version.clone());
-        // Disabled callsites cost one branch; enable with RUST_LOG=kinfer_runtime=debug.
-        let span = tracing::debug_span!("infer", protocol = req.protocol.label(), model = %v.info.name, version = %v.info.version);
+        let span = if self.traced {
+            request_span(&v, &req)
+        } else {
+            // Disabled callsites cost one branch; enable with RUST_LOG=kinfer_runtime=debug.
+            tracing::debug_span!("infer", protocol = req.protocol.label(), model = %v.info.name, version = %v.info.version)
+        };
         let proto = req.protocol;
         // A deadline the client chose (tighter than the server's) is not the server's failure.
         let client_deadline = match (self.request_timeout, req.timeout) {
@@ -222,7 +236,15 @@ impl Server {
             })
         });
         let arm = picked.map(|(arm, _)| arm);
-        let result = self.run(&v, req, started, arm, pair).instrument(span).await;
+        let traced = self.traced.then(|| span.clone());
+        let result = self
+            .run(&v, req, started, arm, pair, traced)
+            .instrument(span.clone())
+            .await;
+        if let (Some(_), Err(e)) = (&self.traced.then_some(()), &result) {
+            span.record("otel.status_code", "ERROR");
+            span.record("error", tracing::field::display(e));
+        }
         let elapsed = started.elapsed();
         if let Some(h) = v.stats.protocol.get(proto as usize) {
             h.record(elapsed);
@@ -248,6 +270,7 @@ impl Server {
         started: Instant,
         arm: Option<&Arm>,
         pair: Option<Pairing>,
+        traced: Option<tracing::Span>,
     ) -> Result<Vec<Tensor>, InferError> {
         let Request {
             id,
@@ -286,12 +309,35 @@ impl Server {
         };
         let mirror = shadow.as_ref().map(|_| inputs.clone());
         let paired = pair.as_ref().map(|_| inputs.clone());
-        let mut out = v.infer(inputs, rows, deadline).await?;
+        let mut out = match &traced {
+            None => v.infer(inputs, rows, deadline).await?,
+            Some(parent) => {
+                let run = tracing::info_span!(target: TARGET, parent: parent, "model.run",
+                    otel.name = "model.run", rows, queue_us = Empty, compute_us = Empty, batch_rows = Empty);
+                let out = v
+                    .infer(inputs, rows, deadline)
+                    .instrument(run.clone())
+                    .await?;
+                run.record("queue_us", micros(out.queue));
+                run.record("compute_us", micros(out.compute));
+                run.record("batch_rows", out.batch_rows);
+                out
+            }
+        };
         if let (Some(sh), Some(inputs), Some(first)) = (shadow, mirror, out.outputs.first()) {
-            shadow::mirror(sh, inputs, rows, first.clone(), max_bytes);
+            shadow::mirror(sh, inputs, rows, first.clone(), max_bytes, traced.as_ref());
         }
         if let (Some(p), Some(inputs), Some(first)) = (pair, paired, out.outputs.first()) {
-            shadow::pair(p.split, p.other, inputs, rows, first.clone(), max_bytes);
+            let (split, other) = (p.split, p.other);
+            shadow::pair(
+                split,
+                other,
+                inputs,
+                rows,
+                first.clone(),
+                max_bytes,
+                traced.as_ref(),
+            );
         }
         let mut labels = Vec::new();
         if let Some(p) = &self.policy {
@@ -318,7 +364,7 @@ impl Server {
                 model: model.to_owned(),
                 version: v.info.version.clone(),
                 digest: v.digest.clone(),
-                latency_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                latency_us: micros(started.elapsed()),
                 decisions,
                 scores: out
                     .outputs
@@ -343,6 +389,28 @@ impl Server {
                 .collect()
         })
     }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// The exported span of one request: the model, the version that answers and its artifact
+/// digest, continuing the client's trace when it sent a valid `traceparent`.
+fn request_span(v: &LoadedVersion, req: &Request<'_>) -> tracing::Span {
+    let span = tracing::info_span!(target: TARGET, "infer",
+        otel.name = "infer",
+        otel.kind = "server",
+        otel.status_code = Empty,
+        error = Empty,
+        rpc.system = req.protocol.label(),
+        kinfer.model = %v.info.name,
+        kinfer.version = %v.info.version,
+        kinfer.digest = v.digest.as_deref().unwrap_or(""),
+        kinfer.request_id = req.id.unwrap_or(""),
+    );
+    kinfer_contract::telemetry::continue_remote(&span, req.traceparent, req.tracestate);
+    span
 }
 
 #[cfg(test)]

@@ -7,10 +7,32 @@ use std::{
     time::Instant,
 };
 
+use kinfer_contract::telemetry::TARGET;
+use tracing::{Instrument, Span};
+
 use crate::{
     models::{baseline::Baseline, registry::Shadow, stats::argmax, version::LoadedVersion},
     tensor::{Tensor, to_f64, validate_inputs},
 };
+
+/// The exported span of a copy of a request run on a second version: a child of the request's
+/// span, ending when that run does (after the request's own answer).
+fn child(parent: Option<&Span>, name: &'static str, v: &LoadedVersion) -> Option<Span> {
+    let parent = parent?;
+    Some(tracing::info_span!(target: TARGET, parent: parent, "copy",
+        otel.name = name,
+        kinfer.version = %v.info.version,
+        kinfer.digest = v.digest.as_deref().unwrap_or(""),
+    ))
+}
+
+/// Spawns a copy's run, in its span when there is one.
+fn spawn(span: Option<Span>, run: impl Future<Output = ()> + Send + 'static) {
+    match span {
+        Some(s) => drop(tokio::spawn(run.instrument(s))),
+        None => drop(tokio::spawn(run)),
+    }
+}
 
 /// Per-row decisions of a first output: arg-max for a vector per row, score >= 0.5 for one value.
 pub fn row_decisions(t: &Tensor) -> Vec<usize> {
@@ -55,9 +77,11 @@ pub fn mirror(
     rows: usize,
     serving_first: Tensor,
     max_bytes: usize,
+    traced: Option<&Span>,
 ) {
     sh.mirrored.fetch_add(1, Relaxed);
-    tokio::spawn(async move {
+    let span = child(traced, "shadow", &sh.version);
+    spawn(span, async move {
         let v = &sh.version;
         if !fit(v, &mut inputs, max_bytes) {
             sh.errors.fetch_add(1, Relaxed);
@@ -110,8 +134,10 @@ pub fn pair(
     rows: usize,
     answered_first: Tensor,
     max_bytes: usize,
+    traced: Option<&Span>,
 ) {
-    tokio::spawn(async move {
+    let span = child(traced, "paired", &other);
+    spawn(span, async move {
         let v = &other;
         if !fit(v, &mut inputs, max_bytes) {
             split.pairs.errors.fetch_add(1, Relaxed);

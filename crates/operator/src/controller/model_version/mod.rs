@@ -4,7 +4,7 @@
 //! `signer` and `validationResult` into its status. A decided ModelVersion is never
 //! verified again (its spec is immutable).
 
-use std::{sync::Arc, time::Instant};
+use std::sync::Arc;
 
 use k8s_openapi::api::{
     batch::v1::Job,
@@ -366,15 +366,7 @@ pub fn outcome(job: Option<&Job>, pods: &[Pod], has_golden_set: bool) -> JobOutc
 
 /// The reconcile entry point.
 pub async fn reconcile(mv: Arc<ModelVersion>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = Instant::now();
-    let r = reconcile_inner(&mv, &ctx).await;
-    let label = r.as_ref().err().map(Error::metric_label);
-    ctx.metrics
-        .reconciled(KIND, started.elapsed(), label.as_deref());
-    if r.is_ok() {
-        ctx.succeeded(&super::key(mv.as_ref()));
-    }
-    r
+    super::traced(KIND, mv.as_ref(), &ctx, reconcile_inner(&mv, &ctx)).await
 }
 
 async fn reconcile_inner(mv: &ModelVersion, ctx: &Context) -> Result<Action, Error> {
