@@ -12,7 +12,7 @@ CARGO ?= cargo
 
 include tests/e2e/cluster/cluster.mk
 
-.PHONY: help deps s3 ort venv build crds images fmt-check clippy docs unit test test-rust test-runtime test-cluster test-operator test-chart test-rules test-e2e demo bench
+.PHONY: help deps s3 jaeger ort venv build crds images fmt-check clippy docs unit test test-rust test-runtime test-cluster test-operator test-chart test-rules test-e2e demo bench
 
 help:
 	@echo "make test      - everything CI runs: fmt, clippy, docs, Rust tests (real ONNX Runtime), cluster tier"
@@ -25,6 +25,10 @@ deps: ort venv s3
 # SeaweedFS (the S3 server) for the watcher's fetch tests; cached like the cluster binaries.
 s3:
 	@bash tests/e2e/cluster/build.sh s3 >/dev/null
+
+# Jaeger (a real OTLP collector for the runtime tier's tracing tests); cached like the cluster binaries.
+jaeger:
+	@bash tests/e2e/cluster/build.sh jaeger >/dev/null
 
 ort:
 	@ORT_VERSION=$(ORT_VERSION) KINFER_CACHE=$(KINFER_CACHE) scripts/fetch-onnxruntime.sh >/dev/null
@@ -57,7 +61,7 @@ test-rust: deps
 
 # Runtime tier: real kinfer-runtime processes, real ONNX Runtime, real tritonclient (HTTP + gRPC),
 # and the model-watcher against them with a real S3 server and real model_signing signatures.
-test-runtime: deps
+test-runtime: deps jaeger
 	$(CARGO) build -p kinfer-runtime -p kinfer-watcher
 	$(KINFER_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/runtime
 

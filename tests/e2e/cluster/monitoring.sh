@@ -8,8 +8,8 @@
 # Prometheus discovers its targets through the cluster's API (Kubernetes service discovery with the
 # cluster's kubeconfig) exactly as the chart's monitoring objects would have the Prometheus Operator
 # configure it: the operator's metrics Service as the ServiceMonitor does (job = the Service's
-# name, kinfer-operator-metrics) and every serving pod's `metrics` port as the PodMonitor does
-# (job = the pod's app.kubernetes.io/name, kinfer). Its rules are the chart's PrometheusRule
+# name, kinfer-operator-metrics) and every serving pod's `metrics` and `watcher-metrics` ports as
+# the PodMonitor does (job = the pod's app.kubernetes.io/name, kinfer). Its rules are the chart's PrometheusRule
 # (tests/e2e/chart/render_rules.sh); its alerts go to the Alertmanager, which routes every alert to
 # one webhook.
 #   monitoring.sh up WEBHOOK_URL   start both (idempotent; a new URL restarts the Alertmanager)
@@ -74,15 +74,16 @@ scrape_configs:
         action: keep
       - {source_labels: [__meta_kubernetes_namespace], target_label: namespace}
       - {source_labels: [__meta_kubernetes_pod_name], target_label: pod}
-  # What the chart's PodMonitor asks for: port "metrics" of every serving pod, job = the pod's
-  # app.kubernetes.io/name, with its kinfer.dev/inferenceservice and kinfer.dev/model labels.
+  # What the chart's PodMonitor asks for: ports "metrics" (the runtime) and "watcher-metrics" (the
+  # model-watcher) of every serving pod, job = the pod's app.kubernetes.io/name, with its
+  # kinfer.dev/inferenceservice and kinfer.dev/model labels.
   - job_name: kinfer-serving-pods
     kubernetes_sd_configs:
       - role: pod
         kubeconfig_file: $KUBECONFIG_PATH
     relabel_configs:
       - source_labels: [__meta_kubernetes_pod_label_app_kubernetes_io_name, __meta_kubernetes_pod_label_app_kubernetes_io_managed_by, __meta_kubernetes_pod_container_port_name]
-        regex: kinfer;kinfer-operator;metrics
+        regex: kinfer;kinfer-operator;(metrics|watcher-metrics)
         action: keep
       - {source_labels: [__meta_kubernetes_pod_label_app_kubernetes_io_name], target_label: job}
       - {source_labels: [__meta_kubernetes_namespace], target_label: namespace}

@@ -171,11 +171,19 @@ impl Watcher {
         self.artifacts
             .insert(plan.name.clone(), (dir.clone(), fetched.digest.clone()));
 
-        if let Err(s) = timed(&metrics, Step::Gate, self.gate(plan, r, &dir)).await {
-            let _ = self.admin.unload(&plan.name).await;
-            return Err(s);
-        }
-        if let Err(s) = timed(&metrics, Step::Shadow, self.shadow(plan, r)).await {
+        // The optional steps are timed (and traced) only when the plan has them.
+        let gate = if plan.spec.validation.is_some() {
+            timed(&metrics, Step::Gate, self.gate(plan, r, &dir)).await
+        } else {
+            Ok(())
+        };
+        let shadow = match gate {
+            Ok(()) if plan.rollout.shadow.is_some() => {
+                timed(&metrics, Step::Shadow, self.shadow(plan, r)).await
+            }
+            other => other,
+        };
+        if let Err(s) = shadow {
             let _ = self.admin.unload(&plan.name).await;
             return Err(s);
         }
