@@ -116,6 +116,18 @@ else ko "helm template (grafanaDashboard on)" "$(tail_of "$WORK/dashboard.txt" 1
 if ! grep -q 'grafana_dashboard' "$WORK/default.yaml"; then ok "no dashboard ConfigMap by default"
 else ko "a dashboard ConfigMap rendered by default"; fi
 
+# Tracing and KEDA: off by default; on, the operator gets its flags and may manage ScaledObjects.
+if render "$WORK/obs.yaml" --set tracing.otlpEndpoint=http://collector.obs:4317 --set-json tracing.sampleRatio=0.5 \
+     --set autoscaling.keda.prometheusAddress=http://prometheus.mon:9090 \
+   && grep -qF -- '--otlp-endpoint=http://collector.obs:4317' "$WORK/obs.yaml" \
+   && grep -qF -- '--trace-sample-ratio=0.5' "$WORK/obs.yaml" \
+   && grep -qF -- '--pod-otlp-endpoint=http://collector.obs:4317' "$WORK/obs.yaml" \
+   && grep -qF -- '--keda-prometheus-address=http://prometheus.mon:9090' "$WORK/obs.yaml" \
+   && grep -qF 'apiGroups: ["keda.sh"]' "$WORK/obs.yaml" \
+   && ! grep -qE -- '- --(otlp-endpoint|pod-otlp-endpoint|keda-prometheus-address)=|apiGroups: \["keda.sh"\]' "$WORK/default.yaml"; then
+  ok "tracing.* and autoscaling.keda.*: operator flags and the keda.sh rule only when set"
+else ko "tracing / KEDA values" "$(tail_of "$WORK/obs.yaml.err")"; fi
+
 # CRDs: kept by default; crds.keep=false drops the policy; crds.install=false drops the CRDs.
 if [[ $(grep -c 'helm.sh/resource-policy: keep' "$WORK/default.yaml") == 3 ]] \
    && render "$WORK/nokeep.yaml" --set crds.keep=false && ! grep -q 'resource-policy' "$WORK/nokeep.yaml" \
@@ -159,6 +171,7 @@ reject "an unknown nested key (image.name)" "additional properties? 'name' not a
 reject "a wrong type (replicaCount: \"two\")" "replicaCount.*(want|expected|Invalid type).*integer|got string, want integer|expected integer" --set-string replicaCount=two
 reject "a wrong enum (logFormat: xml)" "logFormat.*(must be one of|value must be one of)|must be one of" --set logFormat=xml
 reject "a bad duration (leaderElection.leaseDuration: 15)" "leaseDuration" --set leaderElection.leaseDuration=15
+reject "a TLS collector endpoint (tracing.otlpEndpoint: https://…)" "otlpEndpoint" --set tracing.otlpEndpoint=https://c:4317
 accept_ok=1
 render "$WORK/accept.yaml" --set replicaCount=3 --set watchNamespace=ml --set logFormat=text \
   --set 'tolerations[0].key=dedicated' --set 'tolerations[0].operator=Exists' \
