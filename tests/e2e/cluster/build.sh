@@ -10,7 +10,10 @@
 # A second run finds everything and builds nothing.
 #   ~/.cache/kinfer/bin/prometheus-<v>/   promtool prometheus (go/prometheus)
 #   ~/.cache/kinfer/bin/alertmanager-<v>/alertmanager (go/alertmanager)
-# Usage: build.sh [all|k8s|etcd|helm|s3|images|flux|gitops|prometheus|alertmanager]...
+#   ~/.cache/kinfer/bin/metrics-server-<v>/metrics-server (go/metrics-server)
+#   ~/.cache/kinfer/bin/keda-<v>/         keda-operator keda-adapter crds/ (go/keda pins the source)
+#   ~/.cache/kinfer/bin/jaeger-<v>/jaeger (go/jaeger: the Jaeger v2 binary, cmd/jaeger)
+# Usage: build.sh [all|k8s|etcd|helm|s3|images|flux|gitops|prometheus|alertmanager|metrics-server|keda|jaeger]...
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=lib.sh
@@ -158,6 +161,64 @@ build_alertmanager() {
   log "alertmanager $ALERTMANAGER_VERSION: built in $((SECONDS - t0))s"
 }
 
+build_metrics_server() { # the resource metrics API (kubectl top, HPA on cpu/memory): autoscaling.sh
+  local d="$METRICS_SERVER_BIN"
+  if [[ -x "$d/metrics-server" ]]; then log "metrics-server $METRICS_SERVER_VERSION: cached in $d"; return; fi
+  check_pin "$HERE/go/metrics-server/go.mod" "sigs.k8s.io/metrics-server $METRICS_SERVER_VERSION"
+  log "metrics-server $METRICS_SERVER_VERSION: building"
+  local tmp="$d.tmp.$$"; rm -rf "$tmp"; mkdir -p "$tmp"
+  local t0=$SECONDS
+  # Stamped as its Makefile does (client-go's version package).
+  (cd "$HERE/go/metrics-server" && "${NICE[@]}" go build -trimpath \
+    -ldflags "$LDS -X k8s.io/client-go/pkg/version.gitVersion=$METRICS_SERVER_VERSION" -o "$tmp/" \
+    sigs.k8s.io/metrics-server/cmd/metrics-server)
+  rm -rf "$d"; mv "$tmp" "$d"
+  log "metrics-server $METRICS_SERVER_VERSION: built in $((SECONDS - t0))s"
+}
+
+build_keda() { # keda-operator, keda-adapter (external.metrics.k8s.io) and KEDA's CRDs: autoscaling.sh
+  local d="$KEDA_BIN"
+  if [[ -x "$d/keda-operator" && -x "$d/keda-adapter" && -d "$d/crds" ]]; then
+    log "keda $KEDA_VERSION: cached in $d"; return
+  fi
+  check_pin "$HERE/go/keda/go.mod" "github.com/kedacore/keda/v2 $KEDA_VERSION"
+  log "keda $KEDA_VERSION: building keda-operator and keda-adapter"
+  local tmp="$d.tmp.$$"; rm -rf "$tmp"; mkdir -p "$tmp/crds"
+  local t0=$SECONDS
+  # KEDA's go.mod has replace/exclude lines that a wrapper module would not inherit (a plain
+  # wrapper requiring it does not resolve), so, as for alertmanager, it is built inside a copy of
+  # its module source with its own go.mod and go.sum; go/keda/go.mod pins the version and its
+  # go.sum checks the downloaded source.
+  local src="$tmp/src"
+  (cd "$HERE/go/keda" && go mod download github.com/kedacore/keda/v2)
+  cp -r "$(cd "$HERE/go/keda" && go env GOMODCACHE)/github.com/kedacore/keda/v2@$KEDA_VERSION" "$src"
+  chmod -R u+w "$src"
+  local x="-X github.com/kedacore/keda/v2/version.Version=${KEDA_VERSION#v}"
+  (cd "$src" && "${NICE[@]}" go build -trimpath -ldflags "$LDS $x" -o "$tmp/keda-operator" ./cmd/operator)
+  (cd "$src" && "${NICE[@]}" go build -trimpath -ldflags "$LDS $x" -o "$tmp/keda-adapter" ./cmd/adapter)
+  cp "$src"/config/crd/bases/*.yaml "$tmp/crds/"
+  chmod 644 "$tmp"/crds/*.yaml
+  rm -rf "$src"
+  rm -rf "$d"; mv "$tmp" "$d"
+  log "keda $KEDA_VERSION: built in $((SECONDS - t0))s"
+}
+
+build_jaeger() { # the Jaeger v2 binary (OpenTelemetry Collector based), the trace store: tracing.sh
+  local d="$JAEGER_BIN"
+  if [[ -x "$d/jaeger" ]]; then log "jaeger $JAEGER_VERSION: cached in $d"; return; fi
+  check_pin "$HERE/go/jaeger/go.mod" "github.com/jaegertracing/jaeger $JAEGER_VERSION"
+  log "jaeger $JAEGER_VERSION: building cmd/jaeger"
+  local tmp="$d.tmp.$$"; rm -rf "$tmp"; mkdir -p "$tmp"
+  local t0=$SECONDS
+  # No `ui` build tag: the query service serves its API and a placeholder page, not the web UI
+  # (whose assets are not in the module).
+  (cd "$HERE/go/jaeger" && "${NICE[@]}" go build -trimpath \
+    -ldflags "$LDS -X github.com/jaegertracing/jaeger/internal/version.latestVersion=$JAEGER_VERSION" \
+    -o "$tmp/jaeger" github.com/jaegertracing/jaeger/cmd/jaeger)
+  rm -rf "$d"; mv "$tmp" "$d"
+  log "jaeger $JAEGER_VERSION: built in $((SECONDS - t0))s"
+}
+
 build_images() {
   "$HERE/images.sh" build
 }
@@ -166,9 +227,11 @@ targets=("$@"); [[ ${#targets[@]} -gt 0 ]] || targets=(all)
 t_all=$SECONDS
 for t in "${targets[@]}"; do
   case "$t" in
-    all) build_k8s; build_etcd; build_helm; build_s3; build_images; build_flux; build_gitops; build_prometheus; build_alertmanager ;;
+    all) build_k8s; build_etcd; build_helm; build_s3; build_images; build_flux; build_gitops; build_prometheus; build_alertmanager
+         build_metrics_server; build_keda; build_jaeger ;;
     k8s) build_k8s ;; etcd) build_etcd ;; helm) build_helm ;; s3) build_s3 ;; images) build_images ;;
     flux) build_flux ;; gitops) build_gitops ;; prometheus) build_prometheus ;; alertmanager) build_alertmanager ;;
+    metrics-server) build_metrics_server ;; keda) build_keda ;; jaeger) build_jaeger ;;
     *) die "unknown target $t" ;;
   esac
 done

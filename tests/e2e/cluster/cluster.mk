@@ -9,9 +9,14 @@
 #   make flux-down       stop them
 #   make monitoring-up WEBHOOK=URL   Prometheus + Alertmanager (monitoring.sh), alerts to URL
 #   make monitoring-down stop them
+#   make autoscaling-up  metrics-server (metrics.k8s.io) + KEDA (external.metrics.k8s.io) (autoscaling.sh)
+#   make autoscaling-down unregister their APIs and stop them
+#   make tracing-up      Jaeger v2, in memory: OTLP on 10.250.0.1:4317/4318, query on 127.0.0.1:16686 (tracing.sh)
+#   make tracing-down    stop it
 KINFER_CLUSTER_SRC := $(CURDIR)/tests/e2e/cluster
 
-.PHONY: cluster-build cluster-up cluster-down cluster-test cluster-env flux-up flux-down monitoring-up monitoring-down
+.PHONY: cluster-build cluster-up cluster-down cluster-test cluster-env flux-up flux-down monitoring-up monitoring-down \
+	autoscaling-up autoscaling-down tracing-up tracing-down
 cluster-build:
 	bash $(KINFER_CLUSTER_SRC)/build.sh all
 cluster-up:
@@ -30,3 +35,11 @@ monitoring-up:
 	bash $(KINFER_CLUSTER_SRC)/monitoring.sh up "$(WEBHOOK)"
 monitoring-down:
 	bash $(KINFER_CLUSTER_SRC)/monitoring.sh down
+autoscaling-up:
+	bash $(KINFER_CLUSTER_SRC)/autoscaling.sh up
+autoscaling-down:
+	bash $(KINFER_CLUSTER_SRC)/autoscaling.sh down
+tracing-up:
+	bash $(KINFER_CLUSTER_SRC)/tracing.sh up
+tracing-down:
+	bash $(KINFER_CLUSTER_SRC)/tracing.sh down

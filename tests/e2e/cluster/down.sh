@@ -12,12 +12,12 @@ D="$KINFER_CLUSTER_DIR"
 T0=$SECONDS
 
 pid_of() { [[ -f "$D/pids/$1.pid" ]] && cat "$D/pids/$1.pid"; }
-alive() { local p; p=$(pid_of "$1") && [[ -n "$p" ]] && kill -0 "$p" 2>/dev/null; }
+alive() { local p; p=$(pid_of "$1") && [[ -n "$p" ]] && pid_running "$p"; }
 stop() { # name... : SIGTERM the recorded PIDs (and process groups) together, SIGKILL after 10s
   local name p i t=$SECONDS pids=(); local -A names=()
   for name in "$@"; do
     p=$(pid_of "$name") || continue
-    if kill -0 "$p" 2>/dev/null; then
+    if pid_running "$p"; then
       kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null
       pids+=("$p"); names[$p]=$name
     fi
@@ -25,7 +25,7 @@ stop() { # name... : SIGTERM the recorded PIDs (and process groups) together, SI
   done
   for ((i = 0; i < 200; i++)); do
     local left=()
-    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && left+=("${names[$p]}:$p"); done
+    for p in "${pids[@]}"; do pid_running "$p" && left+=("${names[$p]}:$p"); done
     ((${#left[@]})) || break
     if ((i == 100)); then
       log "still running after SIGTERM, sending SIGKILL: ${left[*]}"
@@ -39,7 +39,8 @@ stop() { # name... : SIGTERM the recorded PIDs (and process groups) together, SI
 if [[ -d "$D" ]]; then
   # 1. No new pods: stop the controllers and the scheduler, then ask the kubelet to tear every pod
   #    down (that runs the CNI DEL and removes the network namespaces properly).
-  stop kustomize-controller source-controller git-http kube-controller-manager kube-scheduler
+  #    KEDA's operator is a controller too (it scales Deployments).
+  stop kustomize-controller source-controller git-http keda-operator kube-controller-manager kube-scheduler
   if alive kubelet && alive kube-apiserver && [[ -f "$KUBECONFIG_PATH" ]]; then
     kc delete pods --all --all-namespaces --grace-period=0 --force --wait=false >/dev/null 2>&1 || true
     end=$((SECONDS + 30))
@@ -62,23 +63,32 @@ if [[ -d "$D" ]]; then
   for p in $(pgrep -f "containerd-shim-runc-v2 .*-address $CONTAINERD_SOCK" 2>/dev/null); do
     kill -KILL "$p" 2>/dev/null
   done
+  # Every other recorded process (monitoring.sh's, autoscaling.sh's, tracing.sh's, whatever a later
+  # script adds), all together, before the API server they talk to; then the API server and etcd.
+  others=()
+  for f in "$D"/pids/*.pid; do
+    [[ -e "$f" ]] || continue
+    case "$(basename "$f" .pid)" in s3 | kube-apiserver | etcd) ;; *) others+=("$(basename "$f" .pid)") ;; esac
+  done
+  ((${#others[@]} == 0)) || stop "${others[@]}"
   stop s3 kube-apiserver
   stop etcd
   for f in "$D"/pids/*.pid; do [[ -e "$f" ]] && stop "$(basename "$f" .pid)"; done
 fi
 
 # 3. Network namespaces made for pods (present now, absent before cluster-up).
-for ns in $(ls /run/netns 2>/dev/null); do
-  [[ $ns == cni-* ]] || continue
+for nsp in /run/netns/cni-*; do
+  [[ -e $nsp ]] || continue
+  ns=${nsp##*/}
   if [[ -f "$D/netns.before" ]] && grep -qx "$ns" "$D/netns.before"; then continue; fi
   ip netns delete "$ns" 2>/dev/null || { umount -l "/run/netns/$ns" 2>/dev/null; rm -f "/run/netns/$ns"; }
 done
 
 # 4. Mounts under the cluster dir (overlay rootfs, shm, kubelet volumes), deepest first.
 if [[ -d "$D" ]]; then
-  for m in $(awk -v d="$D/" 'index($5, d) == 1 {print $5}' /proc/self/mountinfo | sort -r); do
+  while read -r m; do
     umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
-  done
+  done < <(awk -v d="$D/" 'index($5, d) == 1 {print $5}' /proc/self/mountinfo | sort -r)
 fi
 
 # 5. iptables: kube-proxy's own cleanup, then any KUBE-/CNI- chain left, then our guard.
@@ -109,9 +119,9 @@ if [[ -f "$D/ip_forward.orig" ]]; then sysctl -qw "net.ipv4.ip_forward=$(cat "$D
 
 # 7. cgroups the kubelet made (cgroupfs driver): end any process still in them, then remove the
 #    (now empty) kubepods trees.
-for f in $(find /sys/fs/cgroup/*/kubepods -name cgroup.procs 2>/dev/null); do
+while read -r f; do
   while read -r p; do kill -KILL "$p" 2>/dev/null; done <"$f"
-done
+done < <(find /sys/fs/cgroup/*/kubepods -name cgroup.procs 2>/dev/null)
 for sub in /sys/fs/cgroup/*/; do
   [[ -d "$sub/kubepods" ]] || continue
   find "$sub/kubepods" -depth -type d -exec rmdir {} \; 2>/dev/null

@@ -17,13 +17,6 @@ D="$KINFER_CLUSTER_DIR"
 FLUX_NS=flux-system
 PROCS=(git-http source-controller kustomize-controller)
 
-running() { [[ -f "$D/pids/$1.pid" ]] && kill -0 "$(cat "$D/pids/$1.pid")" 2>/dev/null; }
-start() { # name cmd...
-  local name=$1; shift
-  if running "$name"; then return; fi
-  setsid "$@" >"$D/logs/$name.log" 2>&1 < /dev/null &
-  echo $! >"$D/pids/$name.pid"
-}
 wait_http() { # name url: until it answers 2xx (the git server: any HTTP answer)
   local end=$((SECONDS + 60)) f=(-f); [[ $1 == git-http ]] && f=()
   until curl "${f[@]}" -sS -o /dev/null "$2" 2>/dev/null; do
@@ -68,10 +61,7 @@ repo() { # name
 
 down() {
   local p
-  for p in "${PROCS[@]}"; do
-    if running "$p"; then kill -TERM -- "-$(cat "$D/pids/$p.pid")" 2>/dev/null || true; fi
-    rm -f "$D/pids/$p.pid"
-  done
+  for p in "${PROCS[@]}"; do stop_process "$p"; done
 }
 
 case "${1:-}" in

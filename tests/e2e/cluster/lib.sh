@@ -1,5 +1,5 @@
 # Shared settings for the local-cluster scripts (sourced, not run).
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034  # a settings file: its variables are used by the scripts that source it
 CLUSTER_SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
 source "$CLUSTER_SRC/versions.env"
@@ -20,6 +20,9 @@ FLUX_BIN="$KINFER_BIN_ROOT/flux-$FLUX_VERSION"          # source-controller, kus
 GITOPS_BIN="$KINFER_BIN_ROOT/gitops-kstatus-$KSTATUS_VERSION-argocd-$ARGOCD_VERSION"  # kstatus, argocd-health
 PROMETHEUS_BIN="$KINFER_BIN_ROOT/prometheus-$PROMETHEUS_VERSION"  # promtool, prometheus
 ALERTMANAGER_BIN="$KINFER_BIN_ROOT/alertmanager-$ALERTMANAGER_VERSION"
+METRICS_SERVER_BIN="$KINFER_BIN_ROOT/metrics-server-$METRICS_SERVER_VERSION"  # metrics-server
+KEDA_BIN="$KINFER_BIN_ROOT/keda-$KEDA_VERSION"          # keda-operator, keda-adapter, crds/
+JAEGER_BIN="$KINFER_BIN_ROOT/jaeger-$JAEGER_VERSION"    # jaeger (v2)
 
 # Network layout (all inside this machine).
 NODE_NAME="${KINFER_NODE_NAME:-kinfer-node}"
@@ -50,3 +53,29 @@ log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 kc() { "$K8S_BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
+
+# ---------------------------------------------------------------- host processes
+# The scripts run their parts as host processes in sessions of their own, each with its PID in
+# $KINFER_CLUSTER_DIR/pids/<name>.pid and its output in logs/<name>.log, so down.sh stops them all.
+# A process that has exited but is not reaped yet (a zombie; PID 1 here reaps orphans only every
+# few seconds) still answers kill -0: it counts as gone.
+pid_running() { local s; s=$(ps -o stat= -p "$1" 2>/dev/null) && [[ -n $s && $s != Z* ]]; }
+running() { [[ -f "$KINFER_CLUSTER_DIR/pids/$1.pid" ]] && pid_running "$(cat "$KINFER_CLUSTER_DIR/pids/$1.pid")"; }
+start() { # name cmd... : start it unless it runs
+  local name=$1; shift
+  if running "$name"; then return; fi
+  setsid "$@" >"$KINFER_CLUSTER_DIR/logs/$name.log" 2>&1 < /dev/null &
+  echo $! >"$KINFER_CLUSTER_DIR/pids/$name.pid"
+}
+stop_process() { # name: SIGTERM its process group, then wait (up to 10 s) until it is gone, so its ports are free
+  if running "$1"; then
+    local pid; pid=$(cat "$KINFER_CLUSTER_DIR/pids/$1.pid")
+    kill -TERM -- "-$pid" 2>/dev/null || kill "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do pid_running "$pid" || break; sleep 0.2; done
+    if pid_running "$pid"; then kill -KILL -- "-$pid" 2>/dev/null || kill -9 "$pid" 2>/dev/null || true; fi
+  fi
+  rm -f "$KINFER_CLUSTER_DIR/pids/$1.pid"
+}
+fail_with_log() { # name message: the tail of its log, then die
+  log "---- tail of $KINFER_CLUSTER_DIR/logs/$1.log"; tail -n 30 "$KINFER_CLUSTER_DIR/logs/$1.log" >&2 || true; die "$2"
+}

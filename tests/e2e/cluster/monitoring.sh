@@ -26,22 +26,6 @@ PROM_ADDR=127.0.0.1:9490
 AM_ADDR=127.0.0.1:9493
 INTERVAL=5s
 
-running() { [[ -f "$D/pids/$1.pid" ]] && kill -0 "$(cat "$D/pids/$1.pid")" 2>/dev/null; }
-stop() { # name: SIGTERM, then wait (up to 10 s) until it is gone, so its port and data are free
-  if running "$1"; then
-    local pid i; pid=$(cat "$D/pids/$1.pid")
-    kill "$pid" 2>/dev/null || true
-    for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-    kill -9 "$pid" 2>/dev/null || true
-  fi
-  rm -f "$D/pids/$1.pid"
-}
-start() { # name cmd...
-  local name=$1; shift
-  if running "$name"; then return; fi
-  setsid "$@" >"$D/logs/$name.log" 2>&1 < /dev/null &
-  echo $! >"$D/pids/$name.pid"
-}
 wait_ready() { # name url
   local end=$((SECONDS + 60))
   until curl -fsS -o /dev/null "$2" 2>/dev/null; do
@@ -123,7 +107,7 @@ up() { # webhook
   "$PROMETHEUS_BIN/promtool" check config "$M/prometheus.yml" >/dev/null
   alertmanager_config "$webhook" >"$M/alertmanager.next.yml"
   if ! cmp -s "$M/alertmanager.next.yml" "$M/alertmanager.yml" 2>/dev/null; then
-    stop alertmanager
+    stop_process alertmanager
     mv "$M/alertmanager.next.yml" "$M/alertmanager.yml"
   fi
   running alertmanager || rm -rf "$M/alertmanager-data"
@@ -141,6 +125,6 @@ up() { # webhook
 case "${1:-}" in
   up) up "${2:-}" ;;
   url) echo "http://$PROM_ADDR" ;;
-  down) stop prometheus; stop alertmanager; log "monitoring down" ;;
+  down) stop_process prometheus; stop_process alertmanager; log "monitoring down" ;;
   *) die "usage: monitoring.sh up WEBHOOK_URL | url | down" ;;
 esac

@@ -27,7 +27,6 @@ if ((${#missing[@]})); then
 fi
 "$HERE/build.sh" all
 
-running() { [[ -f "$D/pids/$1.pid" ]] && kill -0 "$(cat "$D/pids/$1.pid")" 2>/dev/null; }
 if [[ -f "$D/up.done" ]]; then
   ok=1
   for p in etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy s3; do
@@ -42,11 +41,6 @@ fi
 
 mkdir -p "$D"/{pki,pids,logs,etcd,kubelet,containerd/root,run/containerd,run/runc,cni/net.d,cni/ipam,s3/data,tmp}
 chmod 700 "$D"
-start() { # name cmd... : run in its own session, log to logs/name.log, remember the PID
-  local name=$1; shift
-  setsid "$@" >"$D/logs/$name.log" 2>&1 < /dev/null &
-  echo $! >"$D/pids/$name.pid"
-}
 wait_for() { # description timeout-seconds cmd...
   local what=$1 t=$2; shift 2
   local end=$((SECONDS + t))
@@ -57,7 +51,6 @@ wait_for() { # description timeout-seconds cmd...
     sleep 0.5
   done
 }
-fail_with_log() { log "---- tail of $D/logs/$1.log"; tail -n 30 "$D/logs/$1.log" >&2 || true; die "$2"; }
 
 # ---------------------------------------------------------------- host network
 # The node address lives on a link made for the cluster (kinfer0, a bridge with no ports): the API
