@@ -294,8 +294,11 @@ def test_3_slow_version_is_rolled_back_with_event_and_alert(receiver, repo, moni
     assert fired[0]["labels"]["severity"] == "warning", fired[0]
     assert "automatic rollback(s) in the last 15m" in fired[0]["annotations"]["description"], fired[0]
     # Prometheus scrapes every serving pod as the chart's PodMonitor has it, with the version label.
+    # Each pod twice: the runtime (9090) and the model-watcher (9091).
     up = k.prom_query(f'up{{job="kinfer",namespace="{NS}"}} == 1')
-    assert len(up) == 3 and {x["metric"]["kinfer_dev_inferenceservice"] for x in up} == {"fraud"}, up
+    ports = sorted(x["metric"]["instance"].rsplit(":", 1)[1] for x in up)
+    assert ports == ["9090"] * 3 + ["9091"] * 3, up
+    assert {x["metric"]["kinfer_dev_inferenceservice"] for x in up} == {"fraud"}, up
     # (over the last 15 minutes: the canary unloaded fraud-v3, so its series is stale now)
     served = k.prom_query(f'sum by (version) (max_over_time(kinfer_requests_total{{namespace="{NS}",code="200"}}[15m]))')
     assert {"fraud-v2", "fraud-v3"} <= {x["metric"].get("version", "") for x in served}, served
