@@ -3,7 +3,10 @@
 For each model and each repetition, every contender is measured on the same pinned CPU (the server
 on one core, the load generator `kinfer-bench` on the other) with the same OIP v2 JSON body:
 
-  raw        in-process `session.run` loop through kinfer's session (the limit)
+  raw        in-process `session.run` loop through kinfer's session (the model's limit)
+  bare       `kinfer-bench bare`: the same HTTP and gRPC stacks parsing every request into typed
+             tensors with kinfer's decoders and answering a fixed tensor (the protocol's limit);
+             with raw, the limit of any server that parses and runs: 1 / (1/bare + 1/raw)
   kinfer     kinfer-runtime over HTTP/JSON and gRPC, dynamic batching off and on
   fastapi    FastAPI + uvicorn + Python onnxruntime (bench/anchors/fastapi_server.py)
   kserve     KServe's Python ModelServer, REST v2 (bench/anchors/kserve_server.py)
@@ -208,6 +211,13 @@ class Run:
                              capture_output=True, text=True, cwd=ROOT, check=True)
         self.emit(json.loads(raw.stdout.strip().splitlines()[-1]), kind="raw",
                   contender="raw session.run", **base)
+        bare = [f"{a.bin}/kinfer-bench", "bare", "--model", str(path), "--model-name", "mlp",
+                "--http-port", str(HTTP), "--grpc-port", str(HTTP + 1)]
+        with Server(bare, f"http://127.0.0.1:{HTTP}/v2/health/ready", a.out / "anchors-bare.log"):
+            for proto in ("http", "grpc"):
+                bench(a, proto, features, 0, a.warmup, 0, "warm-up")
+                sat = bench(a, proto, features, 0, a.sat_seconds, 0.5, f"bare {proto} saturation")
+                self.emit(sat, kind="saturation", contender=f"bare handler {proto}", **base)
         sock = a.out / "anchors-admin.sock"
         for batch in (None, delay):
             tag = f"batch 32/{batch}" if batch else "no batching"

@@ -23,7 +23,7 @@ MODEL_TITLES = {
     "large": "MLP 512 → 2048 → 2048 → 2 (21 MB, ~5 MFLOP per row)",
     "minilm": "all-MiniLM-L6-v2, 32 tokens (87 MB, a real model)",
 }
-ORDER = ["raw session.run", "kinfer http, no batching", "kinfer grpc, no batching",
+ORDER = ["raw session.run", "bare handler http", "bare handler grpc", "kinfer http, no batching", "kinfer grpc, no batching",
          "kinfer http, batch 32/500us", "kinfer grpc, batch 32/500us", "kinfer http, batch 32/2ms",
          "kinfer grpc, batch 32/2ms", "kinfer http, batch 32/5ms", "kinfer grpc, batch 32/5ms",
          "FastAPI + uvicorn + onnxruntime", "KServe ModelServer + onnxruntime"]
@@ -91,12 +91,21 @@ class Report:
         reps = max(len(v) for v in sat.values())
         fa, ks = med(sat.get(FASTAPI, []), "achieved_rps"), med(sat.get(KSERVE, []), "achieved_rps")
         limit = med(raw, "achieved_rps")
-        self.p(f"**Saturation** (closed loop, {32} connections; medians of {reps}, range in brackets):", "",
-               "| contender | throughput (req/s) | p50 | p99 | p99.9 | × FastAPI | × KServe | % of raw limit |",
-               "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        # Parse + run: a request costs the bare handler's time plus the run's, on one core.
+        bare = {p: med(sat.get(f"bare handler {p}", []), "achieved_rps") for p in ("http", "grpc")}
+        parse_run = {p: 1 / (1 / b + 1 / limit) if b and limit else 0 for p, b in bare.items()}
+        self.p(f"**Saturation** (closed loop, {32} connections; medians of {reps}, range in brackets). "
+               "*parse + run* is the limit of a server that parses and runs on this core: "
+               "1 / (1/bare handler + 1/raw run) of the same protocol, both measured in this run:", "",
+               "| contender | throughput (req/s) | p50 | p99 | p99.9 | × FastAPI | × KServe | % of raw limit | % of parse + run |",
+               "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         if raw:
             self.p(f"| raw `session.run` loop (the limit) | {rps(limit)} | {us(med(raw, 'p50_us'))} | "
-                   f"{us(med(raw, 'p99_us'))} | {us(med(raw, 'p999_us'))} | — | — | 100% |")
+                   f"{us(med(raw, 'p99_us'))} | {us(med(raw, 'p999_us'))} | — | — | 100% | — |")
+        for p in ("http", "grpc"):
+            if parse_run[p]:
+                self.p(f"| parse + run, {p} (computed) | {rps(parse_run[p])} | | | | | | "
+                       f"{100 * parse_run[p] / limit:.0f}% | 100% |")
         for name, rs in sat.items():
             v = med(rs, "achieved_rps")
             lo, hi = min(r["achieved_rps"] for r in rs), max(r["achieved_rps"] for r in rs)
@@ -104,11 +113,13 @@ class Report:
             x_fa = f"{v / fa:.1f}×" if fa else "—"
             x_ks = f"{v / ks:.1f}×" if ks else "—"
             pct = f"{100 * v / limit:.0f}%" if limit else "—"
+            pr = parse_run["grpc" if "grpc" in name else "http"]
+            of_pr = "—" if name.startswith("bare") or not pr else f"{100 * v / pr:.0f}%"
             self.p(f"| {name} | {rps(v)}{rng} | {us(med(rs, 'p50_us'))} | {us(med(rs, 'p99_us'))} | "
-                   f"{us(med(rs, 'p999_us'))} | {x_fa} | {x_ks} | {pct} |")
+                   f"{us(med(rs, 'p999_us'))} | {x_fa} | {x_ks} | {pct} | {of_pr} |")
         for r in self.rows:
             if r.get("model") == model and r.get("kind") == "failed":
-                self.p(f"| {r['contender']} | failed: {r.get('error', '')} | | | | | | |")
+                self.p(f"| {r['contender']} | failed: {r.get('error', '')} | | | | | | | |")
         self.p("")
 
     def sweep_points(self, model):

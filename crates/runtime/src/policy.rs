@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     error::InferError,
-    tensor::{DataType, Tensor, first_per_row, push_bytes_element},
+    tensor::{DataType, Tensor, TensorView, first_per_row, push_bytes_element},
 };
 
 /// Name of the extra output.
@@ -141,8 +141,8 @@ impl Policy {
     }
 
     /// Scores of the policy's output, one per row (the first value of each row).
-    pub fn scores(&self, outputs: &[Tensor]) -> Result<Vec<f64>, InferError> {
-        let t = outputs
+    pub fn scores(&self, outputs: &[TensorView<'_>]) -> Result<Vec<f64>, InferError> {
+        let t = *outputs
             .iter()
             .find(|t| t.name == self.output)
             .ok_or_else(|| {

@@ -1,8 +1,10 @@
-//! Models: ONNX Runtime sessions, the loaded versions with their queues and workers, the registry
-//! of which version serves, the per-version statistics, the paired baseline of an analysis and
-//! the ring of recent requests it may replay.
+//! Models: ONNX Runtime sessions, the loaded versions with their queues and workers (or, for
+//! short unbatched runs, their session pool used on the request's own thread), the registry of
+//! which version serves, the per-version statistics, the paired baseline of an analysis and the
+//! ring of recent requests it may replay.
 
 pub mod baseline;
+pub mod inline;
 pub mod registry;
 pub mod ring;
 pub mod session;

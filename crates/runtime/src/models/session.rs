@@ -9,13 +9,14 @@ use std::{
 
 use ort::{
     ep::ExecutionProvider as _,
-    session::{Session, builder::GraphOptimizationLevel},
-    value::{DynValue, Tensor as OrtTensor, TensorElementType, ValueType},
+    session::{Session, SessionInputValue, SessionInputs, builder::GraphOptimizationLevel},
+    value::{DynValue, Tensor as OrtTensor, TensorElementType, TensorRef, ValueType},
 };
+use smallvec::SmallVec;
 
 use crate::{
     batching::Executor,
-    tensor::{DataType, Tensor, TensorSpec},
+    tensor::{DataType, Tensor, TensorSpec, TensorView},
 };
 
 /// Why ONNX Runtime or a model could not be loaded.
@@ -412,15 +413,23 @@ fn ort_message(e: impl std::fmt::Display) -> Box<dyn std::error::Error + Send + 
     e.to_string().into()
 }
 
-fn to_value(t: &Tensor) -> Result<DynValue, String> {
+/// A request tensor as an ONNX Runtime value: borrowed in place (no copy) when its bytes are
+/// aligned for its element type, which the request buffers always are; copied otherwise, and for
+/// BOOL (bytes are not `bool`s to Rust).
+fn to_value(t: &Tensor) -> Result<SessionInputValue<'_>, String> {
     macro_rules! make {
         ($ty:ty) => {
-            OrtTensor::<$ty>::from_array((
-                t.shape.clone(),
-                bytemuck::pod_collect_to_vec::<u8, $ty>(&t.data),
-            ))
-            .map(|v| v.into_dyn())
-            .map_err(|e| e.to_string())
+            match bytemuck::try_cast_slice::<u8, $ty>(&t.data) {
+                Ok(elements) => TensorRef::<$ty>::from_array_view((t.shape.as_slice(), elements))
+                    .map(SessionInputValue::from)
+                    .map_err(|e| e.to_string()),
+                Err(_) => OrtTensor::<$ty>::from_array((
+                    t.shape.clone(),
+                    bytemuck::pod_collect_to_vec::<u8, $ty>(&t.data),
+                ))
+                .map(SessionInputValue::from)
+                .map_err(|e| e.to_string()),
+            }
         };
     }
     match t.dtype {
@@ -428,7 +437,7 @@ fn to_value(t: &Tensor) -> Result<DynValue, String> {
             t.shape.clone(),
             t.data.iter().map(|&b| b != 0).collect::<Vec<_>>(),
         ))
-        .map(|v| v.into_dyn())
+        .map(SessionInputValue::from)
         .map_err(|e| e.to_string()),
         DataType::Uint8 => make!(u8),
         DataType::Uint16 => make!(u16),
@@ -448,20 +457,24 @@ fn to_value(t: &Tensor) -> Result<DynValue, String> {
     }
 }
 
-fn from_value(name: &str, dtype: DataType, v: &DynValue) -> Result<Tensor, String> {
+/// An output of a run as bytes, read in place from ONNX Runtime's buffer. BOOL is copied into
+/// `spill` (Rust may not read ORT's bytes as `u8` without `unsafe`).
+fn output_bytes<'v>(
+    dtype: DataType,
+    v: &'v DynValue,
+    spill: &'v mut Vec<u8>,
+) -> Result<(&'v [i64], &'v [u8]), String> {
     macro_rules! take {
         ($ty:ty) => {{
             let (shape, data) = v.try_extract_tensor::<$ty>().map_err(|e| e.to_string())?;
-            (
-                shape.to_vec(),
-                bytemuck::cast_slice::<$ty, u8>(data).to_vec(),
-            )
+            (&**shape, bytemuck::cast_slice::<$ty, u8>(data))
         }};
     }
-    let (shape, data): (Vec<i64>, Vec<u8>) = match dtype {
+    Ok(match dtype {
         DataType::Bool => {
             let (shape, data) = v.try_extract_tensor::<bool>().map_err(|e| e.to_string())?;
-            (shape.to_vec(), data.iter().map(|&b| u8::from(b)).collect())
+            spill.extend(data.iter().map(|&b| u8::from(b)));
+            (&**shape, spill.as_slice())
         }
         DataType::Uint8 => take!(u8),
         DataType::Uint16 => take!(u16),
@@ -475,16 +488,13 @@ fn from_value(name: &str, dtype: DataType, v: &DynValue) -> Result<Tensor, Strin
         DataType::Fp32 => take!(f32),
         DataType::Fp64 => take!(f64),
         DataType::Bytes => return Err("BYTES outputs are not supported".into()),
-    };
-    Ok(Tensor {
-        name: name.to_owned(),
-        dtype,
-        shape,
-        data,
     })
 }
 
-/// A session and the outputs to read from it: what one worker owns.
+/// Most outputs a model has for its views to stay on the stack.
+const STACK_OUTPUTS: usize = 4;
+
+/// A session and the outputs to read from it: what one worker (or one inline run) owns.
 pub struct OrtExecutor {
     /// The session.
     pub session: Session,
@@ -492,23 +502,49 @@ pub struct OrtExecutor {
     pub outputs: Vec<TensorSpec>,
 }
 
-impl Executor for OrtExecutor {
-    /// Runs one set of inputs (already in the model's input order) through the session.
-    fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
-        let mut values = Vec::with_capacity(inputs.len());
+impl OrtExecutor {
+    /// Runs one set of inputs (already in the model's input order) through the session and
+    /// hands `f` the outputs, in the model's order, read in place from ONNX Runtime's buffers:
+    /// they are released when `f` returns. Nothing is copied on the way in or out.
+    pub fn run_with<R>(
+        &mut self,
+        inputs: &[Tensor],
+        f: impl FnOnce(&[TensorView<'_>]) -> R,
+    ) -> Result<R, String> {
+        let mut values: SmallVec<[SessionInputValue<'_>; STACK_OUTPUTS]> = SmallVec::new();
         for t in inputs {
-            values.push((t.name.as_str(), to_value(t)?));
+            values.push(to_value(t)?);
         }
-        let outputs = self.session.run(values).map_err(|e| e.to_string())?;
-        self.outputs
-            .iter()
-            .map(|spec| {
-                let v = outputs
-                    .get(spec.name.as_str())
-                    .ok_or_else(|| format!("output '{}' missing from the run", spec.name))?;
-                from_value(&spec.name, spec.dtype, v)
-            })
-            .collect()
+        let outputs = self
+            .session
+            .run(SessionInputs::ValueSlice(&values))
+            .map_err(|e| e.to_string())?;
+        let mut spills: SmallVec<[Vec<u8>; STACK_OUTPUTS]> = SmallVec::new();
+        spills.resize_with(self.outputs.len(), Vec::new);
+        let mut views: SmallVec<[TensorView<'_>; STACK_OUTPUTS]> = SmallVec::new();
+        for (spec, spill) in self.outputs.iter().zip(spills.iter_mut()) {
+            let v = outputs
+                .get(spec.name.as_str())
+                .ok_or_else(|| format!("output '{}' missing from the run", spec.name))?;
+            let (shape, data) = output_bytes(spec.dtype, v, spill)?;
+            views.push(TensorView {
+                name: &spec.name,
+                dtype: spec.dtype,
+                shape,
+                data,
+            });
+        }
+        Ok(f(&views))
+    }
+}
+
+impl Executor for OrtExecutor {
+    /// Runs one set of inputs (already in the model's input order) through the session; the
+    /// outputs are copied out (a batch is split into each request's rows after the run).
+    fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
+        self.run_with(inputs, |outputs| {
+            outputs.iter().map(TensorView::to_tensor).collect()
+        })
     }
 }
 

@@ -11,7 +11,7 @@ use std::{
 
 pub use kinfer_contract::admin::{Percentiles, VersionStats as StatsSnapshot};
 
-use crate::tensor::{Tensor, TensorSpec};
+use crate::tensor::{TensorSpec, TensorView};
 
 /// Sub-buckets per power of two: 16 → each bucket spans 1/16 of an octave (~4.4%).
 const SUB: u32 = 16;
@@ -331,7 +331,7 @@ impl VersionStats {
     }
 
     /// Records the first output's values of a successful request into the distribution.
-    pub fn record_output(&self, first: &Tensor) {
+    pub fn record_output(&self, first: TensorView<'_>) {
         use crate::tensor::element_f64;
         let Some(size) = first.dtype.size() else {
             return;

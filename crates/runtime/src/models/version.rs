@@ -8,8 +8,11 @@
 
 use std::{path::Path, sync::Arc, time::Instant};
 
+use smallvec::SmallVec;
+
 use super::{
     ModelInfo,
+    inline::{INLINE_MAX_RUN, InlinePool, Ran},
     session::{LoadError, OrtExecutor, Provider, SessionOptions, build_session, specs},
     stats::VersionStats,
 };
@@ -17,7 +20,7 @@ use crate::{
     batching::{BatchOptions, Executor, RunOutput, batcher::Batcher, queue},
     error::InferError,
     pinning::{self, Placement, Plan},
-    tensor::{DataType, Tensor, TensorSpec, element_count, to_f64},
+    tensor::{DataType, Tensor, TensorSpec, TensorView, element_count, to_f64},
 };
 
 /// How a version is loaded.
@@ -50,8 +53,18 @@ pub struct LoadedVersion {
     pub batching: bool,
     /// Content digest of the artifact it was loaded from (`sha256:…`), when the caller gave one.
     pub digest: Option<String>,
-    queue: queue::Queue,
+    execution: Execution,
     max_request_rows: usize,
+}
+
+/// Where a version's runs happen.
+enum Execution {
+    /// On the request's thread, sessions from a pool ([`InlinePool`]): unbatched, unpinned,
+    /// short runs.
+    Inline(InlinePool),
+    /// On worker threads behind a queue: batching, pinning, or runs too long for a network
+    /// thread.
+    Workers(queue::Queue),
 }
 
 impl std::fmt::Debug for LoadedVersion {
@@ -286,14 +299,19 @@ impl LoadedVersion {
             })
             .collect();
         let warm = probe_inputs(&info.inputs, None, 1);
+        let mut warmups = Vec::with_capacity(execs.len() * opts.warmup_runs);
         for e in &mut execs {
             for _ in 0..opts.warmup_runs {
+                let t = Instant::now();
                 e.run(&warm).map_err(|e| LoadError::Model {
                     path: path.to_owned(),
                     source: format!("warm-up run failed: {e}").into(),
                 })?;
+                warmups.push(t.elapsed());
             }
         }
+        warmups.sort_unstable();
+        let typical_run = warmups.get(warmups.len() / 2).copied();
         let mut batching = batchable && opts.batching.max_batch > 1;
         if batching {
             match (probe_rows(&mut execs[0], &info), opts.batch_rounding) {
@@ -312,8 +330,25 @@ impl LoadedVersion {
             }
         }
         let label = format!("model '{name}' version '{version}'");
-        let (queue, rx) = queue::bounded(opts.batching.queue_capacity, label.clone());
         let stats = Arc::new(VersionStats::new(&info.outputs));
+        let inline = !batching
+            && placements.iter().all(Option::is_none)
+            && typical_run.is_some_and(|t| t <= INLINE_MAX_RUN);
+        if inline {
+            return Ok(Arc::new(Self {
+                info,
+                stats,
+                batching,
+                digest,
+                execution: Execution::Inline(InlinePool::new(
+                    execs,
+                    opts.batching.queue_capacity,
+                    label,
+                )),
+                max_request_rows: opts.max_request_rows.max(1),
+            }));
+        }
+        let (queue, rx) = queue::bounded(opts.batching.queue_capacity, label.clone());
         let batch_opts = BatchOptions {
             max_batch: if batching { opts.batching.max_batch } else { 1 },
             ..opts.batching
@@ -347,7 +382,7 @@ impl LoadedVersion {
             stats,
             batching,
             digest,
-            queue,
+            execution: Execution::Workers(queue),
             max_request_rows: opts.max_request_rows.max(1),
         }))
     }
@@ -360,16 +395,65 @@ impl LoadedVersion {
 
     /// Requests waiting now.
     pub fn queue_depth(&self) -> usize {
-        self.queue.depth()
+        match &self.execution {
+            Execution::Inline(p) => p.depth(),
+            Execution::Workers(q) => q.depth(),
+        }
     }
 
-    /// Queues a validated request (inputs in the model's order) and waits for its answer.
+    /// Whether runs happen on the request's thread (no worker threads).
+    pub fn runs_inline(&self) -> bool {
+        matches!(self.execution, Execution::Inline(_))
+    }
+
+    /// Runs a validated request (inputs in the model's order) and hands `f` its outputs, in
+    /// place when it runs inline (then `f` runs before the session is released). The workers'
+    /// path takes the inputs (`inputs` is left empty).
+    pub async fn run<R>(
+        &self,
+        inputs: &mut Vec<Tensor>,
+        rows: usize,
+        deadline: Option<Instant>,
+        f: impl FnOnce(&[TensorView<'_>]) -> R,
+    ) -> Result<Ran<R>, InferError> {
+        match &self.execution {
+            Execution::Inline(pool) => {
+                let ran = pool.run(inputs, rows, deadline, f).await?;
+                self.stats.record_batch(rows, ran.compute);
+                Ok(ran)
+            }
+            Execution::Workers(q) => {
+                let out = q.submit(std::mem::take(inputs), rows, deadline).await?;
+                let views: SmallVec<[TensorView<'_>; 4]> =
+                    out.outputs.iter().map(Tensor::view).collect();
+                Ok(Ran {
+                    value: f(&views),
+                    queue: out.queue,
+                    compute: out.compute,
+                    batch_rows: out.batch_rows,
+                })
+            }
+        }
+    }
+
+    /// Runs a validated request (inputs in the model's order) and waits for its outputs, owned
+    /// (golden sets, shadows, replays: what outlives the run).
     pub async fn infer(
         &self,
-        inputs: Vec<Tensor>,
+        mut inputs: Vec<Tensor>,
         rows: usize,
         deadline: Option<Instant>,
     ) -> Result<RunOutput, InferError> {
-        self.queue.submit(inputs, rows, deadline).await
+        let ran = self
+            .run(&mut inputs, rows, deadline, |outputs| {
+                outputs.iter().map(TensorView::to_tensor).collect()
+            })
+            .await?;
+        Ok(RunOutput {
+            outputs: ran.value,
+            queue: ran.queue,
+            compute: ran.compute,
+            batch_rows: ran.batch_rows,
+        })
     }
 }

@@ -331,7 +331,7 @@ impl GrpcInferenceService for GrpcService {
         };
         let result = async {
             let v = s.resolve(&r.model_name, Some(&r.model_version))?;
-            let inputs = decode_inputs(
+            let mut inputs = decode_inputs(
                 &mut r,
                 Expect {
                     model: &v.info.name,
@@ -357,42 +357,45 @@ impl GrpcInferenceService for GrpcService {
                 (a, b) => a.or(b),
             };
             let requested: Vec<String> = r.outputs.iter().map(|o| o.name.clone()).collect();
-            s.infer(
-                v,
-                server::Request {
-                    protocol: Protocol::Grpc,
-                    id: Some(r.id.as_str()).filter(|i| !i.is_empty()),
-                    named_version: !r.model_version.is_empty(),
-                    inputs,
-                    requested: &requested,
-                    timeout,
-                    traceparent: header(TRACEPARENT),
-                    tracestate: header(TRACESTATE),
-                },
-            )
+            let request = server::Request {
+                protocol: Protocol::Grpc,
+                id: Some(r.id.as_str()).filter(|i| !i.is_empty()),
+                named_version: !r.model_version.is_empty(),
+                inputs: &mut inputs,
+                requested: &requested,
+                timeout,
+                traceparent: header(TRACEPARENT),
+                tracestate: header(TRACESTATE),
+            };
+            // The message is built while the outputs are where the run left them (prost's
+            // message owns its bytes: one copy per output, into the message).
+            s.infer(v, request, |a| {
+                let outputs = a
+                    .outputs
+                    .iter()
+                    .map(|t| pb::model_infer_response::InferOutputTensor {
+                        name: t.name.to_owned(),
+                        datatype: t.dtype.as_oip().into(),
+                        shape: t.shape.to_vec(),
+                        parameters: Default::default(),
+                        contents: None,
+                    })
+                    .collect();
+                let raw = a.outputs.iter().map(|t| t.data.to_vec()).collect();
+                Ok((a.version.to_owned(), outputs, raw))
+            })
             .await
         }
         .await;
         s.count(Protocol::Grpc, result.as_ref().map(|_| ()));
-        let out = result?;
-        let outputs = out
-            .outputs
-            .iter()
-            .map(|t| pb::model_infer_response::InferOutputTensor {
-                name: t.name.clone(),
-                datatype: t.dtype.as_oip().into(),
-                shape: t.shape.clone(),
-                parameters: Default::default(),
-                contents: None,
-            })
-            .collect();
+        let (version, outputs, raw_output_contents) = result?;
         Ok(Response::new(pb::ModelInferResponse {
             model_name: r.model_name,
-            model_version: out.version,
+            model_version: version,
             id: r.id,
             parameters: Default::default(),
             outputs,
-            raw_output_contents: out.outputs.into_iter().map(|t| t.data).collect(),
+            raw_output_contents,
         }))
     }
 }

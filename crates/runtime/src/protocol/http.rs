@@ -4,7 +4,10 @@
 //!
 //! A body is read only after the version it names is resolved, within `--max-message-bytes`
 //! (a larger `Content-Length` is refused before a byte is read) and charged to the in-flight
-//! budget as it arrives, together with its decoded tensors, until the answer is produced.
+//! budget as it arrives, together with its decoded tensors, until the answer is produced. The
+//! body, its decoded inputs and the encoded answer live in buffers a request borrows from a pool
+//! ([`Scratch`]) and gives back: a request like the ones before allocates nothing in the server
+//! core ([`answer`]); the response body handed to hyper is the one copy at the edge.
 
 use std::sync::Arc;
 
@@ -20,12 +23,15 @@ use http_body_util::BodyExt;
 use kinfer_contract::telemetry::{TRACEPARENT, TRACESTATE};
 use serde_json::{Value, json};
 
+use crossbeam_queue::ArrayQueue;
+
 use super::{
-    json::{decode_request, encode_response},
+    json::{Decoded, decode_request_into, encode_response_into},
     panic::{CatchPanicLayer, http_panic_response},
 };
 use crate::{
     error::InferError,
+    models::version::LoadedVersion,
     server::{Protocol, Request, Server, budget::Charge},
     tensor::{Expect, TensorSpec},
 };
@@ -46,8 +52,81 @@ impl IntoResponse for InferError {
     }
 }
 
+/// Buffers one HTTP inference reuses: the body, its decoded inputs and the encoded answer. A
+/// request takes a set from the pool and gives it back, so in steady state (requests like the
+/// ones before) the server core allocates nothing per request.
+#[derive(Default)]
+pub struct Scratch {
+    body: Vec<u8>,
+    decoded: Decoded,
+    out: Vec<u8>,
+}
+
+/// Buffer sets kept for reuse; more requests in flight than this allocate their own.
+const SCRATCH_POOL: usize = 256;
+/// A buffer larger than this is not kept (one huge request must not pin its memory).
+const SCRATCH_KEEP_BYTES: usize = 1 << 20;
+
+/// The HTTP front end's state: the server and the pool of request buffers.
+pub struct Http {
+    /// The server core.
+    pub server: Arc<Server>,
+    scratch: ArrayQueue<Box<Scratch>>,
+}
+
+/// A [`Scratch`] on loan from the pool, given back on drop.
+struct Loan<'a> {
+    pool: &'a ArrayQueue<Box<Scratch>>,
+    scratch: Option<Box<Scratch>>,
+}
+
+impl Drop for Loan<'_> {
+    fn drop(&mut self) {
+        if let Some(s) = self.scratch.take()
+            && s.body.capacity() <= SCRATCH_KEEP_BYTES
+            && s.out.capacity() <= SCRATCH_KEEP_BYTES
+        {
+            let _ = self.pool.push(s);
+        }
+    }
+}
+
+impl Scratch {
+    /// The request body's buffer (filled by the front end, or by a test).
+    pub fn body_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.body
+    }
+
+    /// The last answer's body.
+    pub fn answer(&self) -> &[u8] {
+        &self.out
+    }
+}
+
+impl Http {
+    /// The front end of `server`.
+    pub fn new(server: Arc<Server>) -> Self {
+        Self {
+            server,
+            scratch: ArrayQueue::new(SCRATCH_POOL),
+        }
+    }
+
+    fn loan(&self) -> Loan<'_> {
+        Loan {
+            pool: &self.scratch,
+            scratch: Some(self.scratch.pop().unwrap_or_default()),
+        }
+    }
+}
+
 /// The HTTP router of the OIP v2 endpoints.
 pub fn router(server: Arc<Server>) -> Router {
+    let http = Arc::new(Http::new(server.clone()));
+    let infer_routes = Router::new()
+        .route("/v2/models/{model}/infer", post(infer))
+        .route("/v2/models/{model}/versions/{version}/infer", post(infer_v))
+        .with_state(http);
     Router::new()
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(live))
@@ -62,9 +141,8 @@ pub fn router(server: Arc<Server>) -> Router {
             "/v2/models/{model}/versions/{version}/ready",
             get(model_ready_v),
         )
-        .route("/v2/models/{model}/infer", post(infer))
-        .route("/v2/models/{model}/versions/{version}/infer", post(infer_v))
         .with_state(server)
+        .merge(infer_routes)
         .layer(CatchPanicLayer::new(http_panic_response))
 }
 
@@ -180,7 +258,8 @@ async fn read_body(
     headers: &HeaderMap,
     body: &mut Body,
     charge: &Charge,
-) -> Result<Bytes, InferError> {
+    buf: &mut Vec<u8>,
+) -> Result<(), InferError> {
     let max = s.limits.max_message_bytes;
     let too_big = |n: String| {
         InferError::invalid(format!(
@@ -198,10 +277,11 @@ async fn read_body(
             .filter(|&n| n <= max)
             .ok_or_else(|| too_big(n.to_string()))?;
         s.budget.fits(n)?;
-        // Address space only: pages are touched (and charged) as the bytes arrive.
         capacity = n;
     }
-    let mut buf = bytes::BytesMut::with_capacity(capacity);
+    buf.clear();
+    // Address space only: pages are touched (and charged) as the bytes arrive.
+    buf.reserve(capacity);
     loop {
         let idle = s.limits.body_idle_timeout;
         let frame = match tokio::time::timeout(idle, body.frame()).await {
@@ -226,25 +306,25 @@ async fn read_body(
         charge.add(data.len())?;
         buf.extend_from_slice(&data);
     }
-    Ok(buf.freeze())
+    Ok(())
 }
 
 async fn infer(
-    State(s): State<Arc<Server>>,
+    State(h): State<Arc<Http>>,
     Path(model): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    run(s, model, None, headers, body).await
+    run(&h, &model, None, &headers, body).await
 }
 
 async fn infer_v(
-    State(s): State<Arc<Server>>,
+    State(h): State<Arc<Http>>,
     Path((model, version)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    run(s, model, Some(version), headers, body).await
+    run(&h, &model, Some(&version), &headers, body).await
 }
 
 fn header_length(headers: &HeaderMap) -> Result<Option<usize>, InferError> {
@@ -271,49 +351,71 @@ fn trace_header<'h>(s: &Server, headers: &'h HeaderMap, name: &str) -> Option<&'
     headers.get(name)?.to_str().ok()
 }
 
+/// Answers one inference request whose body is in `scratch` with the answer's body in
+/// `scratch.out` (and the JSON head's length when binary outputs follow it): the server core of
+/// the HTTP front end, from the read body to the encoded answer, in `scratch`'s reused buffers.
+#[allow(clippy::too_many_arguments)] // a request's parts, as the handler has them
+pub async fn answer(
+    s: &Server,
+    v: Arc<LoadedVersion>,
+    model: &str,
+    named_version: bool,
+    header_len: Option<usize>,
+    trace: (Option<&str>, Option<&str>),
+    scratch: &mut Scratch,
+    charge: &Charge,
+) -> Result<Option<usize>, InferError> {
+    let Scratch { body, decoded, out } = scratch;
+    decode_request_into(
+        body,
+        header_len,
+        Expect {
+            model,
+            inputs: &v.info.inputs,
+            max_rows: v.max_batch(),
+            max_bytes: s.limits.max_message_bytes,
+        },
+        decoded,
+    )?;
+    let (inputs, asked) = decoded.split();
+    charge.add(inputs.iter().map(|t| t.data.len()).sum())?;
+    let request = Request {
+        protocol: Protocol::Http,
+        id: asked.id,
+        named_version,
+        inputs,
+        requested: asked.requested(),
+        timeout: asked.timeout,
+        traceparent: trace.0,
+        tracestate: trace.1,
+    };
+    s.infer(v, request, |a| {
+        encode_response_into(model, a.version, asked.id, a.outputs, |n| asked.binary(n), out)
+    })
+    .await
+}
+
 async fn run(
-    s: Arc<Server>,
-    model: String,
-    version: Option<String>,
-    headers: HeaderMap,
+    h: &Http,
+    model: &str,
+    version: Option<&str>,
+    headers: &HeaderMap,
     mut body: Body,
 ) -> Response {
+    let s = &*h.server;
     let charge = s.budget.charge();
+    let mut loan = h.loan();
+    let scratch = loan.scratch.get_or_insert_with(Box::default);
     let result = async {
-        let v = s.resolve(&model, version.as_deref())?;
-        let header_len = header_length(&headers)?;
-        let bytes = read_body(&s, &headers, &mut body, &charge).await?;
-        let d = decode_request(
-            &bytes,
-            header_len,
-            Expect {
-                model: &model,
-                inputs: &v.info.inputs,
-                max_rows: v.max_batch(),
-                max_bytes: s.limits.max_message_bytes,
-            },
-        )?;
-        drop(bytes);
-        charge.add(d.inputs.iter().map(|t| t.data.len()).sum())?;
-        let out = s
-            .infer(
-                v,
-                Request {
-                    protocol: Protocol::Http,
-                    id: d.id.as_deref(),
-                    named_version: version.as_deref().is_some_and(|v| !v.is_empty()),
-                    inputs: d.inputs,
-                    requested: &d.requested,
-                    timeout: d.timeout,
-                    traceparent: trace_header(&s, &headers, TRACEPARENT),
-                    tracestate: trace_header(&s, &headers, TRACESTATE),
-                },
-            )
-            .await?;
-        let encoded = encode_response(&model, &out.version, d.id.as_deref(), &out.outputs, |n| {
-            d.all_binary || d.binary.iter().any(|b| b == n)
-        })?;
-        Ok::<_, InferError>(encoded)
+        let v = s.resolve(model, version)?;
+        let header_len = header_length(headers)?;
+        read_body(s, headers, &mut body, &charge, &mut scratch.body).await?;
+        let trace = (
+            trace_header(s, headers, TRACEPARENT),
+            trace_header(s, headers, TRACESTATE),
+        );
+        let named = version.is_some_and(|v| !v.is_empty());
+        answer(s, v, model, named, header_len, trace, scratch, &charge).await
     }
     .await;
     if result.is_err() {
@@ -322,16 +424,16 @@ async fn run(
         drain(&mut body, s.limits.max_message_bytes.saturating_mul(2)).await;
     }
     match result {
-        Ok(encoded) => {
+        Ok(header_len) => {
             s.count(Protocol::Http, Ok(()));
-            match encoded.header_len {
-                None => {
-                    ([(header::CONTENT_TYPE, "application/json")], encoded.body).into_response()
-                }
+            // The one copy at the edge: hyper takes an owned body; the buffer stays for reuse.
+            let encoded = Bytes::copy_from_slice(&scratch.out);
+            match header_len {
+                None => ([(header::CONTENT_TYPE, "application/json")], encoded).into_response(),
                 Some(len) => {
                     let mut resp = (
                         [(header::CONTENT_TYPE, "application/octet-stream")],
-                        encoded.body,
+                        encoded,
                     )
                         .into_response();
                     resp.headers_mut()

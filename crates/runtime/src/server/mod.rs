@@ -23,6 +23,7 @@ use std::{
 };
 
 use budget::Budget;
+use smallvec::SmallVec;
 use kinfer_contract::telemetry::TARGET;
 use tracing::{Instrument, field::Empty};
 
@@ -35,7 +36,7 @@ use crate::{
         version::LoadedVersion,
     },
     policy::{DECISION_OUTPUT, Policy, now_ms},
-    tensor::{Tensor, first_per_row, to_f64, validate_inputs},
+    tensor::{Tensor, TensorView, first_per_row, to_f64, validate_inputs},
 };
 
 /// Which front end a request came through (the `protocol` metric label).
@@ -121,13 +122,15 @@ pub struct Server {
     pub traced: bool,
 }
 
-/// A successful inference.
-#[derive(Debug)]
-pub struct InferOutput {
+/// What a request's answer is made of, handed to the protocol's encoder while the outputs are
+/// still where the run left them (ONNX Runtime's buffers, for a run on the request's thread).
+#[derive(Debug, Clone, Copy)]
+pub struct Answer<'a> {
     /// The version that computed the outputs.
-    pub version: String,
-    /// Requested outputs, in the model's order.
-    pub outputs: Vec<Tensor>,
+    pub version: &'a str,
+    /// The requested outputs (all when none were named) in the model's order, then the policy's
+    /// `decision` when one is set.
+    pub outputs: &'a [TensorView<'a>],
 }
 
 /// One decoded request.
@@ -139,8 +142,9 @@ pub struct Request<'a> {
     pub id: Option<&'a str>,
     /// Whether the request named its version (then it is not mirrored to a shadow).
     pub named_version: bool,
-    /// Inputs, any order.
-    pub inputs: Vec<Tensor>,
+    /// Inputs, any order; put in the model's order, and taken when the version runs on workers
+    /// (the caller's buffers are reused otherwise).
+    pub inputs: &'a mut Vec<Tensor>,
     /// Output names to return; empty means all.
     pub requested: &'a [String],
     /// The deadline the client asked for.
@@ -200,14 +204,16 @@ impl Server {
         self.registry.resolve(model, version)
     }
 
-    /// Runs one request on `v` (from [`Server::resolve`]). While an analysis splits the serving
-    /// version's live traffic, the request may be answered by the baseline instead (the answer
-    /// names the version that gave it) and counts in that arm's figures.
-    pub async fn infer(
+    /// Runs one request on `v` (from [`Server::resolve`]) and hands `encode` its answer. While
+    /// an analysis splits the serving version's live traffic, the request may be answered by the
+    /// baseline instead (the answer names the version that gave it) and counts in that arm's
+    /// figures.
+    pub async fn infer<R>(
         &self,
         v: Arc<LoadedVersion>,
         req: Request<'_>,
-    ) -> Result<InferOutput, InferError> {
+        encode: impl FnOnce(Answer<'_>) -> Result<R, InferError>,
+    ) -> Result<R, InferError> {
         let started = Instant::now();
         let split = if req.named_version {
             None
@@ -238,10 +244,10 @@ impl Server {
         let arm = picked.map(|(arm, _)| arm);
         let traced = self.traced.then(|| span.clone());
         let result = self
-            .run(&v, req, started, arm, pair, traced)
+            .run(&v, req, started, arm, pair, traced, encode)
             .instrument(span.clone())
             .await;
-        if let (Some(_), Err(e)) = (&self.traced.then_some(()), &result) {
+        if let (true, Err(e)) = (self.traced, &result) {
             span.record("otel.status_code", "ERROR");
             span.record("error", tracing::field::display(e));
         }
@@ -257,13 +263,11 @@ impl Server {
         if let Some(arm) = arm {
             arm.stats.record_request(elapsed, outcome, client_deadline);
         }
-        result.map(|outputs| InferOutput {
-            version: v.info.version.clone(),
-            outputs,
-        })
+        result
     }
 
-    async fn run(
+    #[allow(clippy::too_many_arguments)] // the request's parts, taken apart once
+    async fn run<R>(
         &self,
         v: &LoadedVersion,
         req: Request<'_>,
@@ -271,11 +275,12 @@ impl Server {
         arm: Option<&Arm>,
         pair: Option<Pairing>,
         traced: Option<tracing::Span>,
-    ) -> Result<Vec<Tensor>, InferError> {
+        encode: impl FnOnce(Answer<'_>) -> Result<R, InferError>,
+    ) -> Result<R, InferError> {
         let Request {
             id,
             named_version,
-            mut inputs,
+            inputs,
             requested,
             timeout,
             ..
@@ -291,14 +296,15 @@ impl Server {
             }
         }
         let max_bytes = self.limits.max_message_bytes;
-        let rows = validate_inputs(model, &v.info.inputs, &inputs, v.max_batch(), max_bytes)?;
+        let rows = validate_inputs(model, &v.info.inputs, inputs, v.max_batch(), max_bytes)?;
         if let Some(p) = &self.policy {
-            p.check_inputs(&inputs)?;
+            p.check_inputs(inputs)?;
         }
-        // The model's order, so batches can be stacked position by position.
-        inputs.sort_by_key(|t| v.info.inputs.iter().position(|s| s.name == t.name));
+        // The model's order, so batches can be stacked position by position (and an unstable
+        // sort: the names are distinct, and it needs no buffer).
+        inputs.sort_unstable_by_key(|t| v.info.inputs.iter().position(|s| s.name == t.name));
         if !named_version && let Some(ring) = self.registry.ring() {
-            ring.offer(&inputs, rows);
+            ring.offer(inputs, rows);
         }
         let deadline = deadline(started, self.request_timeout, timeout);
         // Shadow only live traffic to the serving version; inputs are copied only when sampled.
@@ -309,85 +315,94 @@ impl Server {
         };
         let mirror = shadow.as_ref().map(|_| inputs.clone());
         let paired = pair.as_ref().map(|_| inputs.clone());
-        let mut out = match &traced {
-            None => v.infer(inputs, rows, deadline).await?,
-            Some(parent) => {
-                let run = tracing::info_span!(target: TARGET, parent: parent, "model.run",
-                    otel.name = "model.run", rows, queue_us = Empty, compute_us = Empty, batch_rows = Empty);
-                let out = v
-                    .infer(inputs, rows, deadline)
-                    .instrument(run.clone())
-                    .await?;
-                run.record("queue_us", micros(out.queue));
-                run.record("compute_us", micros(out.compute));
-                run.record("batch_rows", out.batch_rows);
-                out
+        let copy_first = mirror.is_some() || paired.is_some();
+        let run_span = traced.as_ref().map(|parent| {
+            tracing::info_span!(target: TARGET, parent: parent, "model.run",
+                otel.name = "model.run", rows, queue_us = Empty, compute_us = Empty, batch_rows = Empty)
+        });
+        // Everything that reads the outputs happens here, while they are where the run left
+        // them: statistics, the policy, the decision log, the encoding.
+        let answer = |outputs: &[TensorView<'_>]| {
+            let first = outputs.first().copied();
+            let first_copy = first.filter(|_| copy_first).map(|t| t.to_tensor());
+            let mut labels = Vec::new();
+            let mut decision = None;
+            if let Some(p) = &self.policy {
+                let scores = p.scores(outputs)?;
+                labels = scores.iter().map(|&s| p.classify(s)).collect();
+                for &l in &labels {
+                    if let Some(c) = v.stats.decisions.get(l) {
+                        c.fetch_add(1, Relaxed);
+                    }
+                }
+                decision = Some(p.decision_tensor(&labels));
             }
-        };
-        if let (Some(sh), Some(inputs), Some(first)) = (shadow, mirror, out.outputs.first()) {
-            shadow::mirror(sh, inputs, rows, first.clone(), max_bytes, traced.as_ref());
-        }
-        if let (Some(p), Some(inputs), Some(first)) = (pair, paired, out.outputs.first()) {
-            let (split, other) = (p.split, p.other);
-            shadow::pair(
-                split,
-                other,
-                inputs,
-                rows,
-                first.clone(),
-                max_bytes,
-                traced.as_ref(),
-            );
-        }
-        let mut labels = Vec::new();
-        if let Some(p) = &self.policy {
-            let scores = p.scores(&out.outputs)?;
-            labels = scores.iter().map(|&s| p.classify(s)).collect();
-            for &l in &labels {
-                if let Some(c) = v.stats.decisions.get(l) {
-                    c.fetch_add(1, Relaxed);
+            if let Some(first) = first {
+                v.stats.record_output(first);
+                if let Some(arm) = arm {
+                    arm.stats.record_output(first);
                 }
             }
-            out.outputs.push(p.decision_tensor(&labels));
-        }
-        if let Some(log) = &self.decision_log
-            && log.sample()
-        {
-            let decisions = match &self.policy {
-                Some(p) => labels.iter().map(|&l| p.label(l).to_owned()).collect(),
-                None => Vec::new(),
-            };
-            log.record(DecisionRecord {
-                kind: "decision",
-                ts_ms: now_ms(),
-                request_id: id.map(str::to_owned),
-                model: model.to_owned(),
-                version: v.info.version.clone(),
-                digest: v.digest.clone(),
-                latency_us: micros(started.elapsed()),
-                decisions,
-                scores: out
-                    .outputs
-                    .first()
-                    .map(|t| first_per_row(&to_f64(t), t.rows().unwrap_or(1).max(1)))
-                    .unwrap_or_default(),
-            });
-        }
-        v.stats.queue.record(out.queue);
-        if let Some(first) = out.outputs.first() {
-            v.stats.record_output(first);
-            if let Some(arm) = arm {
-                arm.stats.record_output(first);
+            if let Some(log) = &self.decision_log
+                && log.sample()
+            {
+                let decisions = match &self.policy {
+                    Some(p) => labels.iter().map(|&l| p.label(l).to_owned()).collect(),
+                    None => Vec::new(),
+                };
+                log.record(DecisionRecord {
+                    kind: "decision",
+                    ts_ms: now_ms(),
+                    request_id: id.map(str::to_owned),
+                    model: model.to_owned(),
+                    version: v.info.version.clone(),
+                    digest: v.digest.clone(),
+                    latency_us: micros(started.elapsed()),
+                    decisions,
+                    scores: first
+                        .map(|t| first_per_row(&to_f64(t), t.rows().unwrap_or(1).max(1)))
+                        .unwrap_or_default(),
+                });
             }
+            let mut chosen: SmallVec<[TensorView<'_>; 4]> = outputs
+                .iter()
+                .filter(|o| requested.is_empty() || requested.iter().any(|r| r == o.name))
+                .copied()
+                .collect();
+            if let Some(d) = &decision
+                && (requested.is_empty() || requested.iter().any(|r| r == DECISION_OUTPUT))
+            {
+                chosen.push(d.view());
+            }
+            let encoded = encode(Answer {
+                version: &v.info.version,
+                outputs: &chosen,
+            })?;
+            Ok::<_, InferError>((encoded, first_copy))
+        };
+        let ran = match &run_span {
+            None => v.run(inputs, rows, deadline, answer).await?,
+            Some(span) => {
+                let ran = v
+                    .run(inputs, rows, deadline, answer)
+                    .instrument(span.clone())
+                    .await?;
+                span.record("queue_us", micros(ran.queue));
+                span.record("compute_us", micros(ran.compute));
+                span.record("batch_rows", ran.batch_rows);
+                ran
+            }
+        };
+        v.stats.queue.record(ran.queue);
+        let (encoded, first) = ran.value?;
+        if let (Some(sh), Some(inputs), Some(first)) = (shadow, mirror, first.clone()) {
+            shadow::mirror(sh, inputs, rows, first, max_bytes, traced.as_ref());
         }
-        Ok(if requested.is_empty() {
-            out.outputs
-        } else {
-            out.outputs
-                .into_iter()
-                .filter(|o| requested.contains(&o.name))
-                .collect()
-        })
+        if let (Some(p), Some(inputs), Some(first)) = (pair, paired, first) {
+            let (split, other) = (p.split, p.other);
+            shadow::pair(split, other, inputs, rows, first, max_bytes, traced.as_ref());
+        }
+        Ok(encoded)
     }
 }
 

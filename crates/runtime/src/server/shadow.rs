@@ -12,7 +12,7 @@ use tracing::{Instrument, Span};
 
 use crate::{
     models::{baseline::Baseline, registry::Shadow, stats::argmax, version::LoadedVersion},
-    tensor::{Tensor, to_f64, validate_inputs},
+    tensor::{Tensor, TensorView, to_f64, validate_inputs},
 };
 
 /// The exported span of a copy of a request run on a second version: a child of the request's
@@ -35,7 +35,8 @@ fn spawn(span: Option<Span>, run: impl Future<Output = ()> + Send + 'static) {
 }
 
 /// Per-row decisions of a first output: arg-max for a vector per row, score >= 0.5 for one value.
-pub fn row_decisions(t: &Tensor) -> Vec<usize> {
+pub fn row_decisions<'a>(t: impl Into<TensorView<'a>>) -> Vec<usize> {
+    let t = t.into();
     let values = to_f64(t);
     let rows = t.rows().unwrap_or(1).max(1);
     let per = (values.len() / rows).max(1);

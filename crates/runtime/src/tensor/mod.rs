@@ -141,10 +141,58 @@ pub struct Tensor {
 impl Tensor {
     /// The first dimension as a row count (1 for a 0-d tensor; `None` when negative).
     pub fn rows(&self) -> Option<usize> {
+        self.view().rows()
+    }
+
+    /// A borrowed view of this tensor.
+    pub fn view(&self) -> TensorView<'_> {
+        TensorView {
+            name: &self.name,
+            dtype: self.dtype,
+            shape: &self.shape,
+            data: &self.data,
+        }
+    }
+}
+
+/// A tensor borrowed from wherever it lives: a request's buffers, or ONNX Runtime's output of a
+/// run that has not been released yet. What the request path reads and encodes, so that an
+/// answer goes from the run to the wire without an owned copy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TensorView<'a> {
+    /// Input or output name.
+    pub name: &'a str,
+    /// Element type.
+    pub dtype: DataType,
+    /// Dimensions, all >= 0.
+    pub shape: &'a [i64],
+    /// Elements, little-endian, row-major.
+    pub data: &'a [u8],
+}
+
+impl TensorView<'_> {
+    /// The first dimension as a row count (1 for a 0-d tensor; `None` when negative).
+    pub fn rows(&self) -> Option<usize> {
         match self.shape.first() {
             None => Some(1),
             Some(&d) => usize::try_from(d).ok(),
         }
+    }
+
+    /// An owned copy (for a shadow, a pair or a test: what outlives the run).
+    pub fn to_tensor(&self) -> Tensor {
+        Tensor {
+            name: self.name.to_owned(),
+            dtype: self.dtype,
+            shape: self.shape.to_vec(),
+            data: self.data.to_vec(),
+        }
+    }
+}
+
+impl<'a> From<&'a Tensor> for TensorView<'a> {
+    fn from(t: &'a Tensor) -> Self {
+        t.view()
     }
 }
 
@@ -260,7 +308,8 @@ fn int_f64<T: Into<i128>>(v: T) -> f64 {
 
 /// Element `i` of a numeric tensor as `f64`, read in place (no allocation); `None` for BYTES or
 /// past the end. The request path's statistics use this.
-pub fn element_f64(t: &Tensor, i: usize) -> Option<f64> {
+pub fn element_f64<'a>(t: impl Into<TensorView<'a>>, i: usize) -> Option<f64> {
+    let t = t.into();
     let size = t.dtype.size()?;
     let start = i.checked_mul(size)?;
     let c = t.data.get(start..start.checked_add(size)?)?;
@@ -288,7 +337,8 @@ fn element_from_le(dtype: DataType, c: &[u8]) -> Option<f64> {
 /// The elements of a numeric tensor as `f64` (BYTES gives an empty vector; a trailing partial
 /// element is ignored). Allocates: for policies, shadow comparison and golden sets, not
 /// per-request statistics.
-pub fn to_f64(t: &Tensor) -> Vec<f64> {
+pub fn to_f64<'a>(t: impl Into<TensorView<'a>>) -> Vec<f64> {
+    let t = t.into();
     let Some(size) = t.dtype.size() else {
         return Vec::new();
     };

@@ -52,16 +52,16 @@ fn int_to_f64(x: i128) -> f64 {
 }
 
 /// The state of one `data` parse: where the bytes go and how many elements were seen.
-struct DataState {
+struct DataState<'o> {
     dtype: DataType,
     expected: usize,
     count: usize,
-    out: Vec<u8>,
+    out: &'o mut Vec<u8>,
     /// The first problem, kept so the message carries no parser position.
     error: Option<String>,
 }
 
-impl DataState {
+impl DataState<'_> {
     fn fail<E: de::Error>(&mut self, msg: String) -> E {
         self.error.get_or_insert(msg);
         E::custom("invalid data")
@@ -126,7 +126,7 @@ impl DataState {
             }
             DataType::Bytes => match v {
                 Scalar::Str(s) => {
-                    if let Err(e) = push_bytes_element(&mut self.out, s.as_bytes()) {
+                    if let Err(e) = push_bytes_element(self.out, s.as_bytes()) {
                         return Err(self.fail(format!("element {i}: {e}")));
                     }
                 }
@@ -138,19 +138,19 @@ impl DataState {
 }
 
 /// Parses one level of `data`: an array (recursing into nested arrays) or a single value.
-struct Elements<'s> {
-    st: &'s mut DataState,
+struct Elements<'s, 'o> {
+    st: &'s mut DataState<'o>,
     depth: usize,
 }
 
-impl<'de> DeserializeSeed<'de> for Elements<'_> {
+impl<'de> DeserializeSeed<'de> for Elements<'_, '_> {
     type Value = ();
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for Elements<'_> {
+impl<'de> Visitor<'de> for Elements<'_, '_> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -205,25 +205,30 @@ impl<'de> Visitor<'de> for Elements<'_> {
     }
 }
 
-/// Parses one input's raw `data` into `count` elements of `dtype` (little-endian bytes).
-pub(super) fn parse_data(
+/// Parses one input's raw `data` into `count` elements of `dtype` (little-endian bytes) in
+/// `out`, replacing what it held; its capacity is reused, so a request like the last one
+/// allocates nothing.
+pub(super) fn parse_data_into(
     name: &str,
     dtype: DataType,
     shape: &[i64],
     count: usize,
     raw: &RawValue,
-) -> Result<Vec<u8>, InferError> {
+    out: &mut Vec<u8>,
+) -> Result<(), InferError> {
     let text = raw.get();
     // Each element takes at least two characters of text (a digit and a separator), so the
     // text bounds what can arrive whatever the shape claims.
     let capacity = count
         .min((text.len() / 2).saturating_add(1))
         .saturating_mul(dtype.size().unwrap_or(4));
+    out.clear();
+    out.reserve(capacity);
     let mut st = DataState {
         dtype,
         expected: count,
         count: 0,
-        out: Vec::with_capacity(capacity),
+        out,
         error: None,
     };
     let mut de = serde_json::Deserializer::from_str(text);
@@ -242,5 +247,5 @@ pub(super) fn parse_data(
             st.count
         )));
     }
-    Ok(st.out)
+    Ok(())
 }

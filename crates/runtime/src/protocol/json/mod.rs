@@ -24,8 +24,8 @@ pub mod data;
 pub mod request;
 pub mod response;
 
-pub use request::{DecodedRequest, decode_request};
-pub use response::{EncodedResponse, encode_response};
+pub use request::{Asked, Decoded, DecodedRequest, decode_request, decode_request_into};
+pub use response::{EncodedResponse, encode_response, encode_response_into};
 
 #[cfg(test)]
 mod tests;

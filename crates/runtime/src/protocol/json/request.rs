@@ -1,16 +1,17 @@
-//! The request head: everything but each input's `data` is read borrowed from the body, in
-//! bounded lists; each input's shape is checked against the model before [`super::data`] parses
-//! its data.
+//! The request head, read in one streaming pass with no intermediate lists: each input is
+//! checked against the model (name, datatype, shape, bytes) as soon as its object ends, and its
+//! data parsed by [`super::data`] straight into a buffer the next request reuses ([`Decoded`]).
+//! Lists are bounded (inputs, outputs, dimensions); unknown fields are skipped unread.
 
-use std::{borrow::Cow, fmt, marker::PhantomData, time::Duration};
+use std::{fmt, time::Duration};
 
 use serde::{
     Deserialize,
-    de::{self, Deserializer, SeqAccess, Visitor},
+    de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor},
 };
 use serde_json::value::RawValue;
 
-use super::data::parse_data;
+use super::data::parse_data_into;
 use crate::{
     error::InferError,
     tensor::{DataType, Expect, Tensor, add_tensor_bytes, check_shape, decoded_bytes},
@@ -45,42 +46,6 @@ impl ListLimit for RankLimit {
     const WHAT: &'static str = "dimensions in a shape";
 }
 
-/// A JSON array of at most `L::MAX` entries.
-pub struct Bounded<T, L>(pub Vec<T>, PhantomData<L>);
-
-impl<T, L> Default for Bounded<T, L> {
-    fn default() -> Self {
-        Self(Vec::new(), PhantomData)
-    }
-}
-
-impl<'de, T: Deserialize<'de>, L: ListLimit> Deserialize<'de> for Bounded<T, L> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<T, L>(PhantomData<(T, L)>);
-        impl<'de, T: Deserialize<'de>, L: ListLimit> Visitor<'de> for V<T, L> {
-            type Value = Bounded<T, L>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                write!(f, "an array of at most {} {}", L::MAX, L::WHAT)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(L::MAX));
-                while let Some(x) = seq.next_element()? {
-                    if v.len() >= L::MAX {
-                        return Err(de::Error::custom(format!(
-                            "more than {} {}",
-                            L::MAX,
-                            L::WHAT
-                        )));
-                    }
-                    v.push(x);
-                }
-                Ok(Bounded(v, PhantomData))
-            }
-        }
-        d.deserialize_seq(V(PhantomData))
-    }
-}
-
 /// The request parameters kinfer reads; others are skipped.
 #[derive(Deserialize, Default)]
 struct RequestParams<'a> {
@@ -102,40 +67,107 @@ struct OutputParams<'a> {
     binary_data: Option<&'a RawValue>,
 }
 
+/// The fields of the request object kinfer reads (identified without allocating).
 #[derive(Deserialize)]
-struct RequestHead<'a> {
-    #[serde(default)]
-    id: Option<String>,
-    #[serde(borrow, default)]
-    parameters: Option<RequestParams<'a>>,
-    #[serde(borrow)]
-    inputs: Bounded<InputHead<'a>, TensorsLimit>,
-    #[serde(borrow, default)]
-    outputs: Option<Bounded<OutputHead<'a>, TensorsLimit>>,
+#[serde(field_identifier, rename_all = "snake_case")]
+enum RequestField {
+    Id,
+    Parameters,
+    Inputs,
+    Outputs,
+    #[serde(other)]
+    Other,
 }
 
+/// The fields of an input object.
 #[derive(Deserialize)]
-struct InputHead<'a> {
-    #[serde(borrow)]
-    name: Cow<'a, str>,
-    shape: Bounded<i64, RankLimit>,
-    #[serde(borrow)]
-    datatype: Cow<'a, str>,
-    #[serde(borrow, default)]
-    parameters: Option<InputParams<'a>>,
-    #[serde(borrow, default)]
-    data: Option<&'a RawValue>,
+#[serde(field_identifier, rename_all = "snake_case")]
+enum InputField {
+    Name,
+    Shape,
+    Datatype,
+    Parameters,
+    Data,
+    #[serde(other)]
+    Other,
 }
 
+/// The fields of an output object.
 #[derive(Deserialize)]
-struct OutputHead<'a> {
-    #[serde(borrow)]
-    name: Cow<'a, str>,
-    #[serde(borrow, default)]
-    parameters: Option<OutputParams<'a>>,
+#[serde(field_identifier, rename_all = "snake_case")]
+enum OutputField {
+    Name,
+    Parameters,
+    #[serde(other)]
+    Other,
 }
 
-/// What a request asks for, checked and decoded.
+/// What a request asks for, decoded into buffers that the next request reuses: a request like
+/// the last one (same inputs, shapes and outputs) allocates nothing.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    /// The request's `id` ([`Decoded::id`]), when `has_id`.
+    id: String,
+    has_id: bool,
+    /// Inputs, in request order.
+    pub inputs: Vec<Tensor>,
+    /// Requested output names; only the first `n_outputs` are this request's.
+    outputs: Vec<String>,
+    /// Whether each requested output goes as binary.
+    binary: Vec<bool>,
+    n_outputs: usize,
+    /// Every output as binary (`binary_data_output`).
+    pub all_binary: bool,
+    /// Triton's `timeout` parameter (microseconds).
+    pub timeout: Option<Duration>,
+}
+
+impl Decoded {
+    /// The inputs (mutable: the server sorts them, or takes them for its workers) beside what
+    /// else the request asked for.
+    pub fn split(&mut self) -> (&mut Vec<Tensor>, Asked<'_>) {
+        let asked = Asked {
+            id: self.has_id.then_some(self.id.as_str()),
+            outputs: self.outputs.get(..self.n_outputs).unwrap_or_default(),
+            binary: &self.binary,
+            all_binary: self.all_binary,
+            timeout: self.timeout,
+        };
+        (&mut self.inputs, asked)
+    }
+}
+
+/// What a request asked for besides its inputs.
+#[derive(Debug, Clone, Copy)]
+pub struct Asked<'a> {
+    /// The request's `id`.
+    pub id: Option<&'a str>,
+    outputs: &'a [String],
+    binary: &'a [bool],
+    /// Every output as binary (`binary_data_output`).
+    pub all_binary: bool,
+    /// Triton's `timeout` parameter (microseconds).
+    pub timeout: Option<Duration>,
+}
+
+impl<'a> Asked<'a> {
+    /// Requested output names (empty: all).
+    pub fn requested(&self) -> &'a [String] {
+        self.outputs
+    }
+
+    /// Whether output `name` goes as binary (Triton's binary extension).
+    pub fn binary(&self, name: &str) -> bool {
+        self.all_binary
+            || self
+                .outputs
+                .iter()
+                .zip(self.binary)
+                .any(|(n, &b)| b && n == name)
+    }
+}
+
+/// What a request asks for, checked and decoded (owned: [`decode_request`]).
 #[derive(Debug)]
 pub struct DecodedRequest {
     /// The request's `id`.
@@ -165,7 +197,34 @@ pub fn decode_request(
     header_len: Option<usize>,
     expect: Expect<'_>,
 ) -> Result<DecodedRequest, InferError> {
-    let (json_part, mut binary) = match header_len {
+    let mut d = Decoded::default();
+    decode_request_into(body, header_len, expect, &mut d)?;
+    let (inputs, asked) = d.split();
+    let binary = asked
+        .outputs
+        .iter()
+        .zip(asked.binary)
+        .filter(|(_, b)| **b)
+        .map(|(n, _)| n.clone())
+        .collect();
+    Ok(DecodedRequest {
+        id: asked.id.map(str::to_owned),
+        requested: asked.outputs.to_vec(),
+        binary,
+        all_binary: asked.all_binary,
+        timeout: asked.timeout,
+        inputs: std::mem::take(inputs),
+    })
+}
+
+/// [`decode_request`] into `into`'s buffers (see [`Decoded`]).
+pub fn decode_request_into(
+    body: &[u8],
+    header_len: Option<usize>,
+    expect: Expect<'_>,
+    into: &mut Decoded,
+) -> Result<(), InferError> {
+    let (json_part, binary) = match header_len {
         Some(n) => body.split_at_checked(n).ok_or_else(|| {
             InferError::invalid(format!(
                 "Inference-Header-Content-Length is {n} but the body has only {} bytes",
@@ -174,85 +233,514 @@ pub fn decode_request(
         })?,
         None => (body, &[][..]),
     };
-    let head: RequestHead<'_> = serde_json::from_slice(json_part)
-        .map_err(|e| InferError::invalid(format!("malformed inference request JSON: {e}")))?;
-    if head.inputs.0.is_empty() {
+    into.has_id = false;
+    into.n_outputs = 0;
+    into.all_binary = false;
+    into.timeout = None;
+    let mut cx = Context {
+        expect,
+        binary,
+        total: 0,
+        error: None,
+        n_inputs: 0,
+    };
+    let mut de = serde_json::Deserializer::from_slice(json_part);
+    let parsed = Head {
+        into: &mut *into,
+        cx: &mut cx,
+    }
+    .deserialize(&mut de)
+    .and_then(|()| de.end());
+    if let Some(e) = cx.error.take() {
+        return Err(e);
+    }
+    parsed.map_err(|e| InferError::invalid(format!("malformed inference request JSON: {e}")))?;
+    into.inputs.truncate(cx.n_inputs);
+    if into.inputs.is_empty() {
         return Err(InferError::invalid("request has no inputs"));
     }
-    let mut inputs = Vec::with_capacity(head.inputs.0.len());
-    let mut total = 0usize;
-    for i in head.inputs.0 {
-        let name = i.name.as_ref();
-        let dtype = DataType::from_oip(&i.datatype).ok_or_else(|| {
-            InferError::invalid(format!("input '{name}': unknown datatype '{}'", i.datatype))
-        })?;
-        let spec = expect.spec(name)?;
-        let shape = i.shape.0;
-        let count = check_shape(spec, dtype, &shape, expect.max_rows)?;
-        total = add_tensor_bytes(total, name, decoded_bytes(dtype, count), expect.max_bytes)?;
-        let size_param = i.parameters.and_then(|p| p.binary_data_size);
-        let data = match (size_param, i.data) {
-            (Some(raw), _) => {
-                let size = serde_json::from_str::<u64>(raw.get())
-                    .ok()
-                    .and_then(|s| usize::try_from(s).ok())
-                    .ok_or_else(|| {
-                        InferError::invalid(format!(
-                            "input '{name}': binary_data_size must be a non-negative integer"
-                        ))
-                    })?;
-                let (mine, rest) = binary.split_at_checked(size).ok_or_else(|| {
-                    InferError::invalid(format!(
-                        "input '{name}': binary_data_size {size} exceeds the {} binary bytes left in the body",
-                        binary.len()
-                    ))
-                })?;
-                binary = rest;
-                mine.to_vec()
-            }
-            (None, Some(raw)) => parse_data(name, dtype, &shape, count, raw)?,
-            (None, None) => {
-                return Err(InferError::invalid(format!(
-                    "input '{name}' has neither data nor binary_data_size"
-                )));
-            }
-        };
-        inputs.push(Tensor {
-            name: i.name.into_owned(),
-            dtype,
-            shape,
-            data,
-        });
-    }
-    if !binary.is_empty() {
+    if !cx.binary.is_empty() {
         return Err(InferError::invalid(format!(
             "{} binary bytes after the inputs are not claimed by any binary_data_size",
-            binary.len()
+            cx.binary.len()
         )));
     }
-    let params = head.parameters.unwrap_or_default();
-    let outputs = head.outputs.unwrap_or_default().0;
-    let binary_outputs = outputs
-        .iter()
-        .filter(|o| raw_bool(o.parameters.as_ref().and_then(|p| p.binary_data)))
-        .map(|o| o.name.clone().into_owned())
-        .collect();
-    let timeout = match params.timeout {
-        None => None,
-        Some(raw) => Some(Duration::from_micros(
-            serde_json::from_str::<u64>(raw.get()).map_err(|_| {
-                InferError::invalid(
-                    "parameter 'timeout' must be a non-negative integer (microseconds)",
-                )
-            })?,
-        )),
-    };
-    Ok(DecodedRequest {
-        id: head.id,
-        inputs,
-        requested: outputs.into_iter().map(|o| o.name.into_owned()).collect(),
-        binary: binary_outputs,
-        all_binary: raw_bool(params.binary_data_output),
-        timeout,
-    })
+    Ok(())
+}
+
+/// What the decoding of one request shares: the model's expectations, the binary part not
+/// claimed yet, the decoded bytes so far, and the first error (a serde error only aborts).
+struct Context<'e, 'b> {
+    expect: Expect<'e>,
+    binary: &'b [u8],
+    total: usize,
+    error: Option<InferError>,
+    n_inputs: usize,
+}
+
+impl Context<'_, '_> {
+    fn fail<E: de::Error>(&mut self, e: InferError) -> E {
+        self.error.get_or_insert(e);
+        E::custom("invalid request")
+    }
+}
+
+/// The request object.
+struct Head<'d, 'c, 'e, 'b> {
+    into: &'d mut Decoded,
+    cx: &'c mut Context<'e, 'b>,
+}
+
+impl<'de> DeserializeSeed<'de> for Head<'_, '_, '_, '_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Head<'_, '_, '_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an inference request object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let Head { into, cx } = self;
+        let mut seen_inputs = false;
+        let mut params: Option<RequestParams<'de>> = None;
+        while let Some(field) = map.next_key::<RequestField>()? {
+            match field {
+                RequestField::Id => {
+                    into.has_id = map.next_value_seed(StrInto {
+                        out: &mut into.id,
+                        nullable: true,
+                    })?;
+                }
+                RequestField::Parameters => params = map.next_value()?,
+                RequestField::Inputs => {
+                    if seen_inputs {
+                        return Err(de::Error::duplicate_field("inputs"));
+                    }
+                    seen_inputs = true;
+                    map.next_value_seed(Inputs {
+                        into: &mut into.inputs,
+                        cx: &mut *cx,
+                    })?;
+                }
+                RequestField::Outputs => map.next_value_seed(Outputs { into: &mut *into })?,
+                RequestField::Other => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+            }
+        }
+        if !seen_inputs {
+            return Err(de::Error::missing_field("inputs"));
+        }
+        let params = params.unwrap_or_default();
+        into.all_binary = raw_bool(params.binary_data_output);
+        if let Some(raw) = params.timeout {
+            match serde_json::from_str::<u64>(raw.get()) {
+                Ok(us) => into.timeout = Some(Duration::from_micros(us)),
+                Err(_) => {
+                    return Err(cx.fail(InferError::invalid(
+                        "parameter 'timeout' must be a non-negative integer (microseconds)",
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A string value appended to a reused buffer (borrowed or escaped alike); `nullable` also
+/// takes `null` (the value is then absent: `false`).
+struct StrInto<'o> {
+    out: &'o mut String,
+    nullable: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for StrInto<'_> {
+    type Value = bool;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        if self.nullable {
+            d.deserialize_option(self)
+        } else {
+            d.deserialize_str(self)
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for StrInto<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
+        self.out.clear();
+        self.out.push_str(v);
+        Ok(true)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<bool, E> {
+        self.out.clear();
+        Ok(false)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<bool, E> {
+        self.visit_none()
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+/// A `shape`, into a reused vector, at most [`MAX_RANK`] dimensions.
+struct ShapeInto<'o>(&'o mut Vec<i64>);
+
+impl<'de> DeserializeSeed<'de> for ShapeInto<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ShapeInto<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "an array of at most {} {}", RankLimit::MAX, RankLimit::WHAT)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        self.0.clear();
+        while let Some(d) = seq.next_element::<i64>()? {
+            if self.0.len() >= RankLimit::MAX {
+                return Err(de::Error::custom(format!(
+                    "more than {} {}",
+                    RankLimit::MAX,
+                    RankLimit::WHAT
+                )));
+            }
+            self.0.push(d);
+        }
+        Ok(())
+    }
+}
+
+/// The `inputs` array: each input is checked and decoded as it is read, into the next reused
+/// tensor.
+struct Inputs<'i, 'c, 'e, 'b> {
+    into: &'i mut Vec<Tensor>,
+    cx: &'c mut Context<'e, 'b>,
+}
+
+impl<'de> DeserializeSeed<'de> for Inputs<'_, '_, '_, '_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Inputs<'_, '_, '_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "an array of at most {} {}",
+            TensorsLimit::MAX,
+            TensorsLimit::WHAT
+        )
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let Inputs { into, cx } = self;
+        let mut n = 0usize;
+        loop {
+            if into.len() <= n {
+                into.push(Tensor {
+                    name: String::new(),
+                    dtype: DataType::Fp32,
+                    shape: Vec::new(),
+                    data: Vec::new(),
+                });
+            }
+            let Some(slot) = into.get_mut(n) else {
+                return Err(de::Error::custom("input slot missing"));
+            };
+            if seq
+                .next_element_seed(Input {
+                    slot,
+                    cx: &mut *cx,
+                })?
+                .is_none()
+            {
+                break;
+            }
+            n = n.saturating_add(1);
+            if n > TensorsLimit::MAX {
+                return Err(de::Error::custom(format!(
+                    "more than {} {}",
+                    TensorsLimit::MAX,
+                    TensorsLimit::WHAT
+                )));
+            }
+        }
+        cx.n_inputs = n;
+        Ok(())
+    }
+}
+
+/// One input object, decoded into `slot` once all its fields are read.
+struct Input<'s, 'c, 'e, 'b> {
+    slot: &'s mut Tensor,
+    cx: &'c mut Context<'e, 'b>,
+}
+
+impl<'de> DeserializeSeed<'de> for Input<'_, '_, '_, '_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Input<'_, '_, '_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an input object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let Input { slot, cx } = self;
+        let (mut name, mut shape, mut datatype) = (false, false, None::<&'de str>);
+        let mut dtype_text = String::new();
+        let mut params: Option<InputParams<'de>> = None;
+        let mut data: Option<&'de RawValue> = None;
+        while let Some(field) = map.next_key::<InputField>()? {
+            match field {
+                InputField::Name => {
+                    name = map.next_value_seed(StrInto {
+                        out: &mut slot.name,
+                        nullable: false,
+                    })?;
+                }
+                InputField::Shape => {
+                    map.next_value_seed(ShapeInto(&mut slot.shape))?;
+                    shape = true;
+                }
+                InputField::Datatype => {
+                    let mut borrowed = None;
+                    map.next_value_seed(DatatypeText {
+                        borrowed: &mut borrowed,
+                        owned: &mut dtype_text,
+                    })?;
+                    datatype = Some(borrowed.unwrap_or(""));
+                }
+                InputField::Parameters => params = map.next_value()?,
+                InputField::Data => data = map.next_value()?,
+                InputField::Other => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+            }
+        }
+        if !name {
+            return Err(de::Error::missing_field("name"));
+        }
+        if !shape {
+            return Err(de::Error::missing_field("shape"));
+        }
+        let Some(text) = datatype else {
+            return Err(de::Error::missing_field("datatype"));
+        };
+        let text = if text.is_empty() { dtype_text.as_str() } else { text };
+        let result = decode_input(slot, text, params.and_then(|p| p.binary_data_size), data, cx);
+        result.map_err(|e| cx.fail(e))
+    }
+}
+
+/// A `datatype` string: borrowed from the body, or copied when it had escapes.
+struct DatatypeText<'b, 'o, 'de> {
+    borrowed: &'b mut Option<&'de str>,
+    owned: &'o mut String,
+}
+
+impl<'de> DeserializeSeed<'de> for DatatypeText<'_, '_, 'de> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for DatatypeText<'_, '_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a datatype name")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<(), E> {
+        *self.borrowed = Some(v);
+        Ok(())
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        v.clone_into(self.owned);
+        Ok(())
+    }
+}
+
+/// Checks one input against the model and decodes its data (binary or JSON) into `slot`.
+fn decode_input(
+    slot: &mut Tensor,
+    datatype: &str,
+    size_param: Option<&RawValue>,
+    data: Option<&RawValue>,
+    cx: &mut Context<'_, '_>,
+) -> Result<(), InferError> {
+    let name = slot.name.as_str();
+    let dtype = DataType::from_oip(datatype).ok_or_else(|| {
+        InferError::invalid(format!("input '{name}': unknown datatype '{datatype}'"))
+    })?;
+    slot.dtype = dtype;
+    let spec = cx.expect.spec(name)?;
+    let count = check_shape(spec, dtype, &slot.shape, cx.expect.max_rows)?;
+    cx.total = add_tensor_bytes(
+        cx.total,
+        name,
+        decoded_bytes(dtype, count),
+        cx.expect.max_bytes,
+    )?;
+    match (size_param, data) {
+        (Some(raw), _) => {
+            let size = serde_json::from_str::<u64>(raw.get())
+                .ok()
+                .and_then(|s| usize::try_from(s).ok())
+                .ok_or_else(|| {
+                    InferError::invalid(format!(
+                        "input '{name}': binary_data_size must be a non-negative integer"
+                    ))
+                })?;
+            let (mine, rest) = cx.binary.split_at_checked(size).ok_or_else(|| {
+                InferError::invalid(format!(
+                    "input '{name}': binary_data_size {size} exceeds the {} binary bytes left in the body",
+                    cx.binary.len()
+                ))
+            })?;
+            cx.binary = rest;
+            slot.data.clear();
+            slot.data.extend_from_slice(mine);
+            Ok(())
+        }
+        (None, Some(raw)) => parse_data_into(name, dtype, &slot.shape, count, raw, &mut slot.data),
+        (None, None) => Err(InferError::invalid(format!(
+            "input '{name}' has neither data nor binary_data_size"
+        ))),
+    }
+}
+
+/// The `outputs` array: names (and binary flags) into reused buffers.
+struct Outputs<'d> {
+    into: &'d mut Decoded,
+}
+
+impl<'de> DeserializeSeed<'de> for Outputs<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Outputs<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "an array of at most {} {}",
+            TensorsLimit::MAX,
+            TensorsLimit::WHAT
+        )
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let d = self.into;
+        let mut n = 0usize;
+        loop {
+            if d.outputs.len() <= n {
+                d.outputs.push(String::new());
+            }
+            if d.binary.len() <= n {
+                d.binary.push(false);
+            }
+            let (Some(name), Some(binary)) = (d.outputs.get_mut(n), d.binary.get_mut(n)) else {
+                return Err(de::Error::custom("output slot missing"));
+            };
+            if seq.next_element_seed(Output { name, binary })?.is_none() {
+                break;
+            }
+            n = n.saturating_add(1);
+            if n > TensorsLimit::MAX {
+                return Err(de::Error::custom(format!(
+                    "more than {} {}",
+                    TensorsLimit::MAX,
+                    TensorsLimit::WHAT
+                )));
+            }
+        }
+        d.n_outputs = n;
+        Ok(())
+    }
+}
+
+/// One output object.
+struct Output<'o> {
+    name: &'o mut String,
+    binary: &'o mut bool,
+}
+
+impl<'de> DeserializeSeed<'de> for Output<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Output<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an output object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut named = false;
+        *self.binary = false;
+        while let Some(field) = map.next_key::<OutputField>()? {
+            match field {
+                OutputField::Name => {
+                    named = map.next_value_seed(StrInto {
+                        out: &mut *self.name,
+                        nullable: false,
+                    })?;
+                }
+                OutputField::Parameters => {
+                    let p: Option<OutputParams<'de>> = map.next_value()?;
+                    *self.binary = raw_bool(p.and_then(|p| p.binary_data));
+                }
+                OutputField::Other => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+            }
+        }
+        if named {
+            Ok(())
+        } else {
+            Err(de::Error::missing_field("name"))
+        }
+    }
 }

@@ -8,7 +8,7 @@ use serde::{
 
 use crate::{
     error::InferError,
-    tensor::{DataType, Tensor},
+    tensor::{DataType, Tensor, TensorView},
 };
 
 /// A tensor's elements as a JSON array.
@@ -102,13 +102,38 @@ struct OutputJson<'a> {
     data: Option<DataJson<'a>>,
 }
 
+/// The `outputs` array, serialised from the views as it is written (no list built first).
+struct OutputsJson<'a, F> {
+    outputs: &'a [TensorView<'a>],
+    binary: &'a F,
+}
+
+impl<F: Fn(&str) -> bool> Serialize for OutputsJson<'_, F> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.outputs.len()))?;
+        for t in self.outputs {
+            let as_binary = (self.binary)(t.name);
+            seq.serialize_element(&OutputJson {
+                name: t.name,
+                datatype: t.dtype.as_oip(),
+                shape: t.shape,
+                parameters: as_binary.then_some(BinaryParam {
+                    binary_data_size: t.data.len(),
+                }),
+                data: (!as_binary).then_some(DataJson(t.dtype, t.data)),
+            })?;
+        }
+        seq.end()
+    }
+}
+
 #[derive(Serialize)]
-struct ResponseHead<'a> {
+struct ResponseHead<'a, F: Fn(&str) -> bool> {
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<&'a str>,
     model_name: &'a str,
     model_version: &'a str,
-    outputs: Vec<OutputJson<'a>>,
+    outputs: OutputsJson<'a, F>,
 }
 
 /// A response body: the JSON head and, when some outputs are binary, their bytes after it.
@@ -128,46 +153,45 @@ pub fn encode_response(
     outputs: &[Tensor],
     binary: impl Fn(&str) -> bool,
 ) -> Result<EncodedResponse, InferError> {
-    let mut raw_len = 0usize;
+    let views: Vec<TensorView<'_>> = outputs.iter().map(Tensor::view).collect();
+    let mut body = Vec::with_capacity(256);
+    let header_len = encode_response_into(model, version, id, &views, binary, &mut body)?;
+    Ok(EncodedResponse { body, header_len })
+}
+
+/// Serialises a response into `body` (cleared first; its capacity is reused) straight from
+/// the outputs where they are; returns the JSON part's length when binary outputs follow it.
+pub fn encode_response_into(
+    model: &str,
+    version: &str,
+    id: Option<&str>,
+    outputs: &[TensorView<'_>],
+    binary: impl Fn(&str) -> bool,
+    body: &mut Vec<u8>,
+) -> Result<Option<usize>, InferError> {
+    body.clear();
     let head = ResponseHead {
         id,
         model_name: model,
         model_version: version,
-        outputs: outputs
-            .iter()
-            .map(|t| {
-                let as_binary = binary(&t.name);
-                if as_binary {
-                    raw_len = raw_len.saturating_add(t.data.len());
-                }
-                OutputJson {
-                    name: &t.name,
-                    datatype: t.dtype.as_oip(),
-                    shape: &t.shape,
-                    parameters: as_binary.then_some(BinaryParam {
-                        binary_data_size: t.data.len(),
-                    }),
-                    data: (!as_binary).then_some(DataJson(t.dtype, &t.data)),
-                }
-            })
-            .collect(),
+        outputs: OutputsJson {
+            outputs,
+            binary: &binary,
+        },
     };
-    let mut body = Vec::with_capacity(256);
-    serde_json::to_writer(&mut body, &head)
+    serde_json::to_writer(&mut *body, &head)
         .map_err(|e| InferError::Internal(format!("cannot encode the response: {e}")))?;
+    let raw_len = outputs
+        .iter()
+        .filter(|t| binary(t.name))
+        .fold(0usize, |n, t| n.saturating_add(t.data.len()));
     if raw_len == 0 {
-        return Ok(EncodedResponse {
-            body,
-            header_len: None,
-        });
+        return Ok(None);
     }
     let header_len = body.len();
     body.reserve(raw_len);
-    for t in outputs.iter().filter(|t| binary(&t.name)) {
-        body.extend_from_slice(&t.data);
+    for t in outputs.iter().filter(|t| binary(t.name)) {
+        body.extend_from_slice(t.data);
     }
-    Ok(EncodedResponse {
-        body,
-        header_len: Some(header_len),
-    })
+    Ok(Some(header_len))
 }

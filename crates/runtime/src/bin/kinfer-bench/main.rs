@@ -1,8 +1,10 @@
 //! `kinfer-bench`: the project's load tool. Fixed-rate (open-loop) load with coordinated-omission
 //! correction — each request has an intended send time on a fixed schedule and its latency is
 //! measured from that time, so a stalled server is charged for the requests it delayed — or a
-//! closed loop (`--rate 0`) for saturation throughput. HdrHistogram percentiles. Also a raw
-//! in-process `session.run` loop, the limit every server is compared against.
+//! closed loop (`--rate 0`) for saturation throughput. HdrHistogram percentiles. Also the two
+//! limits every server is compared against: a raw in-process `session.run` loop (`raw`), and a
+//! bare OIP server on the same HTTP and gRPC stacks that parses requests and answers a fixed
+//! tensor (`bare`, [`bare`]).
 //!
 //! Prints one JSON object per run.
 
@@ -23,6 +25,8 @@ use kinfer_runtime::{
     protocol::pb::{self, grpc_inference_service_client::GrpcInferenceServiceClient},
 };
 use tokio::sync::Mutex;
+
+mod bare;
 
 /// Load generator for OIP v2 servers.
 #[derive(Parser)]
@@ -109,6 +113,25 @@ enum Cmd {
         /// Intra-op threads.
         #[arg(long, default_value_t = 1)]
         threads: usize,
+    },
+    /// Serve a bare OIP v2 server: kinfer's decoders and encoders on the same HTTP and gRPC
+    /// stacks, a fixed answer, no model run (the protocol layer's ceiling).
+    Bare {
+        /// ONNX model (only its declared inputs and outputs are read).
+        #[arg(long)]
+        model: std::path::PathBuf,
+        /// Model name on the API.
+        #[arg(long, default_value = "model")]
+        model_name: String,
+        /// HTTP port.
+        #[arg(long, default_value_t = 8080)]
+        http_port: u16,
+        /// gRPC port.
+        #[arg(long, default_value_t = 8081)]
+        grpc_port: u16,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        listen: std::net::IpAddr,
     },
 }
 
@@ -381,20 +404,30 @@ fn raw(
         inter_threads: 1,
         affinity: None,
     };
-    // The same session kinfer builds, called in a tight loop: the limit for any server.
-    let (mut session, _) = kinfer_runtime::models::session::build_session(model, &opts)?;
-    let value = ort::value::Tensor::<f32>::from_array((
-        vec![rows as i64, features as i64],
-        input_values(features, rows),
-    ))?;
-    let name = session.inputs()[0].name().to_owned();
+    // The same session kinfer builds, run the way the server runs it (inputs in place,
+    // outputs read in place), in a tight loop: the limit for any server.
+    let (session, _) = kinfer_runtime::models::session::build_session(model, &opts)?;
+    let input = session.inputs()[0].name().to_owned();
+    let outputs = kinfer_runtime::models::session::specs(model, "output", session.outputs())?;
+    let mut exec = kinfer_runtime::models::session::OrtExecutor { session, outputs };
+    let x = kinfer_runtime::tensor::Tensor {
+        name: input,
+        dtype: kinfer_runtime::tensor::DataType::Fp32,
+        shape: vec![rows as i64, features as i64],
+        data: input_values(features, rows)
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+    };
+    let inputs = [x];
+    let read = |o: &[kinfer_runtime::tensor::TensorView<'_>]| o.first().map_or(0, |t| t.data.len());
     for _ in 0..100 {
-        drop(session.run(ort::inputs![name.as_str() => value.view()])?);
+        exec.run_with(&inputs, read).map_err(anyhow::Error::msg)?;
     }
     let end = Instant::now() + Duration::from_secs_f64(seconds);
     while Instant::now() < end {
         let t = Instant::now();
-        drop(session.run(ort::inputs![name.as_str() => value.view()])?);
+        exec.run_with(&inputs, read).map_err(anyhow::Error::msg)?;
         h.record(t.elapsed().as_micros().max(1) as u64)?;
     }
     let outcome = Outcome {
@@ -416,6 +449,39 @@ fn main() -> anyhow::Result<()> {
             seconds,
             threads,
         } => raw(&model, features, rows, seconds, threads),
+        Cmd::Bare {
+            model,
+            model_name,
+            http_port,
+            grpc_port,
+            listen,
+        } => {
+            init_ort(
+                std::env::var_os("ORT_DYLIB_PATH")
+                    .map(std::path::PathBuf::from)
+                    .as_deref(),
+            )?;
+            let opts = SessionOptions {
+                provider: Provider::Cpu,
+                fallback_cpu: false,
+                gpu: Default::default(),
+                optimization_level: 3,
+                intra_threads: 1,
+                inter_threads: 1,
+                affinity: None,
+            };
+            // The same runtime flavour as kinfer-runtime's (#[tokio::main]: a worker per CPU).
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(bare::serve(
+                &model,
+                model_name,
+                std::net::SocketAddr::new(listen, http_port),
+                std::net::SocketAddr::new(listen, grpc_port),
+                &opts,
+            ))
+        }
         other => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -425,7 +491,7 @@ fn main() -> anyhow::Result<()> {
                     Cmd::Http(l) => run_load("http", l, None).await,
                     Cmd::Grpc(l) => run_load("grpc", l, None).await,
                     Cmd::Plain { load, path } => run_load("plain", load, Some(path)).await,
-                    Cmd::Raw { .. } => unreachable!("handled above"),
+                    Cmd::Raw { .. } | Cmd::Bare { .. } => unreachable!("handled above"),
                 }
             })
         }

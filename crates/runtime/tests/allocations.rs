@@ -1,0 +1,170 @@
+//! The hot path allocates nothing of its own: an unbatched HTTP inference, from its read body to
+//! its encoded answer (the server core, `protocol::http::answer`: decoding into reused buffers,
+//! validation, the run on the request's thread, statistics, the encoding straight from ONNX
+//! Runtime's output), makes exactly the allocations of the bare `session.run` it contains — the
+//! ones inside the `ort` bindings — and no more. Counted with a counting global allocator over
+//! 1,000 requests after a warm-up, against a real ONNX Runtime and a model made by the `onnx`
+//! Python package (the venv that `make test-rust` puts on PATH).
+
+use std::{
+    alloc::System,
+    path::Path,
+    pin::pin,
+    process::Command,
+    sync::Arc,
+    task::{Context, Poll, Waker},
+    time::Duration,
+};
+
+use kinfer_runtime::{
+    batching::BatchOptions,
+    models::{
+        registry::Registry,
+        session::{OrtExecutor, Provider, SessionOptions, build_session, init_ort, specs},
+        version::{BatchRounding, LoadOptions, LoadedVersion},
+    },
+    protocol::http::{Scratch, answer},
+    server::{Limits, Server, budget::Budget},
+    tensor::{DataType, Tensor, TensorView},
+};
+use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+const REQUESTS: usize = 1000;
+
+fn model(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("mlp.onnx");
+    let runtime_tier = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/runtime");
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg("import sys; sys.path.insert(0, sys.argv[1]); import models; models.mlp(sys.argv[2], seed=0)")
+        .arg(&runtime_tier)
+        .arg(&path)
+        .output()
+        .expect("python3 (the project's venv: make test-rust puts it on PATH)");
+    assert!(
+        out.status.success(),
+        "making the model failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    path
+}
+
+fn session_options() -> SessionOptions {
+    SessionOptions {
+        provider: Provider::Cpu,
+        fallback_cpu: false,
+        gpu: Default::default(),
+        optimization_level: 3,
+        intra_threads: 1,
+        inter_threads: 1,
+        affinity: None,
+    }
+}
+
+/// Polls a future that must complete without waiting (the request runs on this thread).
+fn now<T>(f: impl Future<Output = T>) -> T {
+    let mut f = pin!(f);
+    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(v) => v,
+        Poll::Pending => panic!("the request waited: it did not run on the request's thread"),
+    }
+}
+
+#[test]
+fn an_unbatched_http_inference_allocates_nothing_beyond_the_run_itself() {
+    let dir = std::env::temp_dir().join(format!("kinfer-alloc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = model(&dir);
+    let lib = std::env::var_os("ORT_DYLIB_PATH").expect("ORT_DYLIB_PATH (make test-rust sets it)");
+    init_ort(Some(Path::new(&lib))).unwrap();
+
+    let opts = LoadOptions {
+        session: session_options(),
+        batching: BatchOptions {
+            max_batch: 1,
+            max_delay: Duration::ZERO,
+            queue_capacity: 64,
+        },
+        instances: 1,
+        max_request_rows: 64,
+        warmup_runs: 3,
+        batch_rounding: BatchRounding::Exact,
+        pinning: None,
+    };
+    let v = LoadedVersion::load("m", "1", &path, None, &opts).unwrap();
+    assert!(v.runs_inline(), "an unbatched small model runs on the request's thread");
+    let registry = Arc::new(Registry::new("m".into()));
+    registry.stage(v).unwrap();
+    registry.serve("1", false).unwrap();
+    let limits = Limits {
+        max_message_bytes: 1 << 20,
+        body_idle_timeout: Duration::from_secs(5),
+    };
+    let server = Server::new(registry, None, limits, Budget::new(1 << 24));
+    let body = br#"{"id":"r1","inputs":[{"name":"x","shape":[2,4],"datatype":"FP32","data":[0.1,0.2,0.3,0.4,-1,2,-3,4]}],"outputs":[{"name":"probs"}]}"#;
+    let mut scratch = Scratch::default();
+    let mut request = |scratch: &mut Scratch| {
+        scratch.body_mut().clear();
+        scratch.body_mut().extend_from_slice(body);
+        let v = server.resolve("m", None).unwrap();
+        let charge = server.budget.charge();
+        now(answer(&server, v, "m", false, None, (None, None), scratch, &charge)).unwrap()
+    };
+    for _ in 0..100 {
+        assert_eq!(request(&mut scratch), None);
+    }
+    let reply: serde_json::Value = serde_json::from_slice(scratch.answer()).unwrap();
+    assert_eq!(reply["id"], "r1");
+    assert_eq!(reply["model_version"], "1");
+    assert_eq!(reply["outputs"][0]["name"], "probs");
+    assert_eq!(reply["outputs"][0]["shape"], serde_json::json!([2, 3]));
+    let served = {
+        let region = Region::new(GLOBAL);
+        for _ in 0..REQUESTS {
+            request(&mut scratch);
+        }
+        region.change()
+    };
+
+    // The run alone, as the server makes it: the same session kind, inputs and outputs in place.
+    let (session, _) = build_session(&path, &session_options()).unwrap();
+    let outputs = specs(&path, "output", session.outputs()).unwrap();
+    let mut exec = OrtExecutor { session, outputs };
+    let x = [Tensor {
+        name: "x".into(),
+        dtype: DataType::Fp32,
+        shape: vec![2, 4],
+        data: [0.1f32, 0.2, 0.3, 0.4, -1.0, 2.0, -3.0, 4.0]
+            .iter()
+            .flat_map(|f| f.to_le_bytes())
+            .collect(),
+    }];
+    let read = |o: &[TensorView<'_>]| o.iter().map(|t| t.data.len()).sum::<usize>();
+    for _ in 0..100 {
+        exec.run_with(&x, read).unwrap();
+    }
+    let run = {
+        let region = Region::new(GLOBAL);
+        for _ in 0..REQUESTS {
+            exec.run_with(&x, read).unwrap();
+        }
+        region.change()
+    };
+    let per = |n: usize| n as f64 / REQUESTS as f64;
+    eprintln!(
+        "allocations per request: server core {:.2}, the run alone {:.2}",
+        per(served.allocations),
+        per(run.allocations)
+    );
+    assert_eq!(
+        served.allocations, run.allocations,
+        "the server core allocated {:.2} times per request beyond the run's {:.2}",
+        per(served.allocations) - per(run.allocations),
+        per(run.allocations)
+    );
+    assert_eq!(served.reallocations, run.reallocations);
+    let _ = std::fs::remove_dir_all(&dir);
+}
