@@ -95,8 +95,11 @@ fn an_unbatched_http_inference_allocates_nothing_beyond_the_run_itself() {
         pinning: None,
     };
     let v = LoadedVersion::load("m", "1", &path, None, &opts).unwrap();
-    assert!(v.runs_inline(), "an unbatched small model runs on the request's thread");
-    let registry = Arc::new(Registry::new("m".into()));
+    assert!(
+        v.runs_inline(),
+        "an unbatched small model runs on the request's thread"
+    );
+    let registry = Arc::new(Registry::new("m"));
     registry.stage(v).unwrap();
     registry.serve("1", false).unwrap();
     let limits = Limits {
@@ -106,12 +109,22 @@ fn an_unbatched_http_inference_allocates_nothing_beyond_the_run_itself() {
     let server = Server::new(registry, None, limits, Budget::new(1 << 24));
     let body = br#"{"id":"r1","inputs":[{"name":"x","shape":[2,4],"datatype":"FP32","data":[0.1,0.2,0.3,0.4,-1,2,-3,4]}],"outputs":[{"name":"probs"}]}"#;
     let mut scratch = Scratch::default();
-    let mut request = |scratch: &mut Scratch| {
+    let request = |scratch: &mut Scratch| {
         scratch.body_mut().clear();
         scratch.body_mut().extend_from_slice(body);
         let v = server.resolve("m", None).unwrap();
         let charge = server.budget.charge();
-        now(answer(&server, v, "m", false, None, (None, None), scratch, &charge)).unwrap()
+        now(answer(
+            &server,
+            v,
+            "m",
+            false,
+            None,
+            (None, None),
+            scratch,
+            &charge,
+        ))
+        .unwrap()
     };
     for _ in 0..100 {
         assert_eq!(request(&mut scratch), None);
@@ -160,7 +173,8 @@ fn an_unbatched_http_inference_allocates_nothing_beyond_the_run_itself() {
         per(run.allocations)
     );
     assert_eq!(
-        served.allocations, run.allocations,
+        served.allocations,
+        run.allocations,
         "the server core allocated {:.2} times per request beyond the run's {:.2}",
         per(served.allocations) - per(run.allocations),
         per(run.allocations)

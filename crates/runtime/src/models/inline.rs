@@ -118,17 +118,17 @@ impl InlinePool {
             exec: Some(exec?),
         };
         let started = Instant::now();
-        let exec = checkout.exec.as_mut().ok_or_else(|| {
-            InferError::Internal(format!("{}: session taken twice", self.label))
-        })?;
-        let value = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            exec.run_with(inputs, f)
-        }))
-        .unwrap_or_else(|_| {
-            crate::error::PANICS.fetch_add(1, Relaxed);
-            Err("the run panicked (a bug; counted in kinfer_panics_total)".into())
-        })
-        .map_err(|e| InferError::Internal(format!("{} failed: {e}", self.label)))?;
+        let exec = checkout
+            .exec
+            .as_mut()
+            .ok_or_else(|| InferError::Internal(format!("{}: session taken twice", self.label)))?;
+        let value =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| exec.run_with(inputs, f)))
+                .unwrap_or_else(|_| {
+                    crate::error::PANICS.fetch_add(1, Relaxed);
+                    Err("the run panicked (a bug; counted in kinfer_panics_total)".into())
+                })
+                .map_err(|e| InferError::Internal(format!("{} failed: {e}", self.label)))?;
         Ok(Ran {
             value,
             queue,

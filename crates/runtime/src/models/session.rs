@@ -515,10 +515,8 @@ impl OrtExecutor {
         for t in inputs {
             values.push(to_value(t)?);
         }
-        let outputs = self
-            .session
-            .run(SessionInputs::ValueSlice(&values))
-            .map_err(|e| e.to_string())?;
+        let positional: SessionInputs<'_, '_> = SessionInputs::ValueSlice(&values);
+        let outputs = self.session.run(positional).map_err(|e| e.to_string())?;
         let mut spills: SmallVec<[Vec<u8>; STACK_OUTPUTS]> = SmallVec::new();
         spills.resize_with(self.outputs.len(), Vec::new);
         let mut views: SmallVec<[TensorView<'_>; STACK_OUTPUTS]> = SmallVec::new();

@@ -460,7 +460,7 @@ mod tests {
 
     #[test]
     fn output_distribution_bins_scores_and_argmax() {
-        use crate::tensor::DataType;
+        use crate::tensor::{DataType, Tensor};
         let info = |shape: Vec<i64>| {
             vec![TensorSpec {
                 name: "y".into(),
@@ -475,11 +475,11 @@ mod tests {
             data: v.iter().flat_map(|f| f.to_le_bytes()).collect(),
         };
         let scores = VersionStats::new(&info(vec![-1, 1]));
-        scores.record_output(&t(vec![3, 1], &[0.01, 0.97, f32::NAN]));
+        scores.record_output(t(vec![3, 1], &[0.01, 0.97, f32::NAN]).view());
         let bins: Vec<u64> = scores.output_bins.iter().map(|b| b.load(Relaxed)).collect();
         assert_eq!((bins[0], bins[19], bins.iter().sum::<u64>()), (1, 1, 2));
         let classes = VersionStats::new(&info(vec![-1, 3]));
-        classes.record_output(&t(vec![2, 3], &[0.1, 0.7, 0.2, 0.9, 0.05, 0.05]));
+        classes.record_output(t(vec![2, 3], &[0.1, 0.7, 0.2, 0.9, 0.05, 0.05]).view());
         let bins: Vec<u64> = classes
             .output_bins
             .iter()

@@ -58,6 +58,7 @@ pub struct LoadedVersion {
 }
 
 /// Where a version's runs happen.
+#[allow(clippy::large_enum_variant)] // one per loaded version, built once and never moved
 enum Execution {
     /// On the request's thread, sessions from a pool ([`InlinePool`]): unbatched, unpinned,
     /// short runs.

@@ -390,7 +390,14 @@ pub async fn answer(
         tracestate: trace.1,
     };
     s.infer(v, request, |a| {
-        encode_response_into(model, a.version, asked.id, a.outputs, |n| asked.binary(n), out)
+        encode_response_into(
+            model,
+            a.version,
+            asked.id,
+            a.outputs,
+            |n| asked.binary(n),
+            out,
+        )
     })
     .await
 }

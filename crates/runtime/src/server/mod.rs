@@ -23,8 +23,8 @@ use std::{
 };
 
 use budget::Budget;
-use smallvec::SmallVec;
 use kinfer_contract::telemetry::TARGET;
+use smallvec::SmallVec;
 use tracing::{Instrument, field::Empty};
 
 use crate::{
@@ -400,7 +400,15 @@ impl Server {
         }
         if let (Some(p), Some(inputs), Some(first)) = (pair, paired, first) {
             let (split, other) = (p.split, p.other);
-            shadow::pair(split, other, inputs, rows, first, max_bytes, traced.as_ref());
+            shadow::pair(
+                split,
+                other,
+                inputs,
+                rows,
+                first,
+                max_bytes,
+                traced.as_ref(),
+            );
         }
         Ok(encoded)
     }

@@ -83,6 +83,6 @@ async fn once(arm: &Arm, k: &Kept) -> Option<Tensor> {
     arm.stats
         .record_request(started.elapsed(), result.as_ref().map(|_| ()), false);
     let first = result.ok()?.outputs.into_iter().next()?;
-    arm.stats.record_output(&first);
+    arm.stats.record_output(first.view());
     Some(first)
 }

@@ -16,7 +16,6 @@ use axum::{
     routing::{get, post},
 };
 use crossbeam_queue::ArrayQueue;
-use smallvec::SmallVec;
 use http_body_util::BodyExt;
 use kinfer_runtime::{
     models::session::{SessionOptions, build_session, specs},
@@ -27,6 +26,7 @@ use kinfer_runtime::{
     },
     tensor::{Expect, Tensor, TensorSpec, TensorView},
 };
+use smallvec::SmallVec;
 use tonic::Status;
 
 /// The model's inputs (what requests are checked against) and the fixed answer.
@@ -35,7 +35,15 @@ struct Bare {
     inputs: Vec<TensorSpec>,
     answer: Vec<Tensor>,
     /// Buffers reused across requests, as kinfer-runtime's front end does.
-    scratch: ArrayQueue<Box<(Vec<u8>, Decoded, Vec<u8>)>>,
+    scratch: ArrayQueue<Box<Buffers>>,
+}
+
+/// One request's body, decoded inputs and encoded answer.
+#[derive(Default)]
+struct Buffers {
+    body: Vec<u8>,
+    decoded: Decoded,
+    out: Vec<u8>,
 }
 
 impl Bare {
@@ -92,9 +100,9 @@ pub async fn serve(
         tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
     let grpc_task = tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(pb::grpc_inference_service_server::GrpcInferenceServiceServer::new(
-                BareGrpc(bare),
-            ))
+            .add_service(
+                pb::grpc_inference_service_server::GrpcInferenceServiceServer::new(BareGrpc(bare)),
+            )
             .serve_with_incoming(incoming),
     );
     eprintln!("kinfer-bench bare: HTTP {http}, gRPC {grpc}");
@@ -111,7 +119,11 @@ async fn infer(
     body: Body,
 ) -> Response {
     let mut s = b.scratch.pop().unwrap_or_default();
-    let (buf, decoded, out) = &mut *s;
+    let Buffers {
+        body: buf,
+        decoded,
+        out,
+    } = &mut *s;
     buf.clear();
     let mut body = body;
     while let Some(frame) = body.frame().await {
@@ -156,7 +168,9 @@ impl GrpcInferenceService for BareGrpc {
         &self,
         _: tonic::Request<pb::ServerReadyRequest>,
     ) -> Result<tonic::Response<pb::ServerReadyResponse>, Status> {
-        Ok(tonic::Response::new(pb::ServerReadyResponse { ready: true }))
+        Ok(tonic::Response::new(pb::ServerReadyResponse {
+            ready: true,
+        }))
     }
 
     async fn model_ready(
@@ -170,14 +184,18 @@ impl GrpcInferenceService for BareGrpc {
         &self,
         _: tonic::Request<pb::ServerMetadataRequest>,
     ) -> Result<tonic::Response<pb::ServerMetadataResponse>, Status> {
-        Err(Status::unimplemented("the bare server answers ModelInfer only"))
+        Err(Status::unimplemented(
+            "the bare server answers ModelInfer only",
+        ))
     }
 
     async fn model_metadata(
         &self,
         _: tonic::Request<pb::ModelMetadataRequest>,
     ) -> Result<tonic::Response<pb::ModelMetadataResponse>, Status> {
-        Err(Status::unimplemented("the bare server answers ModelInfer only"))
+        Err(Status::unimplemented(
+            "the bare server answers ModelInfer only",
+        ))
     }
 
     async fn model_infer(

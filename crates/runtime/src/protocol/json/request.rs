@@ -412,7 +412,12 @@ impl<'de> Visitor<'de> for ShapeInto<'_> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "an array of at most {} {}", RankLimit::MAX, RankLimit::WHAT)
+        write!(
+            f,
+            "an array of at most {} {}",
+            RankLimit::MAX,
+            RankLimit::WHAT
+        )
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
@@ -473,10 +478,7 @@ impl<'de> Visitor<'de> for Inputs<'_, '_, '_, '_> {
                 return Err(de::Error::custom("input slot missing"));
             };
             if seq
-                .next_element_seed(Input {
-                    slot,
-                    cx: &mut *cx,
-                })?
+                .next_element_seed(Input { slot, cx: &mut *cx })?
                 .is_none()
             {
                 break;
@@ -557,8 +559,18 @@ impl<'de> Visitor<'de> for Input<'_, '_, '_, '_> {
         let Some(text) = datatype else {
             return Err(de::Error::missing_field("datatype"));
         };
-        let text = if text.is_empty() { dtype_text.as_str() } else { text };
-        let result = decode_input(slot, text, params.and_then(|p| p.binary_data_size), data, cx);
+        let text = if text.is_empty() {
+            dtype_text.as_str()
+        } else {
+            text
+        };
+        let result = decode_input(
+            slot,
+            text,
+            params.and_then(|p| p.binary_data_size),
+            data,
+            cx,
+        );
         result.map_err(|e| cx.fail(e))
     }
 }

@@ -128,6 +128,7 @@ impl<F: Fn(&str) -> bool> Serialize for OutputsJson<'_, F> {
 }
 
 #[derive(Serialize)]
+#[serde(bound = "F: Fn(&str) -> bool")]
 struct ResponseHead<'a, F: Fn(&str) -> bool> {
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<&'a str>,

@@ -157,8 +157,9 @@ fn a_lying_shape_allocates_nothing_large() {
 
 #[test]
 fn lists_are_bounded() {
+    // Inputs are checked as they are read: the limit applies to inputs the model has.
     let inputs: Vec<_> = (0..300)
-        .map(|i| json!({"name": format!("x{i}"), "shape": [1], "datatype": "FP32", "data": [1]}))
+        .map(|_| json!({"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}))
         .collect();
     let body = serde_json::to_vec(&json!({ "inputs": inputs })).unwrap();
     let specs = spec(DataType::Fp32, vec![-1]);
