@@ -99,6 +99,11 @@ impl InlinePool {
         f: impl FnOnce(&[TensorView<'_>]) -> R,
     ) -> Result<Ran<R>, InferError> {
         let queued = Instant::now();
+        // Let the other requests that are ready on this thread reach this point first: under load
+        // the thread then parses a round of requests, runs a round of models, writes a round of
+        // answers (the model's weights and the network code each stay in cache for a round)
+        // instead of alternating per request. At rest it costs one poll.
+        tokio::task::yield_now().await;
         let permit = match self.permits.try_acquire() {
             Ok(p) => p,
             Err(_) => self.wait(queued, deadline).await?,
@@ -117,12 +122,11 @@ impl InlinePool {
             pool: self,
             exec: Some(exec?),
         };
-        let started = Instant::now();
         let exec = checkout
             .exec
             .as_mut()
             .ok_or_else(|| InferError::Internal(format!("{}: session taken twice", self.label)))?;
-        let value =
+        let (value, compute) =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| exec.run_with(inputs, f)))
                 .unwrap_or_else(|_| {
                     crate::error::PANICS.fetch_add(1, Relaxed);
@@ -132,7 +136,7 @@ impl InlinePool {
         Ok(Ran {
             value,
             queue,
-            compute: started.elapsed(),
+            compute,
             batch_rows: rows,
         })
     }

@@ -5,6 +5,7 @@
 use std::{
     path::{Path, PathBuf},
     sync::OnceLock,
+    time::{Duration, Instant},
 };
 
 use ort::{
@@ -505,18 +506,21 @@ pub struct OrtExecutor {
 impl OrtExecutor {
     /// Runs one set of inputs (already in the model's input order) through the session and
     /// hands `f` the outputs, in the model's order, read in place from ONNX Runtime's buffers:
-    /// they are released when `f` returns. Nothing is copied on the way in or out.
+    /// they are released when `f` returns. Nothing is copied on the way in or out. Also returns
+    /// how long `session.run` took (not `f`).
     pub fn run_with<R>(
         &mut self,
         inputs: &[Tensor],
         f: impl FnOnce(&[TensorView<'_>]) -> R,
-    ) -> Result<R, String> {
+    ) -> Result<(R, Duration), String> {
         let mut values: SmallVec<[SessionInputValue<'_>; STACK_OUTPUTS]> = SmallVec::new();
         for t in inputs {
             values.push(to_value(t)?);
         }
         let positional: SessionInputs<'_, '_> = SessionInputs::ValueSlice(&values);
+        let started = Instant::now();
         let outputs = self.session.run(positional).map_err(|e| e.to_string())?;
+        let took = started.elapsed();
         let mut spills: SmallVec<[Vec<u8>; STACK_OUTPUTS]> = SmallVec::new();
         spills.resize_with(self.outputs.len(), Vec::new);
         let mut views: SmallVec<[TensorView<'_>; STACK_OUTPUTS]> = SmallVec::new();
@@ -532,7 +536,7 @@ impl OrtExecutor {
                 data,
             });
         }
-        Ok(f(&views))
+        Ok((f(&views), took))
     }
 }
 
@@ -543,6 +547,7 @@ impl Executor for OrtExecutor {
         self.run_with(inputs, |outputs| {
             outputs.iter().map(TensorView::to_tensor).collect()
         })
+        .map(|(outputs, _)| outputs)
     }
 }
 

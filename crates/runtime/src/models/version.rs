@@ -335,7 +335,9 @@ impl LoadedVersion {
         let inline = !batching
             && placements.iter().all(Option::is_none)
             && typical_run.is_some_and(|t| t <= INLINE_MAX_RUN);
+        let warmup_us = typical_run.map_or(0, |t| u64::try_from(t.as_micros()).unwrap_or(u64::MAX));
         if inline {
+            tracing::info!(%version, warmup_run_us = warmup_us, sessions = execs.len(), "runs on the request's thread (unbatched, unpinned, a short run)");
             return Ok(Arc::new(Self {
                 info,
                 stats,
@@ -349,6 +351,7 @@ impl LoadedVersion {
                 max_request_rows: opts.max_request_rows.max(1),
             }));
         }
+        tracing::info!(%version, warmup_run_us = warmup_us, batching, workers = execs.len(), "runs on {} worker thread(s)", execs.len());
         let (queue, rx) = queue::bounded(opts.batching.queue_capacity, label.clone());
         let batch_opts = BatchOptions {
             max_batch: if batching { opts.batching.max_batch } else { 1 },

@@ -422,7 +422,10 @@ async fn run(
             trace_header(s, headers, TRACESTATE),
         );
         let named = version.is_some_and(|v| !v.is_empty());
-        answer(s, v, model, named, header_len, trace, scratch, &charge).await
+        let answered = answer(s, v, model, named, header_len, trace, scratch, &charge).await;
+        // The other half of the rounds (see `models::inline`): the answers are written together.
+        tokio::task::yield_now().await;
+        answered
     }
     .await;
     if result.is_err() {

@@ -8,8 +8,8 @@
 //! Lists in a request are bounded (inputs, outputs, dimensions) so a body of small entries cannot
 //! turn into many large ones; unknown fields are skipped without being kept.
 //!
-//! [`request`] reads the request, [`data`] parses one input's `data` per datatype, [`response`]
-//! writes the answer.
+//! [`request`] reads the request (with the small seeds in `fields`), [`data`] parses one
+//! input's `data` per datatype, [`response`] writes the answer.
 
 #![deny(
     clippy::unwrap_used,
@@ -21,6 +21,7 @@
 )]
 
 pub mod data;
+mod fields;
 pub mod request;
 pub mod response;
 

@@ -11,7 +11,10 @@ use serde::{
 };
 use serde_json::value::RawValue;
 
-use super::data::parse_data_into;
+use super::{
+    data::parse_data_into,
+    fields::{Outputs, ShapeInto, StrInto},
+};
 use crate::{
     error::InferError,
     tensor::{DataType, Expect, Tensor, add_tensor_bytes, check_shape, decoded_bytes},
@@ -61,12 +64,6 @@ struct InputParams<'a> {
     binary_data_size: Option<&'a RawValue>,
 }
 
-#[derive(Deserialize, Default)]
-struct OutputParams<'a> {
-    #[serde(borrow, default)]
-    binary_data: Option<&'a RawValue>,
-}
-
 /// The fields of the request object kinfer reads (identified without allocating).
 #[derive(Deserialize)]
 #[serde(field_identifier, rename_all = "snake_case")]
@@ -92,16 +89,6 @@ enum InputField {
     Other,
 }
 
-/// The fields of an output object.
-#[derive(Deserialize)]
-#[serde(field_identifier, rename_all = "snake_case")]
-enum OutputField {
-    Name,
-    Parameters,
-    #[serde(other)]
-    Other,
-}
-
 /// What a request asks for, decoded into buffers that the next request reuses: a request like
 /// the last one (same inputs, shapes and outputs) allocates nothing.
 #[derive(Debug, Default)]
@@ -112,10 +99,10 @@ pub struct Decoded {
     /// Inputs, in request order.
     pub inputs: Vec<Tensor>,
     /// Requested output names; only the first `n_outputs` are this request's.
-    outputs: Vec<String>,
+    pub(super) outputs: Vec<String>,
     /// Whether each requested output goes as binary.
-    binary: Vec<bool>,
-    n_outputs: usize,
+    pub(super) binary: Vec<bool>,
+    pub(super) n_outputs: usize,
     /// Every output as binary (`binary_data_output`).
     pub all_binary: bool,
     /// Triton's `timeout` parameter (microseconds).
@@ -184,7 +171,7 @@ pub struct DecodedRequest {
     pub timeout: Option<Duration>,
 }
 
-fn raw_bool(v: Option<&RawValue>) -> bool {
+pub(super) fn raw_bool(v: Option<&RawValue>) -> bool {
     v.and_then(|r| serde_json::from_str::<bool>(r.get()).ok())
         .unwrap_or(false)
 }
@@ -348,89 +335,6 @@ impl<'de> Visitor<'de> for Head<'_, '_, '_, '_> {
                     )));
                 }
             }
-        }
-        Ok(())
-    }
-}
-
-/// A string value appended to a reused buffer (borrowed or escaped alike); `nullable` also
-/// takes `null` (the value is then absent: `false`).
-struct StrInto<'o> {
-    out: &'o mut String,
-    nullable: bool,
-}
-
-impl<'de> DeserializeSeed<'de> for StrInto<'_> {
-    type Value = bool;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
-        if self.nullable {
-            d.deserialize_option(self)
-        } else {
-            d.deserialize_str(self)
-        }
-    }
-}
-
-impl<'de> Visitor<'de> for StrInto<'_> {
-    type Value = bool;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a string")
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
-        self.out.clear();
-        self.out.push_str(v);
-        Ok(true)
-    }
-
-    fn visit_none<E: de::Error>(self) -> Result<bool, E> {
-        self.out.clear();
-        Ok(false)
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<bool, E> {
-        self.visit_none()
-    }
-
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-/// A `shape`, into a reused vector, at most [`MAX_RANK`] dimensions.
-struct ShapeInto<'o>(&'o mut Vec<i64>);
-
-impl<'de> DeserializeSeed<'de> for ShapeInto<'_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_seq(self)
-    }
-}
-
-impl<'de> Visitor<'de> for ShapeInto<'_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(
-            f,
-            "an array of at most {} {}",
-            RankLimit::MAX,
-            RankLimit::WHAT
-        )
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        self.0.clear();
-        while let Some(d) = seq.next_element::<i64>()? {
-            if self.0.len() >= RankLimit::MAX {
-                return Err(de::Error::custom(format!(
-                    "more than {} {}",
-                    RankLimit::MAX,
-                    RankLimit::WHAT
-                )));
-            }
-            self.0.push(d);
         }
         Ok(())
     }
@@ -652,107 +556,5 @@ fn decode_input(
         (None, None) => Err(InferError::invalid(format!(
             "input '{name}' has neither data nor binary_data_size"
         ))),
-    }
-}
-
-/// The `outputs` array: names (and binary flags) into reused buffers.
-struct Outputs<'d> {
-    into: &'d mut Decoded,
-}
-
-impl<'de> DeserializeSeed<'de> for Outputs<'_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_seq(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Outputs<'_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(
-            f,
-            "an array of at most {} {}",
-            TensorsLimit::MAX,
-            TensorsLimit::WHAT
-        )
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let d = self.into;
-        let mut n = 0usize;
-        loop {
-            if d.outputs.len() <= n {
-                d.outputs.push(String::new());
-            }
-            if d.binary.len() <= n {
-                d.binary.push(false);
-            }
-            let (Some(name), Some(binary)) = (d.outputs.get_mut(n), d.binary.get_mut(n)) else {
-                return Err(de::Error::custom("output slot missing"));
-            };
-            if seq.next_element_seed(Output { name, binary })?.is_none() {
-                break;
-            }
-            n = n.saturating_add(1);
-            if n > TensorsLimit::MAX {
-                return Err(de::Error::custom(format!(
-                    "more than {} {}",
-                    TensorsLimit::MAX,
-                    TensorsLimit::WHAT
-                )));
-            }
-        }
-        d.n_outputs = n;
-        Ok(())
-    }
-}
-
-/// One output object.
-struct Output<'o> {
-    name: &'o mut String,
-    binary: &'o mut bool,
-}
-
-impl<'de> DeserializeSeed<'de> for Output<'_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Output<'_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an output object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let mut named = false;
-        *self.binary = false;
-        while let Some(field) = map.next_key::<OutputField>()? {
-            match field {
-                OutputField::Name => {
-                    named = map.next_value_seed(StrInto {
-                        out: &mut *self.name,
-                        nullable: false,
-                    })?;
-                }
-                OutputField::Parameters => {
-                    let p: Option<OutputParams<'de>> = map.next_value()?;
-                    *self.binary = raw_bool(p.and_then(|p| p.binary_data));
-                }
-                OutputField::Other => {
-                    map.next_value::<de::IgnoredAny>()?;
-                }
-            }
-        }
-        if named {
-            Ok(())
-        } else {
-            Err(de::Error::missing_field("name"))
-        }
     }
 }
