@@ -91,8 +91,13 @@ class Server:
         self.stop()
 
 
+# The runtime container's environment as the operator sets it (glibc's fixed trim threshold, see
+# docs/runtime.md "Memory across swaps").
+KINFER_ENV = ["env", "MALLOC_TRIM_THRESHOLD_=4194304"]
+
+
 def kinfer_cmd(a, model, name="mlp", batch=None, port=HTTP, extra=()):
-    cmd = [f"{a.bin}/kinfer-runtime", "--model", str(model), "--model-name", name, "--listen",
+    cmd = [*KINFER_ENV, f"{a.bin}/kinfer-runtime", "--model", str(model), "--model-name", name, "--listen",
            "127.0.0.1", "--http-port", str(port), "--grpc-port", str(port + 1), "--metrics-port",
            str(port + 10), "--intra-op-threads", "1", *extra]
     if batch:

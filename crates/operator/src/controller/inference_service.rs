@@ -29,7 +29,7 @@ use kube::{
 use serde_json::json;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::{Context, apply, now, optional};
+use super::{Context, apply, echo, now, optional};
 use crate::{
     Error, FIELD_MANAGER,
     alerts::{self, Alert, Job},
@@ -95,6 +95,11 @@ async fn reconcile_inner(isvc: &InferenceService, ctx: &Context) -> Result<Actio
         // Owned objects go with it (owner references); nothing to clean up by hand.
         return Ok(Action::await_change());
     }
+    if echo::predates_own_status_write(isvc) {
+        // The watch has not yet delivered the status this operator wrote: acting on this copy
+        // would end in a refused status write. The written version's arrival triggers again.
+        return Ok(Action::requeue(echo::STATUS_CATCH_UP));
+    }
     let ns = isvc
         .namespace()
         .ok_or_else(|| Error::NoNamespace(isvc.name_any()))?;
@@ -133,7 +138,20 @@ async fn reconcile_inner(isvc: &InferenceService, ctx: &Context) -> Result<Actio
     // The watcher may read exactly the Secrets and ConfigMaps these versions name.
     let readable = Readable::of(target_mv.iter().chain(serving_mv.iter()));
     let objs = objects::build(&v, &ctx.defaults, &readable);
+    // Every owned object at once (only the Role must exist before its binding), and the pods
+    // beside them: a reconcile costs the slowest chain of calls, not their sum.
     let apply_all = async {
+        let rbac = async {
+            // Binding a Role that does not exist yet is refused (NotFound).
+            apply(Api::<Role>::namespaced(client.clone(), &ns), &objs.role).await?;
+            apply(
+                Api::<RoleBinding>::namespaced(client.clone(), &ns),
+                &objs.role_binding,
+            )
+            .await
+        };
+        let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+        let policy = policy_name(&name);
         let (deployment, ..) = futures::try_join!(
             apply(
                 Api::<Deployment>::namespaced(client.clone(), &ns),
@@ -151,37 +169,33 @@ async fn reconcile_inner(isvc: &InferenceService, ctx: &Context) -> Result<Actio
                 Api::<ServiceAccount>::namespaced(client.clone(), &ns),
                 &objs.service_account
             ),
+            rbac,
+            optional::apply_scaler(&client, &ns, isvc, &objs.scaler, &ctx.defaults),
+            optional::apply_or_delete(&cms, &policy, objs.policy.as_ref(), isvc),
         )?;
-        // The Role before its binding: binding a Role that does not exist yet is refused (NotFound).
-        apply(Api::<Role>::namespaced(client.clone(), &ns), &objs.role).await?;
-        apply(
-            Api::<RoleBinding>::namespaced(client.clone(), &ns),
-            &objs.role_binding,
-        )
-        .await?;
-        optional::apply_scaler(&client, &ns, isvc, &objs.scaler, &ctx.defaults).await?;
-        let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-        optional::apply_or_delete(&cms, &policy_name(&name), objs.policy.as_ref(), isvc).await?;
         Ok::<_, Error>(deployment)
     };
-    let deployment = apply_all
-        .instrument(info_span!(target: TARGET, "apply", otel.name = "apply owned objects"))
-        .await?;
+    let apply_all = apply_all
+        .instrument(info_span!(target: TARGET, "apply", otel.name = "apply owned objects"));
 
-    // Pods and the rollout decision.
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let pod_list = pods
-        .list(&ListParams::default().labels(&format!("{INFERENCE_SERVICE_LABEL}={name}")))
-        .await
-        .map_err(|e| Error::kube("listing pods", e))?
-        .items;
-    // Only the pods its Deployment made speak for the service; a look-alike with the same
-    // labels is ignored.
-    let replica_sets = Api::<ReplicaSet>::namespaced(client.clone(), &ns)
-        .list(&ListParams::default().labels(&format!("{INFERENCE_SERVICE_LABEL}={name}")))
-        .await
-        .map_err(|e| Error::kube("listing replica sets", e))?
-        .items;
+    // Pods and the rollout decision. Only the pods its Deployment made speak for the service; a
+    // look-alike with the same labels is ignored.
+    let by_service = ListParams::default().labels(&format!("{INFERENCE_SERVICE_LABEL}={name}"));
+    let list_pods = async {
+        Api::<Pod>::namespaced(client.clone(), &ns)
+            .list(&by_service)
+            .await
+            .map_err(|e| Error::kube("listing pods", e))
+    };
+    let list_replica_sets = async {
+        Api::<ReplicaSet>::namespaced(client.clone(), &ns)
+            .list(&by_service)
+            .await
+            .map_err(|e| Error::kube("listing replica sets", e))
+    };
+    let (deployment, pod_list, replica_sets) =
+        futures::try_join!(apply_all, list_pods, list_replica_sets)?;
+    let (pod_list, replica_sets) = (pod_list.items, replica_sets.items);
     let deployment_uid = deployment.metadata.uid.clone().unwrap_or_default();
     let owned = owned::serving_pods(&pod_list, &replica_sets, &deployment_uid);
     if owned.len() < pod_list.len() {
@@ -427,14 +441,16 @@ pub async fn apply_status(
         )
         .await
     {
-        Ok(_) => Ok(Written::Yes),
+        Ok(written) => {
+            echo::record_status(&written);
+            Ok(Written::Yes)
+        }
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(Written::Stale),
         Err(e) => Err(Error::kube("writing InferenceService status", e)),
     }
 }
 
-/// Deletes an object the spec no longer asks for (an HPA, the policy ConfigMap), but only one
-/// this InferenceService owns: a user's object of the same name is left alone.
+/// Publishes an Event on the InferenceService (a failure to publish is logged, not fatal).
 async fn publish(
     ctx: &Context,
     isvc: &InferenceService,

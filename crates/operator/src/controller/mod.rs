@@ -1,8 +1,10 @@
 //! The two controllers (InferenceService and ModelVersion), their shared [`Context`], the error
 //! policy (per-object exponential backoff), the trace of each reconcile and [`run`], which
 //! drives both until shutdown; [`trust`] reads what a ModelVersion's trust decision needs;
-//! [`optional`] applies or removes the owned objects a spec may not ask for.
+//! [`optional`] applies or removes the owned objects a spec may not ask for; [`echo`] keeps the
+//! operator's own writes from triggering the reconcile that made them.
 
+pub mod echo;
 pub mod inference_service;
 pub mod model_version;
 pub mod optional;
@@ -182,6 +184,7 @@ where
         &Patch::Apply(obj),
     )
     .await
+    .inspect(echo::record)
     .map_err(|e| {
         Error::kube(
             format!(
@@ -237,14 +240,42 @@ pub async fn run(
     );
     let store = isvc_ctrl.store();
     let isvcs = isvc_ctrl
-        .owns(api::<Deployment>(c, ns), owned.clone())
-        .owns(api::<Service>(c, ns), owned.clone())
-        .owns(api::<PodDisruptionBudget>(c, ns), owned.clone())
-        .owns(api::<ServiceAccount>(c, ns), owned.clone())
-        .owns(api::<Role>(c, ns), owned.clone())
-        .owns(api::<RoleBinding>(c, ns), owned.clone())
-        .owns(api::<HorizontalPodAutoscaler>(c, ns), owned.clone())
-        .owns(api::<ConfigMap>(c, ns), owned.clone())
+        .watches(
+            api::<Deployment>(c, ns),
+            owned.clone(),
+            echo::owner_unless_echo,
+        )
+        .watches(
+            api::<Service>(c, ns),
+            owned.clone(),
+            echo::owner_unless_echo,
+        )
+        .watches(
+            api::<PodDisruptionBudget>(c, ns),
+            owned.clone(),
+            echo::owner_unless_echo,
+        )
+        .watches(
+            api::<ServiceAccount>(c, ns),
+            owned.clone(),
+            echo::owner_unless_echo,
+        )
+        .watches(api::<Role>(c, ns), owned.clone(), echo::owner_unless_echo)
+        .watches(
+            api::<RoleBinding>(c, ns),
+            owned.clone(),
+            echo::owner_unless_echo,
+        )
+        .watches(
+            api::<HorizontalPodAutoscaler>(c, ns),
+            owned.clone(),
+            echo::owner_unless_echo,
+        )
+        .watches(
+            api::<ConfigMap>(c, ns),
+            owned.clone(),
+            echo::owner_unless_echo,
+        )
         .watches(
             api::<Pod>(c, ns),
             watcher::Config::default().labels(INFERENCE_SERVICE_LABEL),

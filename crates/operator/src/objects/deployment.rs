@@ -11,7 +11,8 @@ use k8s_openapi::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
         core::v1::{
             ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-            HTTPGetAction, PodReadinessGate, PodSpec, PodTemplateSpec, Probe, Volume, VolumeMount,
+            EnvVar, HTTPGetAction, PodReadinessGate, PodSpec, PodTemplateSpec, Probe, Volume,
+            VolumeMount,
         },
     },
     apimachinery::pkg::{
@@ -185,6 +186,17 @@ pub fn runtime_flags(v: &Validated) -> RuntimeServe {
     }
 }
 
+/// The runtime's environment: glibc's fixed trim threshold (so a swapped-out version's memory
+/// is given back), and what tracing adds.
+fn runtime_env(v: &Validated) -> Vec<EnvVar> {
+    let mut out = vec![env(
+        pod_env::MALLOC_TRIM_THRESHOLD,
+        &kinfer_contract::pod::TRIM_THRESHOLD_BYTES.to_string(),
+    )];
+    out.extend(observability::runtime_env(v).into_iter().flatten());
+    out
+}
+
 /// The runtime's command-line arguments (after the binary).
 pub fn runtime_args(v: &Validated) -> Vec<String> {
     runtime_flags(v).to_args()
@@ -221,7 +233,7 @@ fn runtime_container(v: &Validated, d: &Defaults) -> Container {
             port("grpc", GRPC_PORT),
             port("metrics", METRICS_PORT),
         ]),
-        env: observability::runtime_env(v),
+        env: Some(runtime_env(v)),
         liveness_probe: Some(http_probe("/v2/health/live", 10, 3)),
         readiness_probe: Some(http_probe("/v2/health/ready", 5, 2)),
         resources: Some(scheduling::runtime_resources(v)),

@@ -126,7 +126,14 @@ mod tests {
         let pod = dep.spec.unwrap().template.spec.unwrap();
         let args = pod.containers[0].args.clone().unwrap().join(" ");
         assert!(!args.contains("otlp"), "{args}");
-        assert!(pod.containers[0].env.is_none());
+        // The runtime's environment is only the allocator setting every pod has.
+        assert_eq!(
+            env_of(&pod.containers[0]),
+            [(
+                pod_env::MALLOC_TRIM_THRESHOLD.to_owned(),
+                kinfer_contract::pod::TRIM_THRESHOLD_BYTES.to_string()
+            )]
+        );
         assert!(
             !env_of(&pod.containers[1])
                 .iter()

@@ -99,11 +99,6 @@ impl InlinePool {
         f: impl FnOnce(&[TensorView<'_>]) -> R,
     ) -> Result<Ran<R>, InferError> {
         let queued = Instant::now();
-        // Let the other requests that are ready on this thread reach this point first: under load
-        // the thread then parses a round of requests, runs a round of models, writes a round of
-        // answers (the model's weights and the network code each stay in cache for a round)
-        // instead of alternating per request. At rest it costs one poll.
-        tokio::task::yield_now().await;
         let permit = match self.permits.try_acquire() {
             Ok(p) => p,
             Err(_) => self.wait(queued, deadline).await?,

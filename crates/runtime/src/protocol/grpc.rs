@@ -387,8 +387,6 @@ impl GrpcInferenceService for GrpcService {
             .await
         }
         .await;
-        // Answers are written in rounds (see `models::inline`).
-        tokio::task::yield_now().await;
         s.count(Protocol::Grpc, result.as_ref().map(|_| ()));
         let (version, outputs, raw_output_contents) = result?;
         Ok(Response::new(pb::ModelInferResponse {

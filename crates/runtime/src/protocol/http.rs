@@ -422,10 +422,7 @@ async fn run(
             trace_header(s, headers, TRACESTATE),
         );
         let named = version.is_some_and(|v| !v.is_empty());
-        let answered = answer(s, v, model, named, header_len, trace, scratch, &charge).await;
-        // The other half of the rounds (see `models::inline`): the answers are written together.
-        tokio::task::yield_now().await;
-        answered
+        answer(s, v, model, named, header_len, trace, scratch, &charge).await
     }
     .await;
     if result.is_err() {
