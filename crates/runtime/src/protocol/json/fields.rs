@@ -86,23 +86,14 @@ impl<'de> Visitor<'de> for ShapeInto<'_> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(
-            f,
-            "an array of at most {} {}",
-            RankLimit::MAX,
-            RankLimit::WHAT
-        )
+        RankLimit::expecting(f)
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         self.0.clear();
         while let Some(d) = seq.next_element::<i64>()? {
             if self.0.len() >= RankLimit::MAX {
-                return Err(de::Error::custom(format!(
-                    "more than {} {}",
-                    RankLimit::MAX,
-                    RankLimit::WHAT
-                )));
+                return Err(RankLimit::too_many());
             }
             self.0.push(d);
         }
@@ -126,12 +117,7 @@ impl<'de> Visitor<'de> for Outputs<'_> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(
-            f,
-            "an array of at most {} {}",
-            TensorsLimit::MAX,
-            TensorsLimit::WHAT
-        )
+        TensorsLimit::expecting(f)
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
@@ -152,11 +138,7 @@ impl<'de> Visitor<'de> for Outputs<'_> {
             }
             n = n.saturating_add(1);
             if n > TensorsLimit::MAX {
-                return Err(de::Error::custom(format!(
-                    "more than {} {}",
-                    TensorsLimit::MAX,
-                    TensorsLimit::WHAT
-                )));
+                return Err(TensorsLimit::too_many());
             }
         }
         d.n_outputs = n;

@@ -33,6 +33,16 @@ pub trait ListLimit {
     const MAX: usize;
     /// What the entries are, e.g. "inputs".
     const WHAT: &'static str;
+
+    /// A visitor's `expecting` for the list.
+    fn expecting(f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "an array of at most {} {}", Self::MAX, Self::WHAT)
+    }
+
+    /// The error for a list with more than [`Self::MAX`] entries.
+    fn too_many<E: de::Error>() -> E {
+        E::custom(format!("more than {} {}", Self::MAX, Self::WHAT))
+    }
 }
 
 /// The `inputs` and `outputs` lists.
@@ -358,12 +368,7 @@ impl<'de> Visitor<'de> for Inputs<'_, '_, '_, '_> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(
-            f,
-            "an array of at most {} {}",
-            TensorsLimit::MAX,
-            TensorsLimit::WHAT
-        )
+        TensorsLimit::expecting(f)
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
@@ -389,11 +394,7 @@ impl<'de> Visitor<'de> for Inputs<'_, '_, '_, '_> {
             }
             n = n.saturating_add(1);
             if n > TensorsLimit::MAX {
-                return Err(de::Error::custom(format!(
-                    "more than {} {}",
-                    TensorsLimit::MAX,
-                    TensorsLimit::WHAT
-                )));
+                return Err(TensorsLimit::too_many());
             }
         }
         cx.n_inputs = n;
