@@ -44,17 +44,9 @@ def log(*a):
 
 
 def load(a, proto, rate, seconds, connections, warmup=0.5, port=HTTP):
-    addr = f"127.0.0.1:{port + 1 if proto == 'grpc' else port}"
-    out = subprocess.run(["taskset", "-c", CLI_CPU, f"{a.bin}/kinfer-bench", proto, "--addr", addr,
-                          "--model", "mlp", "--features", str(FEATURES), "--rate", str(rate),
-                          "--connections", str(connections), "--seconds", str(seconds),
-                          "--warmup", str(warmup)], capture_output=True, text=True, cwd=ROOT)
-    if out.returncode != 0:
-        raise RuntimeError(out.stderr.strip()[-500:])
-    r = json.loads(out.stdout.strip().splitlines()[-1])
-    if not rate:
-        r["achieved_rps"] = r["requests"] / seconds
-    return r
+    """kinfer-bench from the load CPU (anchors.bench: the same harness as `make bench`)."""
+    return anchors.bench(a, proto, FEATURES, rate, seconds, warmup, proto, port=port,
+                         connections=connections)
 
 
 def admin_stats(sock):
