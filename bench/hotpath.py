@@ -18,11 +18,14 @@ and context switches (`perf stat -e task-clock,context-switches`) and system cal
 of --reps repetitions go to stdout as markdown.
 
     python bench/hotpath.py --bin $CARGO_TARGET_DIR/release [--baseline before=/path/to/old/kinfer-runtime]
+
+Needs `perf` (Debian: linux-perf) and `strace`; it says so and stops when either is missing.
 """
 import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -194,6 +197,10 @@ def main():
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--report-only", action="store_true")
     a = p.parse_args()
+    missing = [pkg for tool, pkg in (("perf", "linux-perf"), ("strace", "strace")) if not shutil.which(tool)]
+    if missing and not a.report_only:
+        sys.exit(f"hotpath.py counts context switches with perf and syscalls with strace: "
+                 f"apt-get install {' '.join(missing)}")
     res = ROOT / "bench-results"
     res.mkdir(exist_ok=True)
     path = res / "hotpath.jsonl"
