@@ -16,6 +16,11 @@
 #   change_p50/p99 spec change (a PATCH of spec.replicas) → status.observedGeneration catches up,
 #                  over KINFER_BENCH_SAMPLES changes, one at a time, polled every 2 ms
 #   rss_mb         operator VmRSS after the changes; rss_peak_mb its VmHWM
+#   restart_s      the operator stopped, every InferenceService's spec changed meanwhile, a new
+#                  operator started → every one has caught up (observedGeneration); a relist of
+#                  N services that each need work; restart_reconciles: reconciles by then
+# Completion is polled with one list of the InferenceServices a second (a faster poll loads the
+# API server the operator is measured against).
 # and appends one JSON line to bench-results/operator-scale.jsonl. No node: pods are never
 # created, so this measures the control plane only.
 set -euo pipefail
@@ -74,24 +79,40 @@ def reconciled():
 port = socket.socket(); port.bind(("127.0.0.1", 0)); mport = port.getsockname()[1]; port.close()
 log = open(os.path.join(os.path.dirname(out), "operator-scale.log"), "w")
 env = dict(os.environ, KUBECONFIG=os.path.join(d, "kubeconfig"), RUST_LOG=os.environ.get("KINFER_BENCH_LOG", "warn"))
-start = time.time()
-op = subprocess.Popen([binary, "--leader-elect=false", "--metrics-addr", "127.0.0.1:%d" % mport,
-                       "--watch-namespace", NS] + (["--concurrency", concurrency] if concurrency else []),
-                      stdout=log, stderr=log, env=env)
-try:
-    while True:
-        done = reconciled()
-        if done >= n:
-            break
+
+def start_operator():
+    return subprocess.Popen([binary, "--leader-elect=false", "--metrics-addr", "127.0.0.1:%d" % mport,
+                             "--watch-namespace", NS] + (["--concurrency", concurrency] if concurrency else []),
+                            stdout=log, stderr=log, env=env)
+
+def stop_operator(op):
+    op.terminate()
+    try:
+        op.wait(10)
+    except subprocess.TimeoutExpired:
+        op.kill()
+        op.wait()
+
+def until_all_reconciled(op, what):
+    start = time.time()
+    while reconciled() < n:
         if op.poll() is not None:
             sys.exit("operator exited: see " + log.name)
-        time.sleep(0.25)
-    cold = time.time() - start
-    print("cold start: all %d reconciled in %.2fs" % (n, cold), file=sys.stderr)
+        time.sleep(1.0)
+    took = time.time() - start
+    print("%s: all %d reconciled in %.2fs" % (what, n, took), file=sys.stderr)
+    return took
+
+def reconciles():
     scrape = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport, timeout=5).read().decode()
     count = lambda kind: sum(float(l.rsplit(" ", 1)[1]) for l in scrape.splitlines()
                              if l.startswith("kinfer_reconcile_total{") and 'kind="%s"' % kind in l)
-    cold_reconciles, cold_mv_reconciles = count("InferenceService"), count("ModelVersion")
+    return count("InferenceService"), count("ModelVersion")
+
+op = start_operator()
+try:
+    cold = until_all_reconciled(op, "cold start")
+    cold_reconciles, cold_mv_reconciles = reconciles()
     lat = []
     for k in range(samples):
         name = "svc-%04d" % ((k * 7919) % n)
@@ -114,20 +135,25 @@ try:
     kb = lambda key: int(re.search(key + r":\s+(\d+) kB", status).group(1))
     metrics = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport, timeout=5).read().decode()
     errors = sum(float(l.rsplit(" ", 1)[1]) for l in metrics.splitlines() if l.startswith("kinfer_reconcile_errors_total{"))
+    # A restart: every service changes while no operator runs; the new one relists them all.
+    stop_operator(op)
+    for i in range(n):
+        name = "svc-%04d" % i
+        call("PATCH", isvcs + "/" + name, {"spec": {"replicas": 1}}, "application/merge-patch+json")
+    op = start_operator()
+    restart = until_all_reconciled(op, "restart")
+    restart_reconciles, _ = reconciles()
     row = {"bench": "operator-scale", "inference_services": n, "cold_start_s": round(cold, 2),
            "cold_reconciles": cold_reconciles, "cold_mv_reconciles": cold_mv_reconciles,
            "change_samples": samples, "change_p50_ms": round(q(0.5) * 1e3, 1), "change_p99_ms": round(q(0.99) * 1e3, 1),
            "change_max_ms": round(lat[-1] * 1e3, 1),
            "rss_mb": round(kb("VmRSS") / 1024, 1), "rss_peak_mb": round(kb("VmHWM") / 1024, 1),
+           "restart_s": round(restart, 2), "restart_reconciles": restart_reconciles,
            "reconcile_errors": errors, "concurrency": int(concurrency or 8), "cpus": os.cpu_count(), "binary": binary,
            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     print(json.dumps(row))
     with open(out, "a") as f:
         f.write(json.dumps(row) + "\n")
 finally:
-    op.terminate()
-    try:
-        op.wait(10)
-    except subprocess.TimeoutExpired:
-        op.kill()
+    stop_operator(op)
 PY

@@ -138,6 +138,8 @@ async fn reconcile_inner(isvc: &InferenceService, ctx: &Context) -> Result<Actio
     // The watcher may read exactly the Secrets and ConfigMaps these versions name.
     let readable = Readable::of(target_mv.iter().chain(serving_mv.iter()));
     let objs = objects::build(&v, &ctx.defaults, &readable);
+    // Owned-object events that beat their apply's answer wait for the end of this reconcile.
+    let flight = echo::take_off(isvc);
     // Every owned object at once (only the Role must exist before its binding), and the pods
     // beside them: a reconcile costs the slowest chain of calls, not their sum.
     let apply_all = async {
@@ -286,11 +288,14 @@ async fn reconcile_inner(isvc: &InferenceService, ctx: &Context) -> Result<Actio
             | RolloutPhase::Promoting
             | RolloutPhase::RollingBack
     );
-    Ok(if busy {
-        Action::requeue(std::time::Duration::from_secs(30))
-    } else {
-        Action::requeue(std::time::Duration::from_secs(600))
-    })
+    if flight.land() {
+        // Someone else changed an owned object while it was being applied.
+        return Ok(Action::requeue(std::time::Duration::ZERO));
+    }
+    Ok(Action::requeue(super::resync_after(
+        busy,
+        isvc.meta().uid.as_deref().unwrap_or(&name),
+    )))
 }
 
 async fn act(
@@ -433,20 +438,26 @@ pub async fn apply_status(
         "metadata": {"resourceVersion": read.resource_version()},
         "status": next,
     });
-    match api
+    echo::intend_status(read, next);
+    let written = api
         .patch_status(
             &read.name_any(),
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(&body),
         )
-        .await
-    {
+        .await;
+    match written {
         Ok(written) => {
             echo::record_status(&written);
             Ok(Written::Yes)
         }
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(Written::Stale),
-        Err(e) => Err(Error::kube("writing InferenceService status", e)),
+        Err(e) => {
+            echo::abandon_status(read);
+            match e {
+                kube::Error::Api(e) if e.code == 409 => Ok(Written::Stale),
+                e => Err(Error::kube("writing InferenceService status", e)),
+            }
+        }
     }
 }
 

@@ -2,13 +2,15 @@
 //! policy (per-object exponential backoff), the trace of each reconcile and [`run`], which
 //! drives both until shutdown; [`trust`] reads what a ModelVersion's trust decision needs;
 //! [`optional`] applies or removes the owned objects a spec may not ask for; [`echo`] keeps the
-//! operator's own writes from triggering the reconcile that made them.
+//! operator's own writes from triggering the reconcile that made them; [`version_events`] passes
+//! on only the ModelVersion changes a service's reconcile can see.
 
 pub mod echo;
 pub mod inference_service;
 pub mod model_version;
 pub mod optional;
 pub mod trust;
+pub mod version_events;
 
 use std::{
     collections::HashMap,
@@ -17,7 +19,7 @@ use std::{
     time::Duration,
 };
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::{
     api::{
         apps::v1::Deployment,
@@ -37,11 +39,11 @@ use kube::{
     Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
     runtime::{
-        Controller,
+        Controller, WatchStreamExt,
         controller::{Action, Config},
         events::{Recorder, Reporter},
-        reflector::ObjectRef,
-        watcher,
+        reflector::{self, ObjectRef, reflector},
+        watcher::{self, watcher},
     },
 };
 use serde::{Serialize, de::DeserializeOwned};
@@ -143,6 +145,27 @@ pub(crate) async fn traced<K: Resource<DynamicType = ()>>(
     r
 }
 
+/// When a service is looked at again without an event: a rollout in progress after 2 min, an
+/// idle service after 10 min, each plus up to a fifth more, spread by the object's uid so that
+/// services reconciled together (a cold start) do not all come back together. Every change that
+/// moves a rollout (its pods and their annotations, its ModelVersions, its owned objects)
+/// triggers a reconcile at once; this is only the net under a lost event. A shorter net (30 s)
+/// once had 1,000 services in rollout re-reconciled faster than the operator reached the ones
+/// not yet reconciled at all (docs/operator.md, "Scale").
+pub fn resync_after(busy: bool, uid: &str) -> Duration {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let base = if busy { RESYNC_BUSY } else { RESYNC_IDLE };
+    let mut h = DefaultHasher::new();
+    uid.hash(&mut h);
+    let spread = (h.finish() % 1_000) as u32;
+    base + base / 5 * spread / 1_000
+}
+
+/// The net under a rollout in progress (see [`resync_after`]).
+pub const RESYNC_BUSY: Duration = Duration::from_secs(120);
+/// The net under an idle service (see [`resync_after`]).
+pub const RESYNC_IDLE: Duration = Duration::from_secs(600);
+
 /// Requeue after consecutive failures of one object: 1s, 2s, 4s … capped at 5 minutes.
 pub const BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
 
@@ -234,10 +257,19 @@ pub async fn run(
         let _ = rx.wait_for(|v| *v).await;
     };
 
-    let isvc_ctrl = Controller::new(
-        api::<InferenceService>(c, ns),
-        watcher::Config::default().any_semantic(),
-    );
+    // As Controller::new builds it, except that the echo of a status write this operator made
+    // triggers nothing (the store still takes it).
+    let (reader, writer) = reflector::store();
+    let isvc_trigger = reflector(
+        writer,
+        watcher(
+            api::<InferenceService>(c, ns),
+            watcher::Config::default().any_semantic(),
+        ),
+    )
+    .applied_objects()
+    .try_filter(|isvc| std::future::ready(!echo::is_own_status_echo(isvc)));
+    let isvc_ctrl = Controller::for_stream(isvc_trigger, reader);
     let store = isvc_ctrl.store();
     let isvcs = isvc_ctrl
         .watches(
@@ -286,9 +318,11 @@ pub async fn run(
                     .map(|n| ObjectRef::new(n).within(ns.as_deref().unwrap_or_default()))
             },
         )
-        .watches(
-            api::<ModelVersion>(c, ns),
-            watcher::Config::default(),
+        .watches_stream(
+            version_events::relevant(watcher(
+                api::<ModelVersion>(c, ns),
+                watcher::Config::default(),
+            )),
             move |mv: ModelVersion| {
                 let name = mv.name_any();
                 let ns = mv.namespace();
@@ -349,4 +383,27 @@ pub async fn run(
     .instrument(info_span!("modelversion_controller"));
 
     futures::join!(isvcs, mvs);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_resync_is_spread_by_uid_within_a_fifth_above_its_base() {
+        for (busy, base) in [(true, RESYNC_BUSY), (false, RESYNC_IDLE)] {
+            let waits: Vec<Duration> = (0..200)
+                .map(|i| resync_after(busy, &format!("uid-{i}")))
+                .collect();
+            assert!(waits.iter().all(|w| *w >= base && *w <= base + base / 5));
+            let (lo, hi) = (waits.iter().min().unwrap(), waits.iter().max().unwrap());
+            assert!(*hi - *lo > base / 10, "spread: {lo:?}..{hi:?}");
+            assert_eq!(
+                resync_after(busy, "uid-7"),
+                waits[7],
+                "the same uid, the same wait"
+            );
+        }
+        assert!(resync_after(true, "u") < resync_after(false, "u"));
+    }
 }

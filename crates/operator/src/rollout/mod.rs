@@ -54,7 +54,7 @@ impl PodView {
 }
 
 /// The target ModelVersion, as its verification left it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum VersionState {
     /// No ModelVersion of that name in the namespace.
     Missing,
