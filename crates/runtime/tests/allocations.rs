@@ -36,7 +36,12 @@ const REQUESTS: usize = 1000;
 
 fn model(dir: &Path) -> std::path::PathBuf {
     let path = dir.join("mlp.onnx");
-    let runtime_tier = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/runtime");
+    // The crate's directory as cargo gives it when running the test (a binary cargo reused from
+    // another checkout of the same workspace carries that checkout's path in env!()).
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    let runtime_tier = manifest_dir.join("../../tests/runtime");
     let out = Command::new("python3")
         .arg("-c")
         .arg("import sys; sys.path.insert(0, sys.argv[1]); import models; models.mlp(sys.argv[2], seed=0)")
