@@ -124,15 +124,15 @@ async fn reconciles_owned_objects_status_and_a_second_reconcile_writes_nothing()
         deps.get_opt("fraud").await.ok().flatten()
     })
     .await;
-    // The operator applies the Deployment, Service, PDB and ServiceAccount concurrently, then the
-    // Role, RoleBinding and policy ConfigMap: once the ConfigMap exists, every object does.
-    wait_for("the policy ConfigMap (applied last)", T, || async {
-        Api::<ConfigMap>::namespaced(c.clone(), &ns)
-            .get_opt("fraud-policy")
-            .await
-            .ok()
-            .flatten()
-    })
+    // The operator applies every owned object at once (only the Role before its RoleBinding) and
+    // writes the status after all of them: once the status is written, every object exists.
+    wait_for(
+        "the status, written after every owned object",
+        T,
+        || async {
+            (isvc(&c, &ns, "fraud").await.status?.observed_generation == Some(1)).then_some(())
+        },
+    )
     .await;
     assert_eq!(d.owner_references()[0].uid, created.uid().unwrap());
     assert_eq!(d.owner_references()[0].controller, Some(true));
