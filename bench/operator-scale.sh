@@ -103,11 +103,14 @@ def until_all_reconciled(op, what):
     print("%s: all %d reconciled in %.2fs" % (what, n, took), file=sys.stderr)
     return took
 
-def reconciles():
+def metric_sum(name, having=""):
+    """The sum of the operator's series `name` whose labels contain `having`."""
     scrape = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport, timeout=5).read().decode()
-    count = lambda kind: sum(float(l.rsplit(" ", 1)[1]) for l in scrape.splitlines()
-                             if l.startswith("kinfer_reconcile_total{") and 'kind="%s"' % kind in l)
-    return count("InferenceService"), count("ModelVersion")
+    return sum(float(l.rsplit(" ", 1)[1]) for l in scrape.splitlines() if l.startswith(name + "{") and having in l)
+
+def reconciles():
+    return (metric_sum("kinfer_reconcile_total", 'kind="InferenceService"'),
+            metric_sum("kinfer_reconcile_total", 'kind="ModelVersion"'))
 
 op = start_operator()
 try:
@@ -133,8 +136,7 @@ try:
     q = lambda p: lat[min(len(lat) - 1, int(round(p * (len(lat) - 1))))]
     status = open("/proc/%d/status" % op.pid).read()
     kb = lambda key: int(re.search(key + r":\s+(\d+) kB", status).group(1))
-    metrics = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport, timeout=5).read().decode()
-    errors = sum(float(l.rsplit(" ", 1)[1]) for l in metrics.splitlines() if l.startswith("kinfer_reconcile_errors_total{"))
+    errors = metric_sum("kinfer_reconcile_errors_total")
     # A restart: every service changes while no operator runs; the new one relists them all.
     stop_operator(op)
     for i in range(n):

@@ -232,6 +232,26 @@ where
     }
 }
 
+/// `ctrl` also reconciles the InferenceService that controls an object of kind `K` (selected by
+/// `owned`) when that object changes, except for the operator's own writes
+/// ([`echo::owner_unless_echo`]).
+fn watch_owned<K>(
+    ctrl: Controller<InferenceService>,
+    client: &Client,
+    ns: Option<&str>,
+    owned: &watcher::Config,
+) -> Controller<InferenceService>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    ctrl.watches(api::<K>(client, ns), owned.clone(), echo::owner_unless_echo)
+}
+
 /// Runs both controllers until `shutdown` resolves; in-flight reconciles finish first.
 pub async fn run(
     ctx: Arc<Context>,
@@ -269,45 +289,17 @@ pub async fn run(
     )
     .applied_objects()
     .try_filter(|isvc| std::future::ready(!echo::is_own_status_echo(isvc)));
-    let isvc_ctrl = Controller::for_stream(isvc_trigger, reader);
+    let mut isvc_ctrl = Controller::for_stream(isvc_trigger, reader);
     let store = isvc_ctrl.store();
+    isvc_ctrl = watch_owned::<Deployment>(isvc_ctrl, c, ns, &owned);
+    isvc_ctrl = watch_owned::<Service>(isvc_ctrl, c, ns, &owned);
+    isvc_ctrl = watch_owned::<PodDisruptionBudget>(isvc_ctrl, c, ns, &owned);
+    isvc_ctrl = watch_owned::<ServiceAccount>(isvc_ctrl, c, ns, &owned);
+    isvc_ctrl = watch_owned::<Role>(isvc_ctrl, c, ns, &owned);
+    isvc_ctrl = watch_owned::<RoleBinding>(isvc_ctrl, c, ns, &owned);
+    isvc_ctrl = watch_owned::<HorizontalPodAutoscaler>(isvc_ctrl, c, ns, &owned);
+    isvc_ctrl = watch_owned::<ConfigMap>(isvc_ctrl, c, ns, &owned);
     let isvcs = isvc_ctrl
-        .watches(
-            api::<Deployment>(c, ns),
-            owned.clone(),
-            echo::owner_unless_echo,
-        )
-        .watches(
-            api::<Service>(c, ns),
-            owned.clone(),
-            echo::owner_unless_echo,
-        )
-        .watches(
-            api::<PodDisruptionBudget>(c, ns),
-            owned.clone(),
-            echo::owner_unless_echo,
-        )
-        .watches(
-            api::<ServiceAccount>(c, ns),
-            owned.clone(),
-            echo::owner_unless_echo,
-        )
-        .watches(api::<Role>(c, ns), owned.clone(), echo::owner_unless_echo)
-        .watches(
-            api::<RoleBinding>(c, ns),
-            owned.clone(),
-            echo::owner_unless_echo,
-        )
-        .watches(
-            api::<HorizontalPodAutoscaler>(c, ns),
-            owned.clone(),
-            echo::owner_unless_echo,
-        )
-        .watches(
-            api::<ConfigMap>(c, ns),
-            owned.clone(),
-            echo::owner_unless_echo,
-        )
         .watches(
             api::<Pod>(c, ns),
             watcher::Config::default().labels(INFERENCE_SERVICE_LABEL),
