@@ -59,7 +59,7 @@ def admin_stats(sock):
     return st["versions"][st["serving"]]["stats"]
 
 
-def context_switches(a, pid, proto, rate, seconds):
+def perf_per_request(a, pid, proto, rate, seconds):
     """Context switches and CPU time (µs, all threads) of the server per request over a
     fixed-rate run."""
     perf = subprocess.Popen(["perf", "stat", "-e", "context-switches,task-clock", "-p", str(pid), "-x", ","],
@@ -125,7 +125,7 @@ def measure(a, out, label, binary, model, rep):
                 "p50_us": round((after["request"]["p50"] - after["compute"]["p50"]) * 1e6, 1),
                 "p99_us": round((after["request"]["p99"] - after["compute"]["p99"]) * 1e6, 1),
                 "requests": after["request"]["count"]}
-            row[f"{proto}_ctx_per_req"], row[f"{proto}_cpu_us_per_req"] = context_switches(
+            row[f"{proto}_ctx_per_req"], row[f"{proto}_cpu_us_per_req"] = perf_per_request(
                 a, srv.proc.pid, proto, half, 2.0)
             row[f"{proto}_syscalls_per_req"], row[f"{proto}_syscalls_top"] = syscalls(
                 a, srv.proc.pid, proto, half, 2.0)

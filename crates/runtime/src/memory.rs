@@ -5,17 +5,12 @@
 //! runtime container to [`TRIM_THRESHOLD_BYTES`]) turns the raise off. Without it the runtime
 //! says so once at start.
 
-pub use kinfer_contract::pod::TRIM_THRESHOLD_BYTES;
-use kinfer_contract::pod::env::MALLOC_TRIM_THRESHOLD;
+use kinfer_contract::pod::{TRIM_THRESHOLD_BYTES, env::MALLOC_TRIM_THRESHOLD};
 
-/// Whether glibc's trim threshold is fixed for this process.
-pub fn trim_threshold_fixed() -> bool {
-    std::env::var_os(MALLOC_TRIM_THRESHOLD).is_some()
-}
-
-/// Logs, when the threshold is automatic, how to fix it.
+/// Logs, when glibc's trim threshold is automatic for this process, how to fix it.
 pub fn check_trim_threshold() {
-    if !trim_threshold_fixed() && cfg!(all(target_os = "linux", target_env = "gnu")) {
+    let fixed = std::env::var_os(MALLOC_TRIM_THRESHOLD).is_some();
+    if !fixed && cfg!(all(target_os = "linux", target_env = "gnu")) {
         tracing::info!(
             "{MALLOC_TRIM_THRESHOLD} is not set: memory freed by swapped-out versions may stay \
              in the process (set {MALLOC_TRIM_THRESHOLD}={TRIM_THRESHOLD_BYTES}, as the operator does)"
