@@ -193,7 +193,8 @@ if "$HERE/down.sh"; then ok "cluster-down ($((SECONDS - t))s)"; else ko "cluster
 
 check_clean() {
   local left=() p
-  for p in $pids; do kill -0 "$p" 2>/dev/null && left+=("process $p still alive: $(tr '\0' ' ' </proc/"$p"/cmdline)"); done
+  # A zombie (ended, not yet reaped by whoever inherited it) is gone: it holds no port, file or mount.
+  for p in $pids; do pid_running "$p" && left+=("process $p still alive: $(tr '\0' ' ' </proc/"$p"/cmdline)"); done
   for p in $(pgrep -f "$KINFER_CLUSTER_DIR" 2>/dev/null); do
     [[ $p == "$$" ]] || left+=("process $p mentions $KINFER_CLUSTER_DIR: $(tr '\0' ' ' </proc/"$p"/cmdline 2>/dev/null)")
   done
