@@ -14,7 +14,8 @@ Per server: saturation (closed loop), then a fixed rate at half the saturation o
 (coordinated-omission corrected) for p50/p99/p99.9, the server's own overhead at that rate from
 /admin/stats of a fresh server (request span - compute span), and per request: server CPU time
 and context switches (`perf stat -e task-clock,context-switches`) and system calls (`strace -c
--f`) over a fixed-rate run. Every figure is one JSON line in bench-results/hotpath.jsonl; medians
+-f`) over a fixed-rate run; then the bare handler at the same fixed rates, whose p99/p50 is what
+the machine's scheduling alone gives a server on that core. Every figure is one JSON line in bench-results/hotpath.jsonl; medians
 of --reps repetitions go to stdout as markdown.
 
     python bench/hotpath.py --bin $CARGO_TARGET_DIR/release [--baseline before=/path/to/old/kinfer-runtime]
@@ -129,10 +130,25 @@ def measure(a, out, label, binary, model, rep):
                 a, srv.proc.pid, proto, half, 2.0)
             row[f"{proto}_syscalls_per_req"], row[f"{proto}_syscalls_top"] = syscalls(
                 a, srv.proc.pid, proto, half, 2.0)
+    # The protocol layer's own tail at the same rates: what this machine's scheduling gives a
+    # server that only parses and answers (the reference for p99/p50).
+    with bare_server(a, model):
+        load(a, "http", 0, 1.0, 32)
+        for proto in ("http", "grpc"):
+            r = load(a, proto, row[f"{proto}_half_rate"], a.seconds, 8)
+            row[f"{proto}_bare_half"] = {k: r[k] for k in ("achieved_rps", "p50_us", "p99_us", "p999_us")}
     out.write(json.dumps(row) + "\n")
     out.flush()
     log(json.dumps(row))
     return row
+
+
+def bare_server(a, model):
+    """`kinfer-bench bare` on the server CPU (the protocol layer's limit)."""
+    bare = [f"{a.bin}/kinfer-bench", "bare", "--model", str(model), "--model-name", "mlp", "--http-port",
+            str(HTTP), "--grpc-port", str(HTTP + 1)]
+    return anchors.Server(bare, f"http://127.0.0.1:{HTTP}/v2/health/ready",
+                          ROOT / "bench-results" / "hotpath-bare.log")
 
 
 def limits(a, out, model, rep):
@@ -140,10 +156,7 @@ def limits(a, out, model, rep):
                           "--features", str(FEATURES), "--seconds", str(a.seconds)],
                          capture_output=True, text=True, cwd=ROOT, check=True)
     row = {"contender": "limits", "rep": rep, "raw": json.loads(raw.stdout.strip().splitlines()[-1])["achieved_rps"]}
-    bare = [f"{a.bin}/kinfer-bench", "bare", "--model", str(model), "--model-name", "mlp", "--http-port",
-            str(HTTP), "--grpc-port", str(HTTP + 1)]
-    with anchors.Server(bare, f"http://127.0.0.1:{HTTP}/v2/health/ready",
-                        ROOT / "bench-results" / "hotpath-bare.log"):
+    with bare_server(a, model):
         load(a, "http", 0, 1.0, 32)
         for proto in ("http", "grpc"):
             for conns in (8, 32):
@@ -174,14 +187,16 @@ def report(rows):
                 v = med(rs, f"{proto}_sat_{conns}")
                 print(f"| {label} | {proto} | {conns} | {v:,.0f} | {bare:,.0f} | {pr:,.0f} | {100 * v / pr:.0f}% |")
     print()
-    print("| server | protocol | half load (req/s) | p50 | p99 | p99.9 | p99/p50 | overhead p50 | overhead p99 | CPU / req | context switches / req | syscalls / req |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| server | protocol | half load (req/s) | p50 | p99 | p99.9 | p99/p50 | bare p50 / p99 at that rate | bare p99/p50 | overhead p50 | overhead p99 | CPU / req | context switches / req | syscalls / req |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for label in dict.fromkeys(r["contender"] for r in rows if r["contender"] != "limits"):
         rs = [r for r in rows if r["contender"] == label]
         for proto in ("http", "grpc"):
             p50, p99 = med(rs, f"{proto}_half", "p50_us"), med(rs, f"{proto}_half", "p99_us")
+            bp50, bp99 = med(rs, f"{proto}_bare_half", "p50_us"), med(rs, f"{proto}_bare_half", "p99_us")
             print(f"| {label} | {proto} | {med(rs, f'{proto}_half_rate'):,.0f} | {p50:.0f} µs | {p99:.0f} µs | "
                   f"{med(rs, f'{proto}_half', 'p999_us'):.0f} µs | {p99 / p50:.1f} | "
+                  f"{bp50:.0f} / {bp99:.0f} µs | {bp99 / bp50:.1f} | "
                   f"{med(rs, f'{proto}_overhead', 'p50_us'):.0f} µs | {med(rs, f'{proto}_overhead', 'p99_us'):.0f} µs | "
                   f"{med(rs, f'{proto}_cpu_us_per_req'):.1f} µs | "
                   f"{med(rs, f'{proto}_ctx_per_req'):.2f} | {med(rs, f'{proto}_syscalls_per_req'):.1f} |")

@@ -10,7 +10,13 @@ use kube::CustomResourceExt;
 use serde_json::Value;
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    // The crate's directory as cargo gives it when running the test: a binary cargo reused from
+    // another checkout of the workspace (a shared target dir) carries that checkout's path in
+    // env!().
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+        .join("../..")
 }
 
 fn schema_of(

@@ -13,7 +13,14 @@ use kinfer_watcher::signature::{SignatureError, TrustedKey, Verified, verify_dir
 fn venv() -> PathBuf {
     let venv = std::env::var_os("KINFER_VENV")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv"));
+        .unwrap_or_else(|| {
+            // cargo's CARGO_MANIFEST_DIR at run time: a binary reused from another checkout
+            // (a shared target dir) carries that checkout's path in env!().
+            std::env::var_os("CARGO_MANIFEST_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+                .join("../../.venv")
+        });
     let cli = venv.join("bin/model_signing");
     assert!(
         cli.exists(),

@@ -113,8 +113,18 @@ async fn check(args: &Args, name: &str, options: &LoadOptions) -> i32 {
     result.exit_code()
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        // A worker that parks has had a break: requests group in rounds only while it has not
+        // (models::inline).
+        .on_thread_park(kinfer_runtime::models::inline::worker_parked)
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     // A --check run is a one-shot Job step: its spans would be a trace of one load.
     let export = (!args.check).then(|| {

@@ -8,20 +8,17 @@
 
 use std::{
     alloc::System,
-    path::Path,
     pin::pin,
-    process::Command,
     sync::Arc,
     task::{Context, Poll, Waker},
     time::Duration,
 };
 
 use kinfer_runtime::{
-    batching::BatchOptions,
     models::{
         registry::Registry,
-        session::{OrtExecutor, Provider, SessionOptions, build_session, init_ort, specs},
-        version::{BatchRounding, LoadOptions, LoadedVersion},
+        session::{OrtExecutor, build_session, specs},
+        version::LoadedVersion,
     },
     protocol::http::{Scratch, answer},
     server::{Limits, Server, budget::Budget},
@@ -29,45 +26,12 @@ use kinfer_runtime::{
 };
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 
+mod common;
+
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 const REQUESTS: usize = 1000;
-
-fn model(dir: &Path) -> std::path::PathBuf {
-    let path = dir.join("mlp.onnx");
-    // The crate's directory as cargo gives it when running the test (a binary cargo reused from
-    // another checkout of the same workspace carries that checkout's path in env!()).
-    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
-    let runtime_tier = manifest_dir.join("../../tests/runtime");
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg("import sys; sys.path.insert(0, sys.argv[1]); import models; models.mlp(sys.argv[2], seed=0)")
-        .arg(&runtime_tier)
-        .arg(&path)
-        .output()
-        .expect("python3 (the project's venv: make test-rust puts it on PATH)");
-    assert!(
-        out.status.success(),
-        "making the model failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    path
-}
-
-fn session_options() -> SessionOptions {
-    SessionOptions {
-        provider: Provider::Cpu,
-        fallback_cpu: false,
-        gpu: Default::default(),
-        optimization_level: 3,
-        intra_threads: 1,
-        inter_threads: 1,
-        affinity: None,
-    }
-}
 
 /// Polls a future that must complete on this thread without waiting for anything: its only
 /// pauses are the yields that let other ready requests go first (none here).
@@ -84,26 +48,10 @@ fn now<T>(f: impl Future<Output = T>) -> T {
 
 #[test]
 fn an_unbatched_http_inference_allocates_nothing_beyond_the_run_itself() {
-    let dir = std::env::temp_dir().join(format!("kinfer-alloc-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = model(&dir);
-    let lib = std::env::var_os("ORT_DYLIB_PATH").expect("ORT_DYLIB_PATH (make test-rust sets it)");
-    init_ort(Some(Path::new(&lib))).unwrap();
-
-    let opts = LoadOptions {
-        session: session_options(),
-        batching: BatchOptions {
-            max_batch: 1,
-            max_delay: Duration::ZERO,
-            queue_capacity: 64,
-        },
-        instances: 1,
-        max_request_rows: 64,
-        warmup_runs: 3,
-        batch_rounding: BatchRounding::Exact,
-        pinning: None,
-    };
-    let v = LoadedVersion::load("m", "1", &path, None, &opts).unwrap();
+    let dir = common::temp_dir("alloc");
+    let path = common::model(&dir);
+    common::init_ort_from_env();
+    let v = LoadedVersion::load("m", "1", &path, None, &common::unbatched()).unwrap();
     assert!(
         v.runs_inline(),
         "an unbatched small model runs on the request's thread"
@@ -152,7 +100,7 @@ fn an_unbatched_http_inference_allocates_nothing_beyond_the_run_itself() {
     };
 
     // The run alone, as the server makes it: the same session kind, inputs and outputs in place.
-    let (session, _) = build_session(&path, &session_options()).unwrap();
+    let (session, _) = build_session(&path, &common::session_options()).unwrap();
     let outputs = specs(&path, "output", session.outputs()).unwrap();
     let mut exec = OrtExecutor { session, outputs };
     let x = [Tensor {

@@ -5,8 +5,17 @@
 //! no wake-ups, no queue in the common case. When every session is busy, a request waits for one
 //! in FIFO order (a semaphore with a permit per session), within the version's queue capacity and
 //! its deadline, exactly as it would wait in the workers' queue.
+//!
+//! Under load a thread groups its requests: when its Tokio worker has had work without a break
+//! since the previous request ran here (it has not parked — the runtime's park hook,
+//! [`worker_parked`], counts that), a request yields once before its run and once after its
+//! answer is encoded. The ready requests then go in rounds — parse them all, run them all back
+//! to back, write them all — so the model's weights and the network code each stay in cache for
+//! a round and one wake-up of a client covers several answers. A request that finds the worker
+//! fresh from idle runs at once: at rest the path has no yield at all.
 
 use std::{
+    cell::Cell,
     sync::atomic::{AtomicUsize, Ordering::Relaxed},
     time::{Duration, Instant},
 };
@@ -25,12 +34,35 @@ use crate::{
 /// behind the model, so such a version keeps its worker threads.
 pub const INLINE_MAX_RUN: Duration = Duration::from_millis(2);
 
+thread_local! {
+    /// Times the Tokio worker on this thread went idle ([`worker_parked`]).
+    static PARKS: Cell<u64> = const { Cell::new(0) };
+    /// [`PARKS`] as the previous request on this thread read it before its run.
+    static PARKS_SEEN: Cell<u64> = const { Cell::new(0) };
+}
+
+/// The runtime's `on_thread_park` hook: the worker on this thread ran out of work and parks.
+/// Without it (a runtime built elsewhere, tests) requests never group.
+pub fn worker_parked() {
+    PARKS.set(PARKS.get().wrapping_add(1));
+}
+
+/// Whether this request should go in a round: the worker on this thread has been busy without
+/// a break since the previous request reached its run here, so others are likely ready behind
+/// it. Marks this request as seen.
+fn busy_since_last_run() -> bool {
+    let parks = PARKS.get();
+    let seen = PARKS_SEEN.replace(parks);
+    parks != 0 && parks == seen
+}
+
 /// What a run produced (the caller's closure's value), with the figures the statistics record.
 #[derive(Debug)]
 pub struct Ran<R> {
     /// What the caller's closure returned.
     pub value: R,
-    /// Time waiting for a session (or in the workers' queue).
+    /// Time waiting for a session (or in the workers' queue), and in a round for the other
+    /// requests of the round (inline, under load).
     pub queue: Duration,
     /// Time in `session.run`, shared by a batch.
     pub compute: Duration,
@@ -99,17 +131,45 @@ impl InlinePool {
         f: impl FnOnce(&[TensorView<'_>]) -> R,
     ) -> Result<Ran<R>, InferError> {
         let queued = Instant::now();
+        let grouped = busy_since_last_run();
+        if grouped {
+            // Let the requests ready behind this one reach this point first (module docs).
+            tokio::task::yield_now().await;
+        }
         let permit = match self.permits.try_acquire() {
             Ok(p) => p,
             Err(_) => self.wait(queued, deadline).await?,
         };
         // The session goes back with the permit (in `Checkout::drop`), not before.
         permit.forget();
-        let queue = queued.elapsed();
+        let mut queue = queued.elapsed();
         if deadline.is_some_and(|d| d <= Instant::now()) {
             self.permits.add_permits(1);
             return Err(self.expired(queue));
         }
+        let (value, compute) = self.run_now(inputs, f)?;
+        if grouped {
+            // The session is back; the answers of a round are written together. Waiting for
+            // the rest of the round is waiting for others, as in a queue: it counts as queue time.
+            let ran = Instant::now();
+            tokio::task::yield_now().await;
+            queue += ran.elapsed();
+        }
+        Ok(Ran {
+            value,
+            queue,
+            compute,
+            batch_rows: rows,
+        })
+    }
+
+    /// Runs on a session taken from the pool (a permit is held) and puts it back, a panic
+    /// included.
+    fn run_now<R>(
+        &self,
+        inputs: &[Tensor],
+        f: impl FnOnce(&[TensorView<'_>]) -> R,
+    ) -> Result<(R, Duration), InferError> {
         let exec = self.free.pop().ok_or_else(|| {
             InferError::Internal(format!("{}: no session behind a permit", self.label))
         });
@@ -121,19 +181,12 @@ impl InlinePool {
             .exec
             .as_mut()
             .ok_or_else(|| InferError::Internal(format!("{}: session taken twice", self.label)))?;
-        let (value, compute) =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| exec.run_with(inputs, f)))
-                .unwrap_or_else(|_| {
-                    crate::error::PANICS.fetch_add(1, Relaxed);
-                    Err("the run panicked (a bug; counted in kinfer_panics_total)".into())
-                })
-                .map_err(|e| InferError::Internal(format!("{} failed: {e}", self.label)))?;
-        Ok(Ran {
-            value,
-            queue,
-            compute,
-            batch_rows: rows,
-        })
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| exec.run_with(inputs, f)))
+            .unwrap_or_else(|_| {
+                crate::error::PANICS.fetch_add(1, Relaxed);
+                Err("the run panicked (a bug; counted in kinfer_panics_total)".into())
+            })
+            .map_err(|e| InferError::Internal(format!("{} failed: {e}", self.label)))
     }
 
     async fn wait(

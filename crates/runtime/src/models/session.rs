@@ -247,6 +247,22 @@ pub struct SessionOptions {
     pub affinity: Option<Vec<usize>>,
 }
 
+impl SessionOptions {
+    /// A CPU session at full graph optimisation on `intra_threads` threads, unpinned: what
+    /// kinfer builds without GPU or pinning flags.
+    pub fn cpu(intra_threads: usize) -> Self {
+        Self {
+            provider: Provider::Cpu,
+            fallback_cpu: false,
+            gpu: GpuOptions::default(),
+            optimization_level: 3,
+            intra_threads,
+            inter_threads: 1,
+            affinity: None,
+        }
+    }
+}
+
 fn to_dtype(t: TensorElementType) -> Option<DataType> {
     Some(match t {
         TensorElementType::Bool => DataType::Bool,

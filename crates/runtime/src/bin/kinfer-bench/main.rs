@@ -21,7 +21,7 @@ use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use kinfer_runtime::{
-    models::session::{Provider, SessionOptions, init_ort},
+    models::session::{SessionOptions, init_ort},
     protocol::pb::{self, grpc_inference_service_client::GrpcInferenceServiceClient},
 };
 use tokio::sync::Mutex;
@@ -395,15 +395,7 @@ fn raw(
             .as_deref(),
     )?;
     let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let opts = SessionOptions {
-        provider: Provider::Cpu,
-        fallback_cpu: false,
-        gpu: Default::default(),
-        optimization_level: 3,
-        intra_threads: threads,
-        inter_threads: 1,
-        affinity: None,
-    };
+    let opts = SessionOptions::cpu(threads);
     // The same session kinfer builds, run the way the server runs it (inputs in place,
     // outputs read in place), in a tight loop: the limit for any server.
     let (session, _) = kinfer_runtime::models::session::build_session(model, &opts)?;
@@ -461,16 +453,9 @@ fn main() -> anyhow::Result<()> {
                     .map(std::path::PathBuf::from)
                     .as_deref(),
             )?;
-            let opts = SessionOptions {
-                provider: Provider::Cpu,
-                fallback_cpu: false,
-                gpu: Default::default(),
-                optimization_level: 3,
-                intra_threads: 1,
-                inter_threads: 1,
-                affinity: None,
-            };
-            // The same runtime flavour as kinfer-runtime's (#[tokio::main]: a worker per CPU).
+            let opts = SessionOptions::cpu(1);
+            // The same runtime flavour as kinfer-runtime's (a worker per CPU; it runs no model,
+            // so kinfer-runtime's park hook for rounds has nothing to do here).
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
