@@ -1,8 +1,9 @@
-//! Requests on a busy thread go in rounds; a request at rest runs at once. Against a real ONNX
-//! Runtime session of an unbatched version on a Tokio runtime with one worker and kinfer's park
-//! hook (`models::inline::worker_parked`), as `kinfer-runtime` builds it: requests spawned
-//! together enter, then run back to back, then finish, each stage as a round; a request after the
-//! worker went idle completes in the one poll that started it (no yield).
+//! Requests on a thread under sustained load go in rounds; a request at rest, or in a burst on a
+//! worker whose busy spells have been short, runs at once. Against a real ONNX Runtime session
+//! of an unbatched version on a Tokio runtime with one worker and kinfer's park hook
+//! (`models::inline::worker_parked`), as `kinfer-runtime` builds it: once bursts are the usual
+//! load, requests made ready together enter, then run back to back, then finish, each stage as a
+//! round; a request after the worker went idle completes in the one poll that started it.
 
 use std::{
     future::Future,
@@ -86,7 +87,7 @@ fn request(
 }
 
 #[test]
-fn ready_requests_go_in_rounds_and_a_request_at_rest_never_yields() {
+fn ready_requests_go_in_rounds_under_sustained_load_and_never_at_rest() {
     let dir = common::temp_dir("rounds");
     let path = common::model(&dir);
     common::init_ort_from_env();
@@ -117,22 +118,36 @@ fn ready_requests_go_in_rounds_and_a_request_at_rest_never_yields() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
 
-        // Eight requests made ready together, by a task on the worker (so it does not park
-        // between them).
+        // Bursts of eight requests made ready together, by a task on the worker (so it does
+        // not park between them). While the worker's spells have been short (the single
+        // requests above), a burst does not go in rounds: every request takes one poll. After a
+        // few bursts its spells are typically eight long, and the next burst goes in rounds.
         const N: usize = 8;
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (v2, log2) = (v.clone(), log.clone());
-        let handles = tokio::spawn(async move {
-            (0..N)
-                .map(|i| tokio::spawn(request(v2.clone(), log2.clone(), i)))
-                .collect::<Vec<_>>()
-        })
-        .await
-        .unwrap();
-        let mut polls = Vec::new();
-        for h in handles {
-            polls.push(h.await.unwrap());
+        let burst = |log: Arc<Mutex<Vec<Event>>>| {
+            let v = v.clone();
+            async move {
+                let handles = tokio::spawn(async move {
+                    (0..N)
+                        .map(|i| tokio::spawn(request(v.clone(), log.clone(), i)))
+                        .collect::<Vec<_>>()
+                })
+                .await
+                .unwrap();
+                let mut polls = Vec::new();
+                for h in handles {
+                    polls.push(h.await.unwrap());
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                polls
+            }
+        };
+        let polls = burst(Arc::new(Mutex::new(Vec::new()))).await;
+        assert_eq!(polls, [1; N], "a burst after short spells went in rounds");
+        for _ in 0..8 {
+            burst(Arc::new(Mutex::new(Vec::new()))).await;
         }
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let polls = burst(log.clone()).await;
         let log = log.lock().unwrap().clone();
         assert_eq!(log.len(), 3 * N, "{log:?}");
         // The first to reach the run found the worker fresh from idle: it went straight through.

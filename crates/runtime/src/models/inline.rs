@@ -8,11 +8,12 @@
 //!
 //! Under load a thread groups its requests: when its Tokio worker has had work without a break
 //! since the previous request ran here (it has not parked — the runtime's park hook,
-//! [`worker_parked`], counts that), a request yields once before its run and once after its
-//! answer is encoded. The ready requests then go in rounds — parse them all, run them all back
+//! [`worker_parked`], counts that) and its busy spells have lately been long, a request yields
+//! once before its run and once after its answer is encoded. The ready requests then go in rounds — parse them all, run them all back
 //! to back, write them all — so the model's weights and the network code each stay in cache for
 //! a round and one wake-up of a client covers several answers. A request that finds the worker
-//! fresh from idle runs at once: at rest the path has no yield at all.
+//! fresh from idle runs at once, and so does every request while the worker's busy spells are
+//! short (moderate load, a burst after a stall): there the path has no yield at all.
 
 use std::{
     cell::Cell,
@@ -34,26 +35,44 @@ use crate::{
 /// behind the model, so such a version keeps its worker threads.
 pub const INLINE_MAX_RUN: Duration = Duration::from_millis(2);
 
+/// The typical busy spell (requests run between two parks of a worker) from which requests go
+/// in rounds. A worker at saturation parks rarely (long spells) or between rounds of all its
+/// connections' requests; at moderate load it parks between most requests (spells of one or
+/// two, longer only after a stall), where rounds would only make the requests behind a burst
+/// wait for each other.
+pub const ROUND_MIN_SPELL: u32 = 4;
+
 thread_local! {
     /// Times the Tokio worker on this thread went idle ([`worker_parked`]).
     static PARKS: Cell<u64> = const { Cell::new(0) };
     /// [`PARKS`] as the previous request on this thread read it before its run.
     static PARKS_SEEN: Cell<u64> = const { Cell::new(0) };
+    /// Requests that reached their run on this thread since the worker last parked.
+    static SPELL: Cell<u32> = const { Cell::new(0) };
+    /// Moving average of the spells that ended at a park (weight 1/8), times 16.
+    static TYPICAL_SPELL_X16: Cell<u32> = const { Cell::new(0) };
 }
 
 /// The runtime's `on_thread_park` hook: the worker on this thread ran out of work and parks.
 /// Without it (a runtime built elsewhere, tests) requests never group.
 pub fn worker_parked() {
     PARKS.set(PARKS.get().wrapping_add(1));
+    let spell = SPELL.replace(0).min(1 << 16);
+    if spell > 0 {
+        let typical = TYPICAL_SPELL_X16.get();
+        // avg' = avg - avg/8 + spell/8, in sixteenths.
+        TYPICAL_SPELL_X16.set(typical - typical / 8 + spell * 2);
+    }
 }
 
 /// Whether this request should go in a round: the worker on this thread has been busy without
-/// a break since the previous request reached its run here, so others are likely ready behind
-/// it. Marks this request as seen.
+/// a break since the previous request reached its run here (others are likely ready behind it),
+/// and its busy spells have lately been long ([`ROUND_MIN_SPELL`]). Counts this request.
 fn busy_since_last_run() -> bool {
     let parks = PARKS.get();
     let seen = PARKS_SEEN.replace(parks);
-    parks != 0 && parks == seen
+    SPELL.set(SPELL.get().saturating_add(1));
+    parks != 0 && parks == seen && TYPICAL_SPELL_X16.get() >= ROUND_MIN_SPELL * 16
 }
 
 /// What a run produced (the caller's closure's value), with the figures the statistics record.
