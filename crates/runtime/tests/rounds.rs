@@ -123,11 +123,11 @@ fn ready_requests_go_in_rounds_under_sustained_load_and_never_at_rest() {
         // requests above), a burst does not go in rounds: every request takes one poll. After a
         // few bursts its spells are typically eight long, and the next burst goes in rounds.
         const N: usize = 8;
-        let burst = |log: Arc<Mutex<Vec<Event>>>| {
+        let burst = |log: Arc<Mutex<Vec<Event>>>, n: usize| {
             let v = v.clone();
             async move {
                 let handles = tokio::spawn(async move {
-                    (0..N)
+                    (0..n)
                         .map(|i| tokio::spawn(request(v.clone(), log.clone(), i)))
                         .collect::<Vec<_>>()
                 })
@@ -141,13 +141,36 @@ fn ready_requests_go_in_rounds_under_sustained_load_and_never_at_rest() {
                 polls
             }
         };
-        let polls = burst(Arc::new(Mutex::new(Vec::new()))).await;
+        let polls = burst(Arc::new(Mutex::new(Vec::new())), N).await;
         assert_eq!(polls, [1; N], "a burst after short spells went in rounds");
+
+        // A long spell counts while it lasts: in 100 requests ready at once, the first 63 to
+        // reach their run go straight through; from the 64th on (a spell of 64 requests, far
+        // beyond a burst) they go in rounds.
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let polls = burst(log.clone(), 100).await;
+        let entered: Vec<usize> = log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|e| match e {
+                Event::Enter(i) => Some(*i),
+                _ => None,
+            })
+            .collect();
+        let straight = entered.iter().take(63).filter(|&&i| polls[i] == 1).count();
+        let grouped = entered.iter().skip(63).filter(|&&i| polls[i] == 3).count();
+        assert_eq!(
+            (straight, grouped),
+            (63, 37),
+            "polls by request: {polls:?}; entry order: {entered:?}"
+        );
+
         for _ in 0..8 {
-            burst(Arc::new(Mutex::new(Vec::new()))).await;
+            burst(Arc::new(Mutex::new(Vec::new())), N).await;
         }
         let log = Arc::new(Mutex::new(Vec::new()));
-        let polls = burst(log.clone()).await;
+        let polls = burst(log.clone(), N).await;
         let log = log.lock().unwrap().clone();
         assert_eq!(log.len(), 3 * N, "{log:?}");
         // The first to reach the run found the worker fresh from idle: it went straight through.

@@ -9,9 +9,10 @@
 //! Under load a thread groups its requests: when its Tokio worker has had work without a break
 //! since the previous request ran here (it has not parked — the runtime's park hook,
 //! [`worker_parked`], counts that) and its busy spells have lately been long, a request yields
-//! once before its run and once after its answer is encoded. The ready requests then go in rounds — parse them all, run them all back
-//! to back, write them all — so the model's weights and the network code each stay in cache for
-//! a round and one wake-up of a client covers several answers. A request that finds the worker
+//! once before its run and once after its answer is encoded. The ready requests then go in
+//! rounds — parse them all, run them all back to back, write them all — so the model's weights
+//! and the network code each stay in cache for a round and one wake-up of a client covers
+//! several answers. A request that finds the worker
 //! fresh from idle runs at once, and so does every request while the worker's busy spells are
 //! short (moderate load, a burst after a stall): there the path has no yield at all.
 
@@ -72,7 +73,11 @@ fn busy_since_last_run() -> bool {
     let parks = PARKS.get();
     let seen = PARKS_SEEN.replace(parks);
     SPELL.set(SPELL.get().saturating_add(1));
-    parks != 0 && parks == seen && TYPICAL_SPELL_X16.get() >= ROUND_MIN_SPELL * 16
+    // The spell under way counts too once it is far beyond a burst: a worker that has not
+    // parked since the load began has no finished spell to average yet.
+    let long =
+        TYPICAL_SPELL_X16.get() >= ROUND_MIN_SPELL * 16 || SPELL.get() >= ROUND_MIN_SPELL * 16;
+    parks != 0 && parks == seen && long
 }
 
 /// What a run produced (the caller's closure's value), with the figures the statistics record.
