@@ -15,10 +15,10 @@ Per server: saturation (closed loop), then a fixed rate at half the saturation o
 /admin/stats of a fresh server (request span - compute span), and per request: server CPU time
 and context switches (`perf stat -e task-clock,context-switches`) and system calls (`strace -c
 -f`) over a fixed-rate run; then the bare handler at the same fixed rates, whose p99/p50 is what
-the machine's scheduling alone gives a server on that core. Every figure is one JSON line in bench-results/hotpath.jsonl; medians
-of --reps repetitions go to stdout as markdown.
+the machine's scheduling alone gives a server on that core. Every figure is one JSON line in
+bench-results/hotpath.jsonl; medians of --reps repetitions go to stdout as markdown.
 
-    python bench/hotpath.py --bin $CARGO_TARGET_DIR/release [--baseline before=/path/to/old/kinfer-runtime]
+    python bench/hotpath.py --bin $CARGO_TARGET_DIR/release [--baseline [LABEL=]/path/to/old/kinfer-runtime ...]
 
 Needs `perf` (Debian: linux-perf) and `strace`; it says so and stops when either is missing.
 """
