@@ -299,6 +299,7 @@ def test_3_slow_version_is_rolled_back_with_event_and_alert(receiver, repo, moni
     ports = sorted(x["metric"]["instance"].rsplit(":", 1)[1] for x in up)
     assert ports == ["9090"] * 3 + ["9091"] * 3, up
     assert {x["metric"]["kinfer_dev_inferenceservice"] for x in up} == {"fraud"}, up
+    assert {x["metric"].get("kinfer_dev_model") for x in up} == {"fraud"}, up  # the pods' kinfer.dev/model
     # (over the last 15 minutes: the canary unloaded fraud-v3, so its series is stale now)
     served = k.prom_query(f'sum by (version) (max_over_time(kinfer_requests_total{{namespace="{NS}",code="200"}}[15m]))')
     assert {"fraud-v2", "fraud-v3"} <= {x["metric"].get("version", "") for x in served}, served

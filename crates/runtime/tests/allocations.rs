@@ -17,7 +17,7 @@ use std::{
 use kinfer_runtime::{
     models::{
         registry::Registry,
-        session::{OrtExecutor, build_session, specs},
+        session::{OrtExecutor, SessionOptions, build_session, specs},
         version::LoadedVersion,
     },
     protocol::http::{Scratch, answer},
@@ -100,7 +100,7 @@ fn an_unbatched_http_inference_allocates_nothing_beyond_the_run_itself() {
     };
 
     // The run alone, as the server makes it: the same session kind, inputs and outputs in place.
-    let (session, _) = build_session(&path, &common::session_options()).unwrap();
+    let (session, _) = build_session(&path, &SessionOptions::cpu(1)).unwrap();
     let outputs = specs(&path, "output", session.outputs()).unwrap();
     let mut exec = OrtExecutor { session, outputs };
     let x = [Tensor {

@@ -2,8 +2,6 @@
 //! (the venv that `make test-rust` puts on PATH), ONNX Runtime from `ORT_DYLIB_PATH`, and the
 //! options of an unbatched version with one session.
 
-#![allow(dead_code)] // each test binary uses its own part
-
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -55,15 +53,10 @@ pub fn init_ort_from_env() {
     init_ort(Some(Path::new(&lib))).unwrap();
 }
 
-/// A CPU session on one thread, as `--intra-op-threads 1` builds it.
-pub fn session_options() -> SessionOptions {
-    SessionOptions::cpu(1)
-}
-
 /// An unbatched version with one session (it runs on the request's thread).
 pub fn unbatched() -> LoadOptions {
     LoadOptions {
-        session: session_options(),
+        session: SessionOptions::cpu(1),
         batching: BatchOptions {
             max_batch: 1,
             max_delay: Duration::ZERO,
