@@ -69,6 +69,24 @@ async fn wait_target(c: &Client, ns: &str, pod: &str, v: &str) {
     .await;
 }
 
+/// Makes the operator reconcile `fraud` once more (an annotation `test/poke: value`) and gives
+/// whatever it does a second to land.
+async fn reconcile_and_settle(c: &Client, ns: &str, op: &Operator, value: &str) {
+    let n = op.reconciles();
+    patch_isvc(
+        c,
+        ns,
+        "fraud",
+        json!({"metadata": {"annotations": {"test/poke": value}}}),
+    )
+    .await;
+    wait_for("a reconcile", T, || async {
+        (op.reconciles() > n).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
 /// All resourceVersions of the objects an InferenceService owns, and its own.
 async fn resource_versions(c: &Client, ns: &str, name: &str) -> Vec<(String, String)> {
     macro_rules! rv {
@@ -645,19 +663,7 @@ async fn regression_rolls_back_alerts_holds_and_retries_on_request() {
     .await;
 
     // GitOps hold: the spec still names fraud-v2; reconciles do not retry it or alert again.
-    let n = op.reconciles();
-    patch_isvc(
-        &c,
-        &ns,
-        "fraud",
-        json!({"metadata": {"annotations": {"test/poke": "1"}}}),
-    )
-    .await;
-    wait_for("a reconcile", T, || async {
-        (op.reconciles() > n).then_some(())
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    reconcile_and_settle(&c, &ns, &op, "1").await;
     assert_eq!(
         pod_annotation(&c, &ns, "p-0", "kinfer.dev/target-version")
             .await
@@ -701,6 +707,26 @@ async fn regression_rolls_back_alerts_holds_and_retries_on_request() {
     // generation (an annotation is not a spec change).
     assert_eq!(cond(&i, "Stalled").unwrap().0, "False");
     assert_eq!(kstatus(&i), "InProgress");
+    // The canary's report on the first attempt went with the new mark, so the retry waits for
+    // what its watcher reports this time instead of being rejected again by the old verdict.
+    assert_eq!(
+        pod_annotation(&c, &ns, "p-0", "kinfer.dev/analysis").await,
+        None
+    );
+    reconcile_and_settle(&c, &ns, &op, "2").await;
+    let i = isvc(&c, &ns, "fraud").await;
+    let st = i.status.as_ref().unwrap();
+    assert_eq!(st.rejected_version, None);
+    assert_eq!(
+        format!("{:?}", st.rollout.as_ref().unwrap().phase),
+        "Canary"
+    );
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        2,
+        "no second alert for the retry"
+    );
+    assert_eq!(events(&c, &ns, "fraud", "RolledBack").await.len(), 1);
     drop_ns(&c, &ns).await;
 }
 

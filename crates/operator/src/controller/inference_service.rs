@@ -26,7 +26,7 @@ use kube::{
         events::{Event, EventType},
     },
 };
-use serde_json::json;
+use serde_json::{Value, json};
 use tracing::{Instrument, info, info_span, warn};
 
 use super::{Context, apply, echo, now, optional};
@@ -87,6 +87,7 @@ pub fn pod_view(p: &Pod) -> PodView {
         report: AnalysisReport::from_annotation(ann.get(ANALYSIS_ANNOTATION).map(String::as_str)),
         terminating: p.metadata.deletion_timestamp.is_some()
             || matches!(phase, Some("Failed" | "Succeeded")),
+        resource_version: p.metadata.resource_version.clone(),
     }
 }
 
@@ -311,10 +312,23 @@ async fn act(
         ..Default::default()
     };
     for p in &d.patches {
-        let body = json!({"metadata": {"annotations": {TARGET_VERSION_ANNOTATION: p.version}}});
+        let mut body = json!({"metadata": {"annotations": {TARGET_VERSION_ANNOTATION: p.version}}});
+        if p.clear_report {
+            body["metadata"]["annotations"][ANALYSIS_ANNOTATION] = Value::Null;
+            if let Some(rv) = &p.if_unchanged {
+                body["metadata"]["resourceVersion"] = json!(rv);
+            }
+        }
         match pods.patch(&p.pod, &pp, &Patch::Merge(&body)).await {
-            Ok(_) => info!(pod = %p.pod, version = %p.version, "marked pod"),
+            Ok(_) => {
+                info!(pod = %p.pod, version = %p.version, cleared_report = p.clear_report, "marked pod")
+            }
             Err(kube::Error::Api(e)) if e.code == 404 => {}
+            // The pod changed since it was read (its watcher wrote): that change triggers the
+            // next reconcile, which decides again from what the pod says now.
+            Err(kube::Error::Api(e)) if e.code == 409 && p.clear_report => {
+                info!(pod = %p.pod, "pod changed since it was read; deciding again");
+            }
             Err(e) => return Err(Error::kube(format!("marking pod {}", p.pod), e)),
         }
     }

@@ -12,7 +12,9 @@
 //! GitOps hold: after a rollback (or a refusal) `rejectedVersion` is the version the spec still
 //! names. The previous version keeps serving and the rejected one is not retried until
 //! `spec.modelVersion` changes, the ModelVersion is re-created, or the `kinfer.dev/retry`
-//! annotation is set (the operator removes it when it acts on it).
+//! annotation is set (the operator removes it when it acts on it). A pod asked for a version
+//! again loses its earlier report on it in the same patch: the retry is judged by what the
+//! watcher reports this time, never by the verdict that caused the hold.
 //!
 //! Pods are chosen oldest first (creation time, then name), so the choice is deterministic, and
 //! every decision is a function of its input only, so a second reconcile decides the same thing.
@@ -45,6 +47,8 @@ pub struct PodView {
     pub report: Option<AnalysisReport>,
     /// Being deleted: never chosen, never waited for.
     pub terminating: bool,
+    /// `metadata.resourceVersion`.
+    pub resource_version: Option<String>,
 }
 
 impl PodView {
@@ -192,6 +196,25 @@ pub struct PodPatch {
     pub pod: String,
     /// ModelVersion name.
     pub version: String,
+    /// The pod's `kinfer.dev/analysis` is an earlier attempt's report on `version` (the pod is
+    /// asked for it again: a retry, a re-created ModelVersion, a spec that went back to it): the
+    /// same patch removes it, so the new attempt is judged by its own report only.
+    pub clear_report: bool,
+    /// With `clear_report`: the pod's `resourceVersion` as read. The patch applies only to
+    /// that pod (a report written since is not removed); a pod that changed is decided again.
+    pub if_unchanged: Option<String>,
+}
+
+impl PodPatch {
+    /// Asks `pod` for `version`, nothing else.
+    pub fn new(pod: &str, version: &str) -> Self {
+        Self {
+            pod: pod.to_owned(),
+            version: version.to_owned(),
+            clear_report: false,
+            if_unchanged: None,
+        }
+    }
 }
 
 /// A decision.
@@ -223,9 +246,21 @@ pub struct Decision {
     pub rolled_back: Option<(bool, String, String)>,
 }
 
-/// Decides the next step, and which ModelVersion object a rejection is about.
+/// Decides the next step, which ModelVersion object a rejection is about, and which pods'
+/// reports are left over from an earlier attempt on the version they are asked for.
 pub fn decide(input: &Input) -> Decision {
     let mut d = decide_step(input);
+    for patch in &mut d.patches {
+        if let Some(p) = input.pods.iter().find(|p| p.name == patch.pod)
+            && p.target.as_deref() != Some(patch.version.as_str())
+            && p.report
+                .as_ref()
+                .is_some_and(|r| r.version == patch.version)
+        {
+            patch.clear_report = true;
+            patch.if_unchanged = p.resource_version.clone();
+        }
+    }
     let st = input.status;
     let fresh = st.rejected_version != d.rejected || input.retry || input.version_recreated;
     d.rejected_uid = match &d.rejected {
@@ -322,10 +357,7 @@ fn decide_step(input: &Input) -> Decision {
 /// Sets the patch for `pod` (replacing an earlier one: a pod gets one mark per decision).
 pub(crate) fn mark(patches: &mut Vec<PodPatch>, pod: &str, version: &str) {
     patches.retain(|p| p.pod != pod);
-    patches.push(PodPatch {
-        pod: pod.to_owned(),
-        version: version.to_owned(),
-    });
+    patches.push(PodPatch::new(pod, version));
 }
 
 pub(crate) fn set(d: &mut Decision, phase: RolloutPhase, message: String) {
@@ -348,10 +380,7 @@ pub(crate) fn revert_others(
             && Some(t) != keep
             && !d.patches.iter().any(|x| x.pod == p.name)
         {
-            d.patches.push(PodPatch {
-                pod: p.name.clone(),
-                version: serving.to_owned(),
-            });
+            d.patches.push(PodPatch::new(&p.name, serving));
         }
     }
 }

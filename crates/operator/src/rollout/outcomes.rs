@@ -87,10 +87,7 @@ pub(super) fn fail(
             failed.name
         );
         for p in live.iter().filter(|p| p.target.as_deref() == Some(spec)) {
-            d.patches.push(PodPatch {
-                pod: p.name.clone(),
-                version: serving.to_owned(),
-            });
+            d.patches.push(PodPatch::new(&p.name, serving));
         }
         let still = live.iter().any(|p| p.serving.as_deref() == Some(spec));
         d.rollout.phase = if still {
@@ -145,10 +142,7 @@ pub(super) fn hold(d: &mut Decision, input: &Input, live: &[&PodView], serving: 
     if revert {
         // Make sure no pod is still asked for the rejected version (a patch may have failed).
         for p in live.iter().filter(|p| p.target.as_deref() == Some(spec)) {
-            d.patches.push(PodPatch {
-                pod: p.name.clone(),
-                version: serving.to_owned(),
-            });
+            d.patches.push(PodPatch::new(&p.name, serving));
         }
         if d.rollout.phase == RolloutPhase::RollingBack
             && !live.iter().any(|p| p.serving.as_deref() == Some(spec))

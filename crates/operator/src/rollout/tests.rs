@@ -154,16 +154,7 @@ fn canary_marks_the_oldest_pods_first() {
     assert_eq!(d.rollout.phase, RolloutPhase::Canary);
     assert_eq!(
         d.patches,
-        vec![
-            PodPatch {
-                pod: "a".into(),
-                version: "v8".into()
-            },
-            PodPatch {
-                pod: "b".into(),
-                version: "v8".into()
-            }
-        ]
+        vec![PodPatch::new("a", "v8"), PodPatch::new("b", "v8")]
     );
     assert_eq!(d.rollout.canary_pods, ["a", "b"]);
     assert!(d.rollout.message.as_ref().unwrap().contains("0/2"));
@@ -249,13 +240,7 @@ fn canary_regression_rolls_back_and_holds() {
     assert_eq!(d.rollout.phase, RolloutPhase::RolledBack);
     assert_eq!(d.rejected.as_deref(), Some("v8"));
     assert_eq!(d.serving.as_deref(), Some("v7"));
-    assert_eq!(
-        d.patches,
-        vec![PodPatch {
-            pod: "a".into(),
-            version: "v7".into()
-        }]
-    );
+    assert_eq!(d.patches, vec![PodPatch::new("a", "v7")]);
     assert_eq!(d.outcome, Some(Outcome::RolledBack));
     let n = d.notice.as_ref().unwrap();
     assert_eq!(
@@ -355,13 +340,7 @@ fn retry_annotation_releases_the_hold_and_is_consumed() {
     assert!(d.consume_retry);
     assert_eq!(d.rejected, None);
     assert_eq!(d.rollout.phase, RolloutPhase::Canary);
-    assert_eq!(
-        d.patches,
-        vec![PodPatch {
-            pod: "a".into(),
-            version: "v8".into()
-        }]
-    );
+    assert_eq!(d.patches, vec![PodPatch::new("a", "v8")]);
 }
 
 #[test]
@@ -403,13 +382,7 @@ fn spec_back_to_serving_cancels_and_clears_the_rejection() {
     let pods = vec![marked(pod("a", 10), "v8"), pod("b", 20)];
     let d = decide(&input("v7", &st, &pods));
     assert_eq!(d.rollout.phase, RolloutPhase::Idle);
-    assert_eq!(
-        d.patches,
-        vec![PodPatch {
-            pod: "a".into(),
-            version: "v7".into()
-        }]
-    );
+    assert_eq!(d.patches, vec![PodPatch::new("a", "v7")]);
     assert!(d.rollout.message.as_ref().unwrap().contains("cancelled"));
     assert_eq!(d.target, None);
 }
@@ -448,13 +421,7 @@ fn spec_change_mid_rollout_abandons_the_old_target() {
     let pods = vec![marked(pod("a", 10), "v8"), pod("b", 20)];
     let d = decide(&input("v9", &st, &pods));
     // Pod a is the oldest: it is re-marked for v9 (not first reverted to v7).
-    assert_eq!(
-        d.patches,
-        vec![PodPatch {
-            pod: "a".into(),
-            version: "v9".into()
-        }]
-    );
+    assert_eq!(d.patches, vec![PodPatch::new("a", "v9")]);
     assert_eq!(d.rollout.canary_pods, ["a"]);
 }
 
@@ -543,13 +510,7 @@ fn a_dead_canary_is_replaced_and_terminating_pods_are_ignored() {
     a.terminating = true;
     let pods = vec![a, pod("b", 20), pod("c", 30)];
     let d = decide(&input("v8", &st, &pods));
-    assert_eq!(
-        d.patches,
-        vec![PodPatch {
-            pod: "b".into(),
-            version: "v8".into()
-        }]
-    );
+    assert_eq!(d.patches, vec![PodPatch::new("b", "v8")]);
     assert_eq!(d.rollout.canary_pods, ["b"]);
 }
 
@@ -567,13 +528,7 @@ fn new_pods_during_promotion_get_marked() {
         pod("new", 99),
     ];
     let d = decide(&input("v8", &st, &pods));
-    assert_eq!(
-        d.patches,
-        vec![PodPatch {
-            pod: "new".into(),
-            version: "v8".into()
-        }]
-    );
+    assert_eq!(d.patches, vec![PodPatch::new("new", "v8")]);
     assert_eq!(d.serving.as_deref(), Some("v7"));
     assert!(d.rollout.message.unwrap().contains("2/3"));
 }

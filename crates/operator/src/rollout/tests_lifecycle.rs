@@ -1,7 +1,8 @@
 //! Rollouts decided step after step, each decision applied to the status as the controller
-//! writes it: the two paths the e2e found wrong — a rollout that waited for its verification
-//! must still start at the canary, and a rejection must hold even when the service was rolled
-//! back before (it must not be taken for a re-created ModelVersion, over and over).
+//! writes it: the paths the tests against a cluster found wrong — a rollout that waited for its
+//! verification must still start at the canary, a rejection must hold even when the service was
+//! rolled back before (it must not be taken for a re-created ModelVersion, over and over), and a
+//! retry must not be rejected again by the report that caused the hold.
 
 use super::tests::{apply, input, marked, pod, pods3, report, serving};
 use super::*;
@@ -19,13 +20,7 @@ fn a_rollout_that_waited_for_verification_starts_at_the_canary() {
     let st1 = apply(&waiting);
     let d = decide(&input("v8", &st1, &pods));
     assert_eq!(d.rollout.phase, RolloutPhase::Canary, "{:?}", d.rollout);
-    assert_eq!(
-        d.patches,
-        vec![PodPatch {
-            pod: "a".into(),
-            version: "v8".into()
-        }]
-    );
+    assert_eq!(d.patches, vec![PodPatch::new("a", "v8")]);
     assert_eq!(d.rollout.canary_pods, ["a"]);
 }
 
@@ -92,4 +87,60 @@ fn a_rejection_recorded_without_a_uid_holds_and_records_it() {
     let d = decide(&i);
     assert_eq!(d.rejected.as_deref(), Some("pin"));
     assert_eq!(d.rejected_uid, None, "no uid was recorded for pin");
+}
+
+#[test]
+fn a_retry_is_judged_by_its_own_report_not_the_one_that_caused_the_hold() {
+    // v8 was rolled back on the canary `a`: it serves v7 again, is asked for v7, and its report
+    // is the rollback of v8.
+    let mut a = report(marked(pod("a", 10), "v7"), "v8", Some(Verdict::RolledBack));
+    a.serving = Some("v7".into());
+    a.resource_version = Some("41".into());
+    let pods = vec![a, pod("b", 20), pod("c", 30)];
+    let mut st = serving("v7");
+    st.rejected_version = Some("v8".into());
+    st.rollout = Some(RolloutStatus {
+        phase: RolloutPhase::RolledBack,
+        ..Default::default()
+    });
+    let held = decide(&input("v8", &st, &pods));
+    assert_eq!(held.rejected.as_deref(), Some("v8"));
+    assert!(held.patches.is_empty(), "{:?}", held.patches);
+
+    let mut i = input("v8", &st, &pods);
+    i.retry = true;
+    let retry = decide(&i);
+    assert!(retry.consume_retry);
+    assert_eq!(retry.rejected, None);
+    // The canary is asked for v8 again and loses the old verdict in the same patch, which
+    // applies only to the pod as read.
+    let mut expected = PodPatch::new("a", "v8");
+    expected.clear_report = true;
+    expected.if_unchanged = Some("41".into());
+    assert_eq!(retry.patches, vec![expected]);
+
+    // The patch applied: `a` is asked for v8 and has no report yet. The retry waits for its
+    // watcher; it is not rejected again, and nothing is announced again.
+    let st1 = apply(&retry);
+    let mut a = marked(pod("a", 10), "v8");
+    a.serving = Some("v7".into());
+    let pods = vec![a, pod("b", 20), pod("c", 30)];
+    let d = decide(&input("v8", &st1, &pods));
+    assert_eq!(d.rollout.phase, RolloutPhase::Canary, "{:?}", d.rollout);
+    assert_eq!(d.rejected, None);
+    assert!(d.alert.is_none() && d.notice.is_none() && d.outcome.is_none());
+    assert!(d.patches.is_empty(), "{:?}", d.patches);
+}
+
+#[test]
+fn reverting_a_pod_keeps_the_report_that_explains_why() {
+    // `a` rolled v8 back and is still asked for v8: it is marked back to v7, and its report (on
+    // v8, not on v7) stays, with the reason on the pod.
+    let mut a = report(marked(pod("a", 10), "v8"), "v8", Some(Verdict::RolledBack));
+    a.serving = Some("v7".into());
+    let pods = vec![a, pod("b", 20), pod("c", 30)];
+    let st = serving("v7");
+    let d = decide(&input("v8", &st, &pods));
+    assert_eq!(d.rejected.as_deref(), Some("v8"));
+    assert_eq!(d.patches, vec![PodPatch::new("a", "v7")]);
 }
