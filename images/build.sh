@@ -199,6 +199,20 @@ build_base() {
   rm -rf "$tmp"
 }
 
+# The GPU build holds its 2.4 GB of libraries several times over while it runs (the build stage's
+# layer, the image's, the layer being committed, the tarball): 11.5 GiB free space at the peak
+# (measured with overlay storage). Without that room podman fails after minutes with "no space
+# left on device" in the middle of a layer; this says so first, with the figures and the fix.
+GPU_BUILD_NEEDS_GIB="${KINFER_GPU_BUILD_NEEDS_GIB:-12}"
+enough_space_for_gpu() { # $1 = the directory podman's storage and the tarball live under
+  local free_gib
+  free_gib=$(( $(df --output=avail -k "$1" | tail -1) / 1024 / 1024 ))
+  (( free_gib >= GPU_BUILD_NEEDS_GIB )) || die "runtime-gpu needs about $GPU_BUILD_NEEDS_GIB GiB free under $1 \
+(podman's storage and the image tarball) and $free_gib GiB are free: make room (cargo's \
+$CARGO_TARGET_DIR/debug/incremental and Go's build cache, \`go clean -cache\`, are the usual \
+big ones) and run it again"
+}
+
 # --- 3. the images -----------------------------------------------------------------------------------
 build_image() { # $1 = operator|runtime|watcher|runtime-gpu
   local w="$1" name="kinfer-$1" bin="${BIN[$1]}" ctx key out gpu=""
@@ -226,6 +240,7 @@ build_image() { # $1 = operator|runtime|watcher|runtime-gpu
             [[ -z "$gpu" ]] || sha256sum < "$GPU_WHEELS"; echo "$BASE_KEY $TAG $REGISTRY"; } | sha)"
   out="$CACHE/$name-$TAG-$key.tar"
   if [[ -f "$out" ]]; then log "$name: cached ($out)"; echo "$out"; return; fi
+  [[ -z "$gpu" ]] || enough_space_for_gpu "$CACHE"
   log "$name: podman build -f images/Dockerfile.$w"
   # --isolation chroot: this host's cgroup v1 (hybrid) layout makes crun refuse to create RUN
   # containers ("cgroups in hybrid mode not supported"); chroot isolation needs no OCI runtime.
