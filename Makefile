@@ -91,7 +91,8 @@ test-rules: cluster-build
 
 # The e2e story on the local cluster with the chart installed by helm (tests/e2e/test_e2e.py).
 # The cluster is taken down afterwards unless KINFER_KEEP_CLUSTER=1 (KINFER_KEEP_E2E=1 also keeps
-# the test namespace for a look with kubectl).
+# the test namespace for a look with kubectl). A failed test's report ends with the cluster as it
+# was (services' status, pods' annotations, Events, watcher and operator logs: tests/e2e/conftest.py).
 test-e2e: deps cluster-build
 	rc=0; $(KINFER_VENV)/bin/python -m pytest -q -x -p no:cacheprovider tests/e2e || rc=$$?; \
 	  [[ "$${KINFER_KEEP_CLUSTER:-0}" == 1 ]] || bash tests/e2e/cluster/down.sh; exit $$rc
