@@ -163,6 +163,12 @@ def serving(runtime):
 ANALYSIS = ["--window", "3s", "--p99-noise-floor", "1ms", "--min-requests", "150", "--max-p99-ratio", "2.0", "--max-error-rate", "0.01",
             "--max-drift", "0.2", "--golden", "golden.npz", "--atol", "1e-4", "--rtol", "1e-3"]
 
+# For a test about something else under load: a verdict judged at once (window 0) on the few
+# requests after the swap is a coin flip on a busy 2-core machine (CI rolled the outage test's
+# version back once; with both cores busy here, 2 runs of 3 did: "p90 … over 20 requests"), so
+# latency never decides; errors and the golden set still do.
+NO_LATENCY_VERDICT = ["--max-p99-ratio", "1000", "--max-latency-ratio", "1000", "--p99-noise-floor", "10s"]
+
 
 def base(p):
     return models.scorer(p, seed=0)
@@ -631,7 +637,7 @@ def test_s3_outage_during_a_rollout_keeps_serving_and_recovers(start, workdir, s
         args = [str(WATCHER), "run", "--admin-socket", rt.socket, "--models-dir", str(workdir / "models-outage"),
                 "--source", src, "--endpoint", store.endpoint, "--credentials-file", str(store.creds),
                 "--version", "outage", "--public-key", str(pub), "--golden", "golden.npz",
-                "--min-requests", "0", "--window", "0s", "--fetch-timeout", "120s"]
+                "--min-requests", "0", "--window", "0s", "--fetch-timeout", "120s", *NO_LATENCY_VERDICT]
         with Load(rt, rate=100) as load:
             w = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
             lines = []
@@ -651,7 +657,8 @@ def test_s3_outage_during_a_rollout_keeps_serving_and_recovers(start, workdir, s
             store.start()
             w.wait(timeout=120)
             reader.join(10)
-        assert w.returncode == 0, lines[-5:]
+        assert w.returncode == 0, [(r["phase"], r.get("verdict"), r.get("reason"), r.get("message"))
+                                   for r in reports()[-3:]]
         failed = [r for r in reports() if r.get("reason") == "FetchFailed"]
         assert "retrying" in failed[0]["message"], failed[0]
         reports = reports()
