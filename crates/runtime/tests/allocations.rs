@@ -18,7 +18,6 @@ use kinfer_runtime::{
     models::{
         registry::Registry,
         session::{OrtExecutor, SessionOptions, build_session, specs},
-        version::LoadedVersion,
     },
     protocol::http::{Scratch, answer},
     server::{Limits, Server, budget::Budget},
@@ -48,14 +47,7 @@ fn now<T>(f: impl Future<Output = T>) -> T {
 
 #[test]
 fn an_unbatched_http_inference_allocates_nothing_beyond_the_run_itself() {
-    let dir = common::temp_dir("alloc");
-    let path = common::model(&dir);
-    common::init_ort_from_env();
-    let v = LoadedVersion::load("m", "1", &path, None, &common::unbatched()).unwrap();
-    assert!(
-        v.runs_inline(),
-        "an unbatched small model runs on the request's thread"
-    );
+    let (dir, path, v) = common::inline_version("alloc");
     let registry = Arc::new(Registry::new("m"));
     registry.stage(v).unwrap();
     registry.serve("1", false).unwrap();

@@ -88,11 +88,7 @@ fn request(
 
 #[test]
 fn ready_requests_go_in_rounds_under_sustained_load_and_never_at_rest() {
-    let dir = common::temp_dir("rounds");
-    let path = common::model(&dir);
-    common::init_ort_from_env();
-    let v = LoadedVersion::load("m", "1", &path, None, &common::unbatched()).unwrap();
-    assert!(v.runs_inline(), "an unbatched small model runs inline");
+    let (dir, _, v) = common::inline_version("rounds");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

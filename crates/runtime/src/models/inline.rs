@@ -44,10 +44,8 @@ pub const INLINE_MAX_RUN: Duration = Duration::from_millis(2);
 pub const ROUND_MIN_SPELL: u32 = 4;
 
 thread_local! {
-    /// Times the Tokio worker on this thread went idle ([`worker_parked`]).
-    static PARKS: Cell<u64> = const { Cell::new(0) };
-    /// [`PARKS`] as the previous request on this thread read it before its run.
-    static PARKS_SEEN: Cell<u64> = const { Cell::new(0) };
+    /// The Tokio worker on this thread has parked at least once: the runtime runs the hook.
+    static PARKED: Cell<bool> = const { Cell::new(false) };
     /// Requests that reached their run on this thread since the worker last parked.
     static SPELL: Cell<u32> = const { Cell::new(0) };
     /// Moving average of the spells that ended at a park (weight 1/8), times 16.
@@ -57,7 +55,7 @@ thread_local! {
 /// The runtime's `on_thread_park` hook: the worker on this thread ran out of work and parks.
 /// Without it (a runtime built elsewhere, tests) requests never group.
 pub fn worker_parked() {
-    PARKS.set(PARKS.get().wrapping_add(1));
+    PARKED.set(true);
     let spell = SPELL.replace(0).min(1 << 16);
     if spell > 0 {
         let typical = TYPICAL_SPELL_X16.get();
@@ -70,14 +68,14 @@ pub fn worker_parked() {
 /// a break since the previous request reached its run here (others are likely ready behind it),
 /// and its busy spells have lately been long ([`ROUND_MIN_SPELL`]). Counts this request.
 fn busy_since_last_run() -> bool {
-    let parks = PARKS.get();
-    let seen = PARKS_SEEN.replace(parks);
-    SPELL.set(SPELL.get().saturating_add(1));
+    // A spell under way means an earlier request ran here since the worker last parked.
+    let before = SPELL.get();
+    let spell = before.saturating_add(1);
+    SPELL.set(spell);
     // The spell under way counts too once it is far beyond a burst: a worker that has not
     // parked since the load began has no finished spell to average yet.
-    let long =
-        TYPICAL_SPELL_X16.get() >= ROUND_MIN_SPELL * 16 || SPELL.get() >= ROUND_MIN_SPELL * 16;
-    parks != 0 && parks == seen && long
+    let long = TYPICAL_SPELL_X16.get() >= ROUND_MIN_SPELL * 16 || spell >= ROUND_MIN_SPELL * 16;
+    PARKED.get() && before > 0 && long
 }
 
 /// What a run produced (the caller's closure's value), with the figures the statistics record.

@@ -5,6 +5,7 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
+    sync::Arc,
     time::Duration,
 };
 
@@ -12,7 +13,7 @@ use kinfer_runtime::{
     batching::BatchOptions,
     models::{
         session::{SessionOptions, init_ort},
-        version::{BatchRounding, LoadOptions},
+        version::{BatchRounding, LoadOptions, LoadedVersion},
     },
 };
 
@@ -68,4 +69,18 @@ pub fn unbatched() -> LoadOptions {
         batch_rounding: BatchRounding::Exact,
         pinning: None,
     }
+}
+
+/// The small MLP (at the returned path) loaded unbatched in a fresh directory for `test`
+/// (removed by the caller), with ONNX Runtime initialised; it runs on the request's thread.
+pub fn inline_version(test: &str) -> (PathBuf, PathBuf, Arc<LoadedVersion>) {
+    let dir = temp_dir(test);
+    let path = model(&dir);
+    init_ort_from_env();
+    let v = LoadedVersion::load("m", "1", &path, None, &unbatched()).unwrap();
+    assert!(
+        v.runs_inline(),
+        "an unbatched small model runs on the request's thread"
+    );
+    (dir, path, v)
 }
